@@ -1,0 +1,1 @@
+"""masklab configuration: YAML loading, registries and building objects from config nodes."""

@@ -1,0 +1,16 @@
+"""Typed data that flows between modules: samples, batches, model outputs and predictions."""
+
+from masklab.structures.batch import Batch
+from masklab.structures.instances import Instances
+from masklab.structures.predictions import AttributePrediction, InstancePrediction, SemanticPrediction
+from masklab.structures.sample import Sample, SampleMeta
+
+__all__ = [
+    "AttributePrediction",
+    "Batch",
+    "InstancePrediction",
+    "Instances",
+    "Sample",
+    "SampleMeta",
+    "SemanticPrediction",
+]
