@@ -1,1 +1,3 @@
+"""Datasets; importing this package registers them in DATASETS."""
 
+from masklab.data.datasets import coco as _coco  # noqa: F401  (registers CocoInstanceDataset)
