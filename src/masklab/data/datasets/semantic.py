@@ -1,0 +1,243 @@
+"""Semantic segmentation datasets read from an image folder and a label-map folder.
+
+:class:`FolderSegDataset` follows MMSeg's ``BaseSegDataset`` conventions (suffix pairing, optional
+split file, class subsets via a label map, ``reduce_zero_label``) so that Cityscapes, ADE20K and
+VOC are thin subclasses that only set :attr:`FolderSegDataset.METAINFO` and default arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from masklab.config.registries import DATASETS
+from masklab.data.io import read_image, read_label
+from masklab.data.meta import DatasetMeta
+from masklab.errors import DataError
+from masklab.structures import Sample, SampleMeta
+
+Transform = Callable[[Sample], Sample]
+
+
+def label_lut(
+    reduce_zero_label: bool, label_map: Mapping[int, int] | None, ignore_index: int = 255
+) -> torch.Tensor:
+    """A 256-entry lookup table from stored label values to training labels.
+
+    ``reduce_zero_label`` runs first (0 -> ignore, v -> v - 1, ignore stays ignore), then
+    ``label_map`` (MMSeg PR #2500 fixed exactly this order). Evaluators apply the same table to
+    the original-resolution ground truth they read from ``meta.extra["seg_map_path"]``.
+    """
+    lut = torch.arange(256, dtype=torch.int64)
+    if reduce_zero_label:
+        lut = lut - 1
+        lut[0] = ignore_index
+        lut[ignore_index] = ignore_index
+    if label_map:
+        mapped = lut.clone()
+        for src, dst in label_map.items():
+            mapped[lut == int(src)] = int(dst)
+        lut = mapped
+    return lut
+
+
+@DATASETS.register()
+class FolderSegDataset(Dataset):
+    """Images in ``img_dir`` paired with single-channel label PNGs in ``ann_dir``.
+
+    Without ``split``, every file under ``img_dir`` ending in ``img_suffix`` is used (recursively,
+    sorted) and its label is the same relative path under ``ann_dir`` with ``seg_map_suffix``.
+    With ``split``, each non-empty line of that file is a stem relative to both folders.
+
+    Args:
+        img_dir: folder of images.
+        ann_dir: folder of label maps.
+        img_suffix: image file ending.
+        seg_map_suffix: label file ending.
+        split: optional text file listing the stems to use.
+        classes: class names. A subclass with :attr:`METAINFO` accepts a subset of its classes and
+            maps the others to ``ignore_index``.
+        palette: one RGB colour per class (generated when omitted).
+        reduce_zero_label: label 0 becomes ignore and every other label shifts down by one.
+        label_map: explicit stored-label -> training-label mapping (applied after reduce_zero_label).
+        ignore_index: label value that is not trained on nor evaluated.
+        pipeline: transforms applied to each sample, in order.
+    """
+
+    METAINFO: DatasetMeta | None = None
+
+    def __init__(
+        self,
+        img_dir: str | Path,
+        ann_dir: str | Path,
+        *,
+        img_suffix: str = ".jpg",
+        seg_map_suffix: str = ".png",
+        split: str | Path | None = None,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        reduce_zero_label: bool = False,
+        label_map: Mapping[int, int] | None = None,
+        ignore_index: int = 255,
+        pipeline: Sequence[Transform] = (),
+    ) -> None:
+        self.img_dir = Path(img_dir)
+        self.ann_dir = Path(ann_dir)
+        self.img_suffix = img_suffix
+        self.seg_map_suffix = seg_map_suffix
+        self.reduce_zero_label = reduce_zero_label
+        self.pipeline = list(pipeline)
+        self.metainfo, subset_map = self._resolve_meta(classes, palette, ignore_index)
+        self.label_map = dict(label_map or {}) or subset_map
+        self._lut = label_lut(reduce_zero_label, self.label_map, ignore_index)
+        self.items = self._list_items(split)
+
+    def _resolve_meta(
+        self, classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None, ignore_index: int
+    ) -> tuple[DatasetMeta, dict[int, int] | None]:
+        """The dataset meta and, for a class subset of :attr:`METAINFO`, the label map it implies."""
+        name = type(self).__name__
+        base = self.METAINFO
+        if classes is None:
+            if base is None:
+                raise DataError(f"{name}: 'classes' is required (no built-in class list for this dataset)")
+            pal = base.palette if palette is None else tuple(tuple(p) for p in palette)
+            return DatasetMeta(base.classes, pal, base.attributes, ignore_index), None
+        classes = tuple(classes)
+        subset_map = None
+        if base is not None and classes != base.classes:
+            unknown = [c for c in classes if c not in base.classes]
+            if unknown:
+                raise DataError(
+                    f"{name}.classes: {unknown} not in the dataset's classes {list(base.classes)}"
+                )
+            # Old label -> new index for kept classes; everything else becomes ignore.
+            subset_map = {
+                i: (classes.index(c) if c in classes else ignore_index) for i, c in enumerate(base.classes)
+            }
+            if palette is None:
+                palette = [base.palette[base.classes.index(c)] for c in classes]  # type: ignore[index]
+        pal = None if palette is None else tuple(tuple(int(v) for v in p) for p in palette)
+        return DatasetMeta(classes, pal, (), ignore_index), subset_map  # type: ignore[arg-type]
+
+    def _list_items(self, split: str | Path | None) -> list[tuple[Path, Path]]:
+        name = type(self).__name__
+        if not self.img_dir.is_dir():
+            raise DataError(f"{name}.img_dir: {self.img_dir} is not a directory")
+        if not self.ann_dir.is_dir():
+            raise DataError(f"{name}.ann_dir: {self.ann_dir} is not a directory")
+        if split is not None:
+            split_path = Path(split)
+            if not split_path.is_file():
+                raise DataError(f"{name}.split: {split_path} not found")
+            stems = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+        else:
+            n = len(self.img_suffix)
+            stems = sorted(
+                str(p.relative_to(self.img_dir))[:-n] for p in self.img_dir.rglob(f"*{self.img_suffix}")
+            )
+        items = [
+            (self.img_dir / f"{s}{self.img_suffix}", self.ann_dir / f"{s}{self.seg_map_suffix}")
+            for s in stems
+        ]
+        missing = [str(p) for pair in items for p in pair if not p.is_file()]
+        if missing:
+            raise DataError(f"{name}: {len(missing)} listed files are missing, first: {missing[0]}")
+        return items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_label(self, path: str | Path) -> torch.Tensor:
+        """Read a stored label map and turn it into training labels; out-of-range values raise.
+
+        Raises:
+            DataError: naming the file and the offending value when a label is neither a class
+                index nor ``ignore_index``.
+        """
+        raw = read_label(path)
+        raw_max = int(raw.max()) if raw.numel() else 0
+        if raw_max >= self._lut.numel():
+            raise DataError(
+                f"{path}: label value {raw_max} exceeds 255; expected class ids < {self.metainfo.num_classes}"
+            )
+        label = self._lut[raw]
+        ignore = self.metainfo.ignore_index
+        top = int(torch.where(label == ignore, 0, label).max()) if label.numel() else 0
+        if top >= self.metainfo.num_classes or int(label.min()) < 0:
+            bad = top if top >= self.metainfo.num_classes else int(label.min())
+            raise DataError(
+                f"{path}: label value {bad} is outside [0, {self.metainfo.num_classes}) and is not ignore_index {ignore}"
+                + (" (after reduce_zero_label/label_map)" if self.reduce_zero_label or self.label_map else "")
+            )
+        return label
+
+    def load_sample(self, index: int) -> Sample:
+        """The sample at ``index`` before the pipeline."""
+        img_path, seg_path = self.items[index]
+        image = read_image(img_path)
+        semantic = self.load_label(seg_path)
+        h, w = image.shape[-2:]
+        if tuple(semantic.shape) != (h, w):
+            raise DataError(
+                f"{seg_path}: label size {tuple(semantic.shape)} differs from image {img_path} size {(h, w)}"
+            )
+        meta = SampleMeta(
+            image_id=index,
+            file_name=str(img_path),
+            ori_shape=(int(h), int(w)),
+            img_shape=(int(h), int(w)),
+            extra={
+                "seg_map_path": str(seg_path),
+                "reduce_zero_label": self.reduce_zero_label,
+                "label_map": self.label_map,
+            },
+        )
+        return Sample(image=image, meta=meta, semantic=semantic)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.load_sample(index)
+        for transform in self.pipeline:
+            sample = transform(sample)
+        return sample
+
+
+@DATASETS.register()
+class SyntheticSemanticDataset(FolderSegDataset):
+    """The semantic view of a ``masklab data synth`` dataset (classes from its ``meta.json``).
+
+    Args:
+        root: the folder passed to ``masklab data synth --out``.
+        split: ``"train"`` or ``"val"``.
+        pipeline: transforms applied to each sample, in order.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *, pipeline: Sequence[Transform] = ()) -> None:
+        root = Path(root)
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(
+                f"{meta_path}: not found; create the dataset with `masklab data synth --out {root}`"
+            )
+        try:
+            meta = DatasetMeta.from_json(json.loads(meta_path.read_text()), where=str(meta_path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if split not in ("train", "val"):
+            raise DataError(f"SyntheticSemanticDataset.split: {split!r}; expected 'train' or 'val'")
+        super().__init__(
+            root / "images" / split,
+            root / "labels" / split,
+            img_suffix=".png",
+            seg_map_suffix=".png",
+            classes=meta.classes,
+            palette=meta.palette,
+            ignore_index=meta.ignore_index,
+            pipeline=pipeline,
+        )
+        # Keep the attributes too: instance-level consumers read them from the same meta.
+        self.metainfo = meta

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from masklab.data.io import read_image, read_label, write_png_atomic
+from masklab.errors import DataError
+
+
+def test_roundtrip_image_and_label(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    write_png_atomic(tmp_path / "a.png", rgb)
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (3, 5, 7) and img.dtype == torch.uint8
+    assert torch.equal(img.permute(1, 2, 0), torch.from_numpy(rgb))
+    lab = np.array([[0, 3], [255, 1]], dtype=np.uint8)
+    write_png_atomic(tmp_path / "l.png", torch.from_numpy(lab))
+    out = read_label(tmp_path / "l.png")
+    assert out.dtype == torch.int64 and out.tolist() == lab.tolist()
+    assert not list(tmp_path.glob(".*tmp"))  # no temp files left behind
+
+
+def test_grey_image_becomes_rgb(tmp_path: Path) -> None:
+    Image.fromarray(np.full((3, 4), 9, np.uint8)).save(tmp_path / "g.png")
+    img = read_image(tmp_path / "g.png")
+    assert img.shape == (3, 3, 4) and (img == 9).all()
+
+
+def test_missing_corrupt_truncated(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nope.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+    big = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "full.jpg", quality=95)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg: corrupt or truncated"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_rgb_label_rejected(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(DataError, match=r"rgb\.png: label map has mode 'RGB'"):
+        read_label(tmp_path / "rgb.png")

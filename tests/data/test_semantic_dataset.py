@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from masklab.config.registries import DATASETS
+from masklab.data.datasets.semantic import FolderSegDataset, SyntheticSemanticDataset, label_lut
+from masklab.data.meta import DatasetMeta
+from masklab.errors import DataError
+
+
+def _write(root: Path, stem: str, label: np.ndarray, suffix: str = ".png") -> None:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    (root / "ann").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((*label.shape, 3), np.uint8)).save(root / "img" / f"{stem}{suffix}")
+    Image.fromarray(label.astype(np.uint8)).save(root / "ann" / f"{stem}.png")
+
+
+def test_synthetic_semantic_dataset(synth_root: Path) -> None:
+    ds = SyntheticSemanticDataset(synth_root, "val")
+    assert len(ds) == 8 and DATASETS.get("SyntheticSemanticDataset") is SyntheticSemanticDataset
+    assert ds.metainfo.num_classes == 7 and ds.metainfo.attribute("color").num_values == 4
+    s = ds[3]
+    assert s.image.shape == (3, 96, 96) and s.semantic.dtype == torch.int64
+    assert Path(s.meta.extra["seg_map_path"]).name == "000003.png"
+    assert s.meta.ori_shape == (96, 96) and int(s.semantic.max()) < 7
+    with pytest.raises(DataError, match="masklab data synth"):
+        SyntheticSemanticDataset(synth_root / "missing")
+
+
+def test_label_out_of_range_names_file_and_value(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1], [255, 7]]))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("bg", "fg"))
+    with pytest.raises(DataError, match=r"a\.png: label value 7 is outside \[0, 2\)"):
+        ds[0]
+
+
+def test_ignore_reduce_zero_and_split(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1], [255, 2]]))
+    _write(tmp_path, "b", np.array([[1, 1], [1, 1]]))
+    (tmp_path / "split.txt").write_text("b\n\n")
+    ds = FolderSegDataset(
+        tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"), reduce_zero_label=True
+    )
+    assert len(ds) == 2
+    assert ds[0].semantic.tolist() == [[255, 0], [255, 1]]
+    only_b = FolderSegDataset(
+        tmp_path / "img",
+        tmp_path / "ann",
+        img_suffix=".png",
+        classes=("x", "y"),
+        split=tmp_path / "split.txt",
+    )
+    assert len(only_b) == 1 and only_b[0].meta.file_name.endswith("b.png")
+
+
+def test_class_subset_of_builtin_meta(tmp_path: Path) -> None:
+    class Tiny(FolderSegDataset):
+        METAINFO = DatasetMeta(classes=("a", "b", "c"))
+
+    _write(tmp_path, "a", np.array([[0, 1], [2, 255]]))
+    ds = Tiny(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("c", "a"))
+    assert ds.metainfo.classes == ("c", "a")
+    assert ds[0].semantic.tolist() == [[1, 255], [0, 255]]
+    with pytest.raises(DataError, match="'zzz'"):
+        Tiny(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("zzz",))
+
+
+def test_reduce_zero_runs_before_label_map() -> None:
+    lut = label_lut(True, {0: 5})
+    assert lut[1] == 5 and lut[0] == 255 and lut[2] == 1 and lut[255] == 255
+
+
+def test_missing_label_file_and_pipeline(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1]]))
+    calls = []
+
+    def mark(sample):
+        calls.append(sample.meta.image_id)
+        return sample
+
+    ds = FolderSegDataset(
+        tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"), pipeline=[mark]
+    )
+    ds[0]
+    assert calls == [0]
+    (tmp_path / "ann" / "a.png").unlink()
+    with pytest.raises(DataError, match=r"missing, first: .*a\.png"):
+        FolderSegDataset(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"))
