@@ -7,6 +7,8 @@ that it calls with the derived keyword arguments::
 
     def __init__(self, backbone: Backbone, decode_head: Lazy[DecodeHead]):
         self.decode_head = decode_head(in_channels=backbone.feature_info.channels)
+
+A derived value the config also states must agree with it, otherwise the call is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -18,23 +20,31 @@ T = TypeVar("T")
 
 
 class Lazy(Generic[T]):
-    """A deferred constructor call: ``factory(**kwargs, **later_kwargs)``.
+    """A deferred constructor call: ``factory(**kwargs, **later_kwargs)``, checked when called.
 
     Args:
         factory: the class or function to call.
         kwargs: keyword arguments already bound from the config.
         path: dotted config path of the node (for error messages).
+        source: the file that set the node (for error messages).
     """
 
-    def __init__(self, factory: Callable[..., T], kwargs: dict[str, Any] | None = None, path: str = "") -> None:
+    def __init__(
+        self,
+        factory: Callable[..., T],
+        kwargs: dict[str, Any] | None = None,
+        path: str = "",
+        source: str = "",
+    ) -> None:
         self.factory = factory
         self.kwargs = dict(kwargs or {})
         self.path = path
+        self.source = source
 
     def __call__(self, **later: Any) -> T:
-        from masklab.config.build import call_bound
+        from masklab.config.build import call_bound  # build.py imports this module
 
-        return call_bound(self.factory, {**self.kwargs, **later}, path=self.path)
+        return call_bound(self.factory, self.kwargs, path=self.path, source=self.source, provided=later)
 
     def __repr__(self) -> str:
         name = getattr(self.factory, "__name__", repr(self.factory))

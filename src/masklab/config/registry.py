@@ -53,7 +53,9 @@ class Registry:
         close = difflib.get_close_matches(name, self._table, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         prefix = f"{where}: " if where else ""
-        raise ConfigError(f"{prefix}unknown {self.kind} type {name!r}{hint} (known: {', '.join(sorted(self._table)) or 'none'})")
+        raise ConfigError(
+            f"{prefix}unknown {self.kind} type {name!r}{hint} (known: {', '.join(sorted(self._table)) or 'none'})"
+        )
 
     def __contains__(self, name: str) -> bool:
         from masklab.config.registries import populate

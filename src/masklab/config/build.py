@@ -1,0 +1,542 @@
+"""Binding config nodes to constructor signatures (STYLE principle 2: the signature is the schema).
+
+``build_node({type: FCNHead, channels: 256, ...}, path="model.decode_head")`` finds ``FCNHead``
+(a registry name or ``pkg.module:Name``), checks every key against ``FCNHead.__init__``'s
+parameters and type annotations, and only then calls it. The whole node tree is checked before any
+constructor runs, and every problem found is reported in one ``; ``-separated line, each naming its
+file and dotted key::
+
+    configs/x.yaml: model.decode_head.chanels: unknown key for FCNHead; did you mean 'channels'?
+
+Supported annotations: ``int`` (``bool`` is not an int), ``float`` (ints accepted), ``str``,
+``bool``, ``None``/``Optional``, ``Union``/``X | Y``, ``Literal``, ``list[T]``, ``tuple[T, ...]``,
+``tuple[A, B]``, ``dict[str, T]``, ``Sequence``, ``Mapping``, ``Any``, ``pathlib.Path`` (from a
+string), classes (a ``{type: ...}`` node is built recursively; a mapping without ``type`` builds an
+annotated dataclass from its fields), ``Lazy[T]`` and ``list[Lazy[T]]``.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+import dataclasses
+import difflib
+import importlib
+import inspect
+import pathlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union
+
+from masklab.config import registries
+from masklab.config.lazy import Lazy
+from masklab.config.nodes import Config, join
+from masklab.config.registry import Registry
+from masklab.errors import ConfigError, MasklabError
+
+__all__ = ["Derived", "build_dataclass", "build_model", "build_node", "call_bound", "describe"]
+
+_NONE = type(None)
+_FAIL = object()  # conversion failed; the reason is already in Context.errors
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A value the caller derives, with the reason shown when the config states another one.
+
+    ``build_node(node, path="model", num_classes=Derived(8, "the dataset metadata has 8 classes"))``
+    fails with ``...: model.num_classes: config says 5 but the dataset metadata has 8 classes``.
+    """
+
+    value: Any
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """Stands for a node that passed its checks during the check-only pass (nothing was built)."""
+
+    factory: Callable[..., Any]
+
+
+@dataclass
+class _Context:
+    """State of one binding: where keys come from, collected errors, and whether to build."""
+
+    root_path: str
+    origin: Callable[[str], str]  # full dotted path -> file that set it
+    build: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def where(self, path: str) -> str:
+        return self.origin(path)
+
+    def error(self, path: str, message: str) -> None:
+        file = self.where(path)
+        line = f"{file}: {path}: {message}" if file else f"{path}: {message}"
+        if line not in self.errors:
+            self.errors.append(line)
+
+    def fork(self) -> _Context:
+        return _Context(self.root_path, self.origin, self.build)
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise ConfigError("; ".join(self.errors))
+
+
+def _origin_for(node: object, path: str, source: str) -> Callable[[str], str]:
+    """Map a display path under ``path`` to the file that set it (per key for a :class:`Config`)."""
+    if not isinstance(node, Config):
+        return lambda _p: source
+    base = node.prefix
+
+    def origin(p: str) -> str:
+        rel = p[len(path) :].lstrip(".") if p.startswith(path) else ""
+        return node.source_of_full(join(base, rel) if rel else base) or source
+
+    return origin
+
+
+# -- describing values and annotations ---------------------------------------------------------
+def describe(ann: Any) -> str:
+    """A short human name for an annotation (``int | None``, ``list[float]``, ``one of 'a', 'b'``)."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is _NONE or ann is None:
+        return "None"
+    if origin in (Union, types.UnionType):
+        return " | ".join(describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join('...' if a is Ellipsis else describe(a) for a in args)}]" if args else name
+    return getattr(ann, "__name__", str(ann))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Mapping):
+        text = repr(value.to_dict() if isinstance(value, Config) else dict(value))
+        kind = "mapping"
+    else:
+        text, kind = repr(value), type(value).__name__
+    return f"{kind} {text[:57] + '...' if len(text) > 60 else text}"
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, Mapping) and "type" in value
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, Config) else value
+
+
+# -- conversion per annotation -----------------------------------------------------------------
+def _convert(value: Any, ann: Any, path: str, ctx: _Context) -> Any:
+    """``value`` checked (and converted) against ``ann``; ``_FAIL`` after recording an error."""
+    if ann is Any or ann is inspect.Parameter.empty or isinstance(ann, TypeVar):
+        return _build_node(value, None, path, ctx) if _is_node(value) else _plain(value)
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann in (list, tuple, dict, cabc.Sequence, cabc.Mapping):
+        origin, args = ann, ()
+    if ann is None or ann is _NONE:
+        return None if value is None else _fail(value, ann, path, ctx)
+    if origin in (Union, types.UnionType):
+        return _convert_union(value, ann, args, path, ctx)
+    if origin is Literal:
+        hit = any(value == a and type(value) is type(a) for a in args)
+        return value if hit else _fail(value, ann, path, ctx)
+    if origin is Lazy or ann is Lazy:
+        return _convert_lazy(value, args[0] if args else Any, path, ctx)
+    if origin in (list, cabc.Sequence, cabc.MutableSequence):
+        return _convert_list(value, ann, args[0] if args else Any, path, ctx)
+    if origin is tuple:
+        return _convert_tuple(value, ann, args, path, ctx)
+    if origin in (dict, cabc.Mapping, cabc.MutableMapping):
+        return _convert_dict(value, ann, args, path, ctx)
+    if origin is not None:  # other typing constructs (Callable, ...) are not checked
+        return value
+    return _convert_class(value, ann, path, ctx)
+
+
+def _fail(value: Any, ann: Any, path: str, ctx: _Context) -> object:
+    ctx.error(path, f"expected {describe(ann)}, got {_show(value)}")
+    return _FAIL
+
+
+def _convert_class(value: Any, ann: Any, path: str, ctx: _Context) -> Any:
+    if ann is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _fail(value, ann, path, ctx)
+    if ann is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return value if ok else _fail(value, ann, path, ctx)
+    if ann in (str, bool):
+        return value if isinstance(value, ann) else _fail(value, ann, path, ctx)
+    if isinstance(ann, type) and issubclass(ann, pathlib.PurePath):
+        return ann(value) if isinstance(value, (str, pathlib.PurePath)) else _fail(value, ann, path, ctx)
+    if not isinstance(ann, type):  # a string annotation that did not resolve: nothing to check
+        return value
+    if isinstance(value, ann) or (isinstance(value, _Checked) and _subclass(value.factory, ann)):
+        return value
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(ann) and not _is_node(value):
+        return _build_dataclass(ann, value, path, ctx)
+    if isinstance(value, Mapping) and dataclasses.is_dataclass(ann) and _has_type_field(ann):
+        return _build_dataclass(ann, value, path, ctx)
+    if _is_node(value):
+        return _build_node(value, ann, path, ctx)
+    if isinstance(value, Mapping):
+        ctx.error(path, f"expected a {{type: ...}} node for {ann.__name__}, got a mapping without 'type'")
+        return _FAIL
+    return _fail(value, ann, path, ctx)
+
+
+def _has_type_field(cls: type) -> bool:
+    return any(f.name == "type" for f in dataclasses.fields(cls))
+
+
+def _subclass(factory: Any, ann: Any) -> bool:
+    # Factory functions cannot be checked before they run; classes can.
+    return not isinstance(factory, type) or not isinstance(ann, type) or issubclass(factory, ann)
+
+
+def _accepts_mapping(ann: Any) -> bool:
+    origin = typing.get_origin(ann)
+    if origin is Lazy or origin in (dict, cabc.Mapping, cabc.MutableMapping) or ann in (dict, cabc.Mapping):
+        return True
+    return (
+        isinstance(ann, type) and ann not in (int, float, str, bool) and not issubclass(ann, pathlib.PurePath)
+    )
+
+
+def _convert_union(value: Any, ann: Any, args: tuple[Any, ...], path: str, ctx: _Context) -> Any:
+    if value is None and _NONE in args:
+        return None
+    arms = [a for a in args if a is not _NONE]
+    if len(arms) == 1:  # Optional[X]: the X errors are the useful ones
+        out = _convert(value, arms[0], path, ctx)
+        if out is _FAIL and value is not None and not _accepts_mapping(arms[0]):
+            ctx.errors[-1] = ctx.errors[-1].replace(
+                f"expected {describe(arms[0])},", f"expected {describe(ann)},"
+            )
+        return out
+    for arm in arms:
+        sub = ctx.fork()
+        out = _convert(value, arm, path, sub)
+        if not sub.errors:
+            return out
+    structural = [a for a in arms if _accepts_mapping(a)]
+    if isinstance(value, Mapping) and len(structural) == 1:
+        return _convert(value, structural[0], path, ctx)
+    return _fail(value, ann, path, ctx)
+
+
+def _convert_list(value: Any, ann: Any, item: Any, path: str, ctx: _Context) -> Any:
+    if not isinstance(value, (list, tuple)):
+        return _fail(value, ann, path, ctx)
+    out = [_convert(v, item, join(path, i), ctx) for i, v in enumerate(value)]
+    return _FAIL if any(v is _FAIL for v in out) else out
+
+
+def _convert_tuple(value: Any, ann: Any, args: tuple[Any, ...], path: str, ctx: _Context) -> Any:
+    if not isinstance(value, (list, tuple)):
+        return _fail(value, ann, path, ctx)
+    if len(args) == 2 and args[1] is Ellipsis:
+        items = [args[0]] * len(value)
+    elif not args:
+        items = [Any] * len(value)
+    elif len(args) != len(value):
+        ctx.error(
+            path, f"expected {describe(ann)} ({len(args)} items), got {len(value)} items {list(value)!r}"
+        )
+        return _FAIL
+    else:
+        items = list(args)
+    out = [_convert(v, a, join(path, i), ctx) for i, (v, a) in enumerate(zip(value, items))]
+    return _FAIL if any(v is _FAIL for v in out) else tuple(out)
+
+
+def _convert_dict(value: Any, ann: Any, args: tuple[Any, ...], path: str, ctx: _Context) -> Any:
+    if not isinstance(value, Mapping):
+        return _fail(value, ann, path, ctx)
+    key_ann, val_ann = args if len(args) == 2 else (Any, Any)
+    out: dict[Any, Any] = {}
+    for k, v in value.items():
+        if key_ann is str and not isinstance(k, str):
+            ctx.error(join(path, k), f"expected a string key, got {_show(k)}")
+            out[k] = _FAIL
+            continue
+        out[k] = _convert(v, val_ann, join(path, k), ctx)
+    return _FAIL if any(v is _FAIL for v in out.values()) else out
+
+
+def _convert_lazy(value: Any, target: Any, path: str, ctx: _Context) -> Any:
+    if isinstance(value, Lazy):
+        return value
+    if _is_node(value) and not (dataclasses.is_dataclass(target) and _has_type_field(target)):
+        return _build_node(value, target if isinstance(target, type) else None, path, ctx, lazy=True)
+    if isinstance(value, Mapping) and isinstance(target, type):
+        kwargs = _bind(target, value, path, ctx, allow_missing=True, skip_type=False)
+        if kwargs is _FAIL:
+            return _FAIL
+        return Lazy(target, kwargs, path, source=ctx.where(path)) if ctx.build else _Checked(target)
+    ctx.error(path, f"expected a {{type: ...}} node for {describe(Lazy[target])}, got {_show(value)}")
+    return _FAIL
+
+
+# -- binding a mapping to a signature ----------------------------------------------------------
+def _signature(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Keyword-bindable parameters, their resolved annotations, and whether ``**kwargs`` exists."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: accept anything
+        return {}, {}, True
+    params = {
+        n: p
+        for n, p in sig.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    target = (
+        factory if dataclasses.is_dataclass(factory) or not isinstance(factory, type) else factory.__init__
+    )
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - e.g. names imported under TYPE_CHECKING: check what resolves
+        hints = {n: p.annotation for n, p in params.items() if not isinstance(p.annotation, str)}
+    return params, hints, var_kw
+
+
+def _name(factory: Any) -> str:
+    return getattr(factory, "__name__", repr(factory))
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - tensors and friends: not comparable means not equal
+        return False
+
+
+def _bind(
+    factory: Callable[..., Any],
+    node: Mapping[str, Any],
+    path: str,
+    ctx: _Context,
+    *,
+    allow_missing: bool = False,
+    provided: Mapping[str, Any] | None = None,
+    skip_type: bool = True,
+) -> Any:
+    """Check ``node``'s keys against ``factory``'s signature; the converted kwargs or ``_FAIL``."""
+    params, hints, var_kw = _signature(factory)
+    name, before = _name(factory), len(ctx.errors)
+    kwargs: dict[str, Any] = {}
+    for key, raw in node.items():
+        if key == "type" and skip_type:
+            continue
+        kpath = join(path, key)
+        if key in params or var_kw:
+            kwargs[key] = _convert(raw, hints.get(key, Any), kpath, ctx)
+            continue
+        close = difflib.get_close_matches(str(key), list(params), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(params) or 'none'})"
+        ctx.error(kpath, f"unknown key for {name}{hint}")
+    for key, given in (provided or {}).items():
+        value, reason = (given.value, given.reason) if isinstance(given, Derived) else (given, "")
+        if key not in params and not var_kw:
+            ctx.error(path, f"{name} does not take {key!r}, which its owner supplies; pick a type that does")
+        elif key in node and kwargs.get(key, _FAIL) is not _FAIL and not _equal(kwargs[key], value):
+            ctx.error(
+                join(path, key),
+                f"config says {_plain(node[key])!r} but {reason or f'the caller derives {value!r}'}",
+            )
+        kwargs[key] = value
+    if not allow_missing:
+        for key, p in params.items():
+            if p.default is inspect.Parameter.empty and key not in kwargs:
+                ctx.error(path, f"missing required key {key!r} for {name}")
+    return _FAIL if len(ctx.errors) > before else kwargs
+
+
+def _call(factory: Callable[..., Any], kwargs: dict[str, Any], path: str, where: str) -> Any:
+    try:
+        return factory(**kwargs)
+    except MasklabError:
+        raise
+    except (TypeError, ValueError) as exc:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}{path}: {_name(factory)}: {exc}") from exc
+
+
+def _build_dataclass(cls: type, node: Mapping[str, Any], path: str, ctx: _Context) -> Any:
+    kwargs = _bind(cls, node, path, ctx, skip_type=not _has_type_field(cls))
+    if kwargs is _FAIL:
+        return _FAIL
+    return _call(cls, kwargs, path, ctx.where(path)) if ctx.build else _Checked(cls)
+
+
+# -- resolving type names ----------------------------------------------------------------------
+def _import(name: str, tpath: str, ctx: _Context) -> Any:
+    module_name, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        ctx.error(tpath, f"cannot import {module_name!r} for type {name!r} ({exc})")
+        return _FAIL
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            ctx.error(tpath, f"module {module_name!r} has no attribute {attr!r}")
+            return _FAIL
+        obj = getattr(obj, part)
+    if not callable(obj):
+        ctx.error(tpath, f"{name!r} is not a class or function")
+        return _FAIL
+    return obj
+
+
+def _resolve(name: Any, path: str, ctx: _Context, registry: Registry | None, expected: Any) -> Any:
+    tpath = join(path, "type")
+    if not isinstance(name, str) or not name:
+        ctx.error(tpath, f"expected a registered name or pkg.module:Name, got {_show(name)}")
+        return _FAIL
+    if ":" in name:
+        return _import(name, tpath, ctx)
+    if registry is not None:
+        try:
+            return registry.get(name, where=f"{ctx.where(tpath)}: {tpath}")
+        except ConfigError as exc:
+            ctx.errors.append(str(exc))
+            return _FAIL
+    hits = [reg.get(name) for reg in registries.ALL.values() if name in reg]
+    if len(hits) > 1 and isinstance(expected, type):
+        hits = [h for h in hits if _subclass(h, expected)] or hits
+    hits = list(dict.fromkeys(hits))
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        ctx.error(tpath, f"type {name!r} is registered in several registries; write pkg.module:Name")
+        return _FAIL
+    known = [n for reg in registries.ALL.values() for n in reg.names()]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    ctx.error(tpath, f"unknown type {name!r}{hint} (a registered name or pkg.module:Name)")
+    return _FAIL
+
+
+def _build_node(
+    node: Mapping[str, Any],
+    expected: Any,
+    path: str,
+    ctx: _Context,
+    *,
+    registry: Registry | None = None,
+    provided: Mapping[str, Any] | None = None,
+    lazy: bool = False,
+) -> Any:
+    factory = _resolve(node["type"], path, ctx, registry, expected)
+    if factory is _FAIL:
+        return _FAIL
+    ok = True
+    if expected is not None and not _subclass(factory, expected):
+        ctx.error(join(path, "type"), f"{node['type']!r} is not a {describe(expected)}")
+        ok = False
+    kwargs = _bind(factory, node, path, ctx, allow_missing=lazy, provided=provided)
+    if kwargs is _FAIL or not ok:
+        return _FAIL
+    if not ctx.build:
+        return _Checked(factory)
+    where = ctx.where(join(path, "type"))
+    return Lazy(factory, kwargs, path, source=where) if lazy else _call(factory, kwargs, path, where)
+
+
+def _two_pass(run: Callable[[_Context], Any], ctx: _Context) -> Any:
+    """Check everything first (no constructor runs), then build."""
+    run(ctx)
+    ctx.raise_errors()
+    ctx.build = True
+    out = run(ctx)
+    ctx.raise_errors()
+    return out
+
+
+# -- public API --------------------------------------------------------------------------------
+def build_node(
+    node: Mapping[str, Any],
+    *,
+    path: str,
+    source: str = "",
+    registry: Registry | None = None,
+    **provided: Any,
+) -> Any:
+    """Build the object a ``{type: Name, key: value, ...}`` node describes.
+
+    Args:
+        node: the node; a :class:`Config` section gives per-key file names in errors.
+        path: dotted path of the node in its config (``model.decode_head``), for errors.
+        source: file to name in errors when ``node`` is a plain mapping.
+        registry: where to look ``type`` up; default: every registry. ``pkg.module:Name`` always works.
+        **provided: values derived by the caller (plain or :class:`Derived`); the config may restate
+            them only with the same value.
+
+    Raises:
+        ConfigError: every unknown, missing or mistyped key in the node tree, in one line.
+    """
+    ctx = _Context(path, _origin_for(node, path, source))
+    if not isinstance(node, Mapping):
+        raise ConfigError(
+            f"{source + ': ' if source else ''}{path}: expected a {{type: ...}} mapping, got {_show(node)}"
+        )
+    if "type" not in node:
+        where = ctx.where(path)
+        raise ConfigError(
+            f"{where + ': ' if where else ''}{path}: missing 'type' (a registered name or pkg.module:Name)"
+        )
+    return _two_pass(lambda c: _build_node(node, None, path, c, registry=registry, provided=provided), ctx)
+
+
+def build_dataclass(
+    cls: type, node: Mapping[str, Any], *, path: str, source: str = "", **provided: Any
+) -> Any:
+    """Build dataclass ``cls`` from a mapping of its fields, with the same checks as :func:`build_node`."""
+    ctx = _Context(path, _origin_for(node, path, source))
+    if not isinstance(node, Mapping):
+        where = ctx.where(path)
+        raise ConfigError(f"{where + ': ' if where else ''}{path}: expected a mapping, got {_show(node)}")
+
+    def run(c: _Context) -> Any:
+        kwargs = _bind(cls, node, path, c, provided=provided, skip_type=not _has_type_field(cls))
+        return kwargs if kwargs is _FAIL or not c.build else _call(cls, kwargs, path, c.where(path))
+
+    return _two_pass(run, ctx)
+
+
+def call_bound(
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    path: str,
+    *,
+    source: str = "",
+    provided: Mapping[str, Any] | None = None,
+) -> Any:
+    """Check ``kwargs`` (plus caller-``provided`` ones) against ``factory``'s signature, then call it.
+
+    This is what :class:`Lazy` runs when its owner completes it with derived values.
+    """
+    ctx = _Context(path, lambda _p: source)
+
+    def run(c: _Context) -> Any:
+        bound = _bind(factory, kwargs, path, c, provided=provided, skip_type=False)
+        return bound if bound is _FAIL or not c.build else _call(factory, bound, path, source)
+
+    return _two_pass(run, ctx)
+
+
+def build_model(cfg: Mapping[str, Any], **provided: Any) -> Any:
+    """Build ``cfg["model"]`` through the model registry (see :func:`build_node` for ``provided``)."""
+    if "model" not in cfg:
+        name = cfg.filename if isinstance(cfg, Config) else "config"
+        raise ConfigError(f"{name}: model: missing section (a {{type: ...}} node)")
+    source = cfg.filename if isinstance(cfg, Config) else ""
+    return build_node(cfg["model"], path="model", source=source, registry=registries.MODELS, **provided)
