@@ -1,1 +1,3 @@
+"""Evaluators. Importing this package registers them (see ``registries.populate``)."""
 
+from masklab.evaluation import semantic  # noqa: F401 - imported to register IoUMetric

@@ -1,0 +1,246 @@
+"""The IoU family of semantic metrics with MMSegmentation's ``IoUMetric`` rules.
+
+Per image, over pixels whose ground truth is not ``ignore_index``, the per-class intersection,
+union, predicted area and ground-truth area are counted at the original resolution. Over the
+dataset the four histograms are *summed* (not averaged per image); per-class ratios follow, with
+0/0 giving NaN, and the summaries are NaN-means, so a class absent from both ground truth and
+prediction is excluded. Values are fractions in [0, 1] (MMSeg prints them x100).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from masklab.config.registries import EVALUATORS
+from masklab.errors import ConfigError, DataError
+from masklab.structures.batch import Batch
+from masklab.structures.predictions import SemanticPrediction
+from masklab.structures.sample import SampleMeta
+
+_METRICS = ("mIoU", "mDice", "mFscore")
+
+
+@dataclass
+class AreaStats:
+    """Per-class pixel counts (each (C,) int64), summable over images and ranks."""
+
+    intersect: torch.Tensor
+    union: torch.Tensor
+    pred_area: torch.Tensor
+    label_area: torch.Tensor
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> AreaStats:
+        z = torch.zeros(num_classes, dtype=torch.int64)
+        return cls(z.clone(), z.clone(), z.clone(), z.clone())
+
+    def __iadd__(self, other: AreaStats) -> AreaStats:
+        self.intersect += other.intersect
+        self.union += other.union
+        self.pred_area += other.pred_area
+        self.label_area += other.label_area
+        return self
+
+
+def intersect_and_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
+) -> AreaStats:
+    """Counts of one (H, W) prediction against its (H, W) ground truth.
+
+    Pixels labelled ``ignore_index`` are skipped; like MMSeg's histogram, values outside
+    ``[0, num_classes)`` are not counted.
+    """
+    if pred.shape != label.shape:
+        raise DataError(
+            f"prediction {tuple(pred.shape)} and ground truth {tuple(label.shape)} differ in size"
+        )
+    valid = label != ignore_index
+    pred = pred[valid].long().cpu()
+    label = label[valid].long().cpu()
+
+    def hist(values: torch.Tensor) -> torch.Tensor:
+        values = values[(values >= 0) & (values < num_classes)]
+        return torch.bincount(values, minlength=num_classes)
+
+    intersect = hist(pred[pred == label])
+    pred_area = hist(pred)
+    label_area = hist(label)
+    return AreaStats(intersect, pred_area + label_area - intersect, pred_area, label_area)
+
+
+def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """Elementwise ratio in float64 where 0/0 is NaN (and x/0 for x > 0 is NaN too, never happening here)."""
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
+
+
+def area_to_metrics(
+    stats: AreaStats, metrics: Sequence[str], beta: float = 1.0, nan_to_num: float | None = None
+) -> dict[str, torch.Tensor]:
+    """Per-class metrics (float64 (C,) tensors) plus ``aAcc`` (a 0-d tensor), MMSeg's formulas."""
+    out: dict[str, torch.Tensor] = {"aAcc": _divide(stats.intersect.sum(), stats.label_area.sum())}
+    for metric in metrics:
+        if metric == "mIoU":
+            out["IoU"] = _divide(stats.intersect, stats.union)
+            out["Acc"] = _divide(stats.intersect, stats.label_area)
+        elif metric == "mDice":
+            out["Dice"] = _divide(2 * stats.intersect, stats.pred_area + stats.label_area)
+            out["Acc"] = _divide(stats.intersect, stats.label_area)
+        elif metric == "mFscore":
+            precision = _divide(stats.intersect, stats.pred_area)
+            recall = _divide(stats.intersect, stats.label_area)
+            b2 = beta**2
+            # NaN precision/recall propagate; 0/0 F-score (both zero) is NaN as in MMSeg's f_score.
+            out["Fscore"] = (1 + b2) * precision * recall / (b2 * precision + recall)
+            out["Precision"] = precision
+            out["Recall"] = recall
+    if nan_to_num is not None:
+        out = {k: torch.nan_to_num(v, nan=nan_to_num) for k, v in out.items()}
+    return out
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    finite = values[~torch.isnan(values)]
+    return float(finite.mean()) if finite.numel() else math.nan
+
+
+@EVALUATORS.register()
+class IoUMetric:
+    """mIoU / mDice / mFscore over a dataset, comparable with MMSeg's ``IoUMetric``.
+
+    Ground truth per image comes from ``meta.extra["seg_map_path"]`` (read with
+    :func:`masklab.data.io.read_label`, with ``meta.extra["reduce_zero_label"]`` applied), else from
+    ``meta.extra["gt_semantic"]`` (an (H, W) tensor already in training label space), else from the
+    batch's semantic map when the image was not resized (``img_shape == ori_shape``).
+
+    Args:
+        num_classes: number of classes.
+        ignore_index: ground-truth label excluded everywhere.
+        metrics: any of "mIoU", "mDice", "mFscore".
+        class_names: names for the report (default: "0", "1", ...).
+        nan_to_num: replace NaN per-class values before averaging (MMSeg semantics); None keeps NaN.
+        beta: the F-score's beta.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        metrics: Sequence[str] = ("mIoU",),
+        class_names: Sequence[str] | None = None,
+        nan_to_num: float | None = None,
+        beta: float = 1.0,
+    ) -> None:
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        for m in metrics:
+            if m not in _METRICS:
+                raise ConfigError(
+                    f"evaluate.metrics: unknown metric {m!r}; expected some of {', '.join(_METRICS)}"
+                )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ConfigError(f"evaluate.class_names: {len(class_names)} names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.metrics = metrics
+        self.class_names = (
+            tuple(class_names) if class_names is not None else tuple(str(i) for i in range(num_classes))
+        )
+        self.nan_to_num = nan_to_num
+        self.beta = beta
+        self.test_description = "whole image"
+        self.reset()
+
+    @property
+    def metric_description(self) -> str:
+        """How the numbers were computed."""
+        return (
+            f"{'/'.join(self.metrics)} as fractions (0..1), dataset-level sums of per-class pixel counts, "
+            f"NaN-mean over classes, original resolution, ignore_index {self.ignore_index}, {self.test_description}"
+        )
+
+    def reset(self) -> None:
+        """Forget every processed image."""
+        self.stats = AreaStats.zeros(self.num_classes)
+        self.num_images = 0
+        self._results: dict[str, torch.Tensor] | None = None
+
+    def process(self, batch: Batch | None, predictions: list[SemanticPrediction]) -> None:
+        """Accumulate the counts of each prediction against its ground truth."""
+        for i, pred in enumerate(predictions):
+            label = self._ground_truth(pred.meta, batch, i)
+            self.stats += intersect_and_union(pred.label_map, label, self.num_classes, self.ignore_index)
+            self.num_images += 1
+
+    def _ground_truth(self, meta: SampleMeta, batch: Batch | None, index: int) -> torch.Tensor:
+        path = meta.extra.get("seg_map_path")
+        if path:
+            from masklab.data.io import read_label
+
+            label = read_label(str(path))
+            if meta.extra.get("reduce_zero_label", False):
+                # MMSeg: 0 ("other") becomes ignore, every other id shifts down by one.
+                label = torch.where(label == 0, torch.full_like(label, 255), label - 1)
+                label[label == 254] = 255
+            return label
+        gt = meta.extra.get("gt_semantic")
+        if isinstance(gt, torch.Tensor):
+            return gt
+        if (
+            batch is not None
+            and batch.semantic is not None
+            and tuple(meta.img_shape) == tuple(meta.ori_shape)
+        ):
+            h, w = meta.img_shape
+            return batch.semantic[index, :h, :w]
+        raise DataError(
+            f"{meta.file_name or f'image {meta.image_id}'}: no ground truth for IoUMetric; the dataset must set "
+            "meta.extra['seg_map_path'] (or 'gt_semantic') when the test pipeline resizes images"
+        )
+
+    def compute(self) -> dict[str, float]:
+        """Summary metrics (``aAcc``, ``mIoU``, ``mAcc``, ...) as fractions; reduces across ranks first."""
+        stats = AreaStats(
+            *(
+                t.clone()
+                for t in (self.stats.intersect, self.stats.union, self.stats.pred_area, self.stats.label_area)
+            )
+        )
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for t in (stats.intersect, stats.union, stats.pred_area, stats.label_area):
+                dist.all_reduce(t)
+        self._results = area_to_metrics(stats, self.metrics, self.beta, self.nan_to_num)
+        summary = {"aAcc": float(self._results["aAcc"])}
+        for key, values in self._results.items():
+            if key != "aAcc":
+                summary[f"m{key}"] = _nanmean(values)
+        return summary
+
+    def per_class(self) -> dict[str, dict[str, float]]:
+        """Class name -> {metric: value} from the last :meth:`compute`."""
+        if self._results is None:
+            self.compute()
+        assert self._results is not None
+        keys = [k for k in self._results if k != "aAcc"]
+        return {
+            name: {k: float(self._results[k][c]) for k in keys} for c, name in enumerate(self.class_names)
+        }
+
+    def format_report(self) -> str:
+        """A per-class table (values x100, NaN shown as 'nan') followed by the summary line."""
+        summary = self.compute()
+        rows = self.per_class()
+        keys = [k for k in self._results or {} if k != "aAcc"]
+        width = max([5, *(len(n) for n in self.class_names)])
+        lines = [f"{'Class':<{width}} | " + " | ".join(f"{k:>9}" for k in keys)]
+        lines.append("-" * len(lines[0]))
+        for name, values in rows.items():
+            lines.append(f"{name:<{width}} | " + " | ".join(f"{values[k] * 100:>9.2f}" for k in keys))
+        lines.append("summary: " + ", ".join(f"{k} {v * 100:.2f}" for k, v in summary.items()))
+        lines.append(self.metric_description)
+        return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Pixel-wise cross-entropy with MMSegmentation's exact averaging rules.
+
+MMSeg's default divides the summed loss by *all* pixels, ignored ones included (they contribute 0),
+unlike ``torch.nn.functional.cross_entropy`` which divides by the non-ignored count (and, with class
+weights, by the summed weights). ``avg_non_ignore=True`` divides by the number of non-ignored pixels
+but still not by the class weights. Matching this keeps loss curves and learning rates comparable
+with the MMSeg zoo.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.registries import LOSSES
+from masklab.errors import ModelError
+
+# MMSeg adds float32 eps to the divisor so an all-ignored batch gives 0, not NaN.
+_EPS = torch.finfo(torch.float32).eps
+
+
+def reduce_pixel_loss(
+    loss: torch.Tensor, weight: torch.Tensor | None, avg_factor: float | None
+) -> torch.Tensor:
+    """Weight a per-element loss and average it: over all elements, or ``sum / avg_factor`` when given."""
+    if weight is not None:
+        loss = loss * weight
+    if avg_factor is None:
+        return loss.mean()
+    return loss.sum() / (avg_factor + _EPS)
+
+
+@LOSSES.register()
+class CrossEntropyLoss(nn.Module):
+    """Softmax (or sigmoid) cross-entropy over pixels.
+
+    Args:
+        loss_weight: multiplier of the loss.
+        class_weight: per-class weights (length = number of output channels), or None. With
+            ``use_sigmoid`` it is BCE's ``pos_weight``.
+        avg_non_ignore: divide by the non-ignored pixel count instead of all pixels.
+        use_sigmoid: binary cross-entropy per channel (one channel = binary segmentation).
+        loss_name: the key the loss is logged under; names starting with ``loss`` are optimised.
+        ignore_index: label ignored by the loss (the decode head passes its own at call time).
+    """
+
+    def __init__(
+        self,
+        loss_weight: float = 1.0,
+        class_weight: list[float] | None = None,
+        avg_non_ignore: bool = False,
+        use_sigmoid: bool = False,
+        loss_name: str = "loss_ce",
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        self.loss_weight = loss_weight
+        self.avg_non_ignore = avg_non_ignore
+        self.use_sigmoid = use_sigmoid
+        self.loss_name = loss_name
+        self.ignore_index = ignore_index
+        self.class_weight: torch.Tensor | None
+        self.register_buffer(
+            "class_weight",
+            None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32),
+            persistent=False,
+        )
+
+    def check_num_classes(self, num_channels: int, where: str = "loss_decode") -> None:
+        """Fail at build time when ``class_weight`` does not have one entry per output channel.
+
+        Raises:
+            ModelError: the lengths differ.
+        """
+        if self.class_weight is not None and len(self.class_weight) != num_channels:
+            raise ModelError(
+                f"{where}.class_weight has {len(self.class_weight)} entries but the head predicts "
+                f"{num_channels} channels; give one weight per class"
+            )
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        label: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        ignore_index: int | None = None,
+    ) -> torch.Tensor:
+        """Mean loss of (B, C, H, W) logits against (B, H, W) int64 labels.
+
+        Args:
+            logits: raw scores, already at the label's resolution.
+            label: class ids; ``ignore_index`` pixels add nothing.
+            weight: optional (B, H, W) per-pixel weights (e.g. from an OHEM sampler).
+            ignore_index: overrides the constructor's value.
+        """
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        if self.use_sigmoid:
+            loss = self._sigmoid(logits, label, weight, ignore)
+        else:
+            loss = self._softmax(logits, label, weight, ignore)
+        return self.loss_weight * loss
+
+    def _softmax(
+        self, logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, ignore: int
+    ) -> torch.Tensor:
+        class_weight = None if self.class_weight is None else self.class_weight.to(logits)
+        loss = F.cross_entropy(logits, label, weight=class_weight, reduction="none", ignore_index=ignore)
+        avg_factor = None
+        if self.avg_non_ignore:
+            avg_factor = float(label.numel() - int((label == ignore).sum()))
+        return reduce_pixel_loss(loss, None if weight is None else weight.float(), avg_factor)
+
+    def _sigmoid(
+        self, logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, ignore: int
+    ) -> torch.Tensor:
+        valid = (label >= 0) & (label != ignore)
+        if logits.shape[1] == 1:
+            # Binary segmentation: one channel, the label is the foreground indicator.
+            pred = logits[:, 0]
+            target = torch.where(valid, label, torch.zeros_like(label)).to(pred.dtype)
+            valid_f = valid.to(pred.dtype)
+            pixel_weight = valid_f if weight is None else weight.float() * valid_f
+        else:
+            # One-vs-all over C channels: one-hot targets, ignored pixels masked in every channel.
+            pred = logits
+            safe = torch.where(valid, label, torch.zeros_like(label))
+            target = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).to(pred.dtype)
+            valid_f = valid.unsqueeze(1).expand_as(pred).to(pred.dtype)
+            pixel_weight = valid_f if weight is None else weight.float().unsqueeze(1) * valid_f
+        pos_weight = None if self.class_weight is None else self.class_weight.to(pred)
+        if pos_weight is not None and pred.ndim == 4:
+            pos_weight = pos_weight.view(1, -1, 1, 1)
+        loss = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight, reduction="none")
+        avg_factor = float(valid_f.sum()) if self.avg_non_ignore else None
+        return reduce_pixel_loss(loss, pixel_weight, avg_factor)
