@@ -1,0 +1,239 @@
+"""Checkpoint files: atomic save, ``latest`` pointer, safe load, fine-tuning weights, safetensors.
+
+A checkpoint is one ``.pth`` file holding a dict with the keys of docs/contracts.md (``model``,
+``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration``, ``rng``, ``config``, ``meta``).
+Files are written to a temporary file in the same folder, fsynced, then renamed over the target,
+so a crash mid-write never leaves a torn checkpoint and the previous one stays valid.
+Loading always uses ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import nn
+
+from masklab.engine.distributed import unwrap
+from masklab.errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST_NAME = "latest"
+PAYLOAD_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "iteration", "rng", "config", "meta")
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Persist the rename itself; not every platform lets a directory be opened.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically; returns the path.
+
+    Raises:
+        CheckpointError: the file could not be written (the previous file at ``path`` is intact).
+    """
+    path = Path(path)
+    try:
+        atomic_write(path, lambda f: torch.save(dict(payload), f))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: could not write checkpoint ({exc})") from exc
+    except Exception as exc:  # torch.save raises RuntimeError/PicklingError on bad payloads
+        raise CheckpointError(f"{path}: could not write checkpoint ({type(exc).__name__}: {exc})") from exc
+    return path
+
+
+def write_latest(checkpoint_path: str | Path) -> Path:
+    """Point ``<folder>/latest`` at ``checkpoint_path`` (a text file holding its name, replaced atomically)."""
+    checkpoint_path = Path(checkpoint_path)
+    pointer = checkpoint_path.parent / LATEST_NAME
+    atomic_write(pointer, lambda f: f.write(checkpoint_path.name.encode() + b"\n"))
+    return pointer
+
+
+def find_latest(work_dir: str | Path) -> Path | None:
+    """The newest checkpoint of a run: the file ``work_dir/checkpoints/latest`` names, or None.
+
+    Raises:
+        CheckpointError: the pointer names a file that does not exist.
+    """
+    folder = Path(work_dir) / CHECKPOINT_DIR
+    pointer = folder / LATEST_NAME
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    target = folder / name
+    if not name or not target.is_file():
+        raise CheckpointError(f"{pointer}: points at {name!r}, which does not exist in {folder}")
+    return target
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, torn, holds arbitrary objects, or is not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a paragraph; keep only the part naming the refused global.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        first = f"unsupported global {found.group(1)}" if found else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load, it holds objects beyond tensors and plain data ({first})"
+        ) from exc
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (torn or not a torch file: {type(exc).__name__})"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a checkpoint, expected a dict but found {type(payload).__name__}")
+    return payload
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_model_weights` did.
+
+    Attributes:
+        missing: model keys the checkpoint lacked (left at their initial values).
+        unexpected: checkpoint keys the model does not have (ignored).
+    """
+
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    def message(self, source: str = "") -> str:
+        """One line for the log."""
+        head = f"loaded weights from {source}" if source else "loaded weights"
+
+        def show(keys: tuple[str, ...]) -> str:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            return ", ".join(keys[:5]) + more
+
+        parts = [head]
+        parts.append(f"missing {len(self.missing)}: {show(self.missing)}" if self.missing else "missing 0")
+        parts.append(
+            f"unexpected {len(self.unexpected)}: {show(self.unexpected)}"
+            if self.unexpected
+            else "unexpected 0"
+        )
+        return "; ".join(parts)
+
+
+def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    if isinstance(source, Mapping):
+        state = dict(source)
+        name = "<state dict>"
+    else:
+        name = str(source)
+        if str(source).endswith(".safetensors"):
+            if not Path(source).is_file():
+                raise CheckpointError(f"{source}: weights file not found")
+            from safetensors.torch import load_file
+
+            state = load_file(str(source))
+        else:
+            state = load_checkpoint(source)
+    if "model" in state and isinstance(state["model"], Mapping):
+        state = dict(state["model"])
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"{name}: no model weights found (expected a 'model' entry or a flat state dict)"
+        )
+    # Checkpoints written from a DDP wrapper carry a 'module.' prefix; the bare model has none.
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state, name
+
+
+def load_model_weights(
+    model: nn.Module, source: str | Path | Mapping[str, Any], strict: bool = False
+) -> LoadReport:
+    """Load weights for fine-tuning (``load_from``) from a checkpoint, safetensors file or state dict.
+
+    Args:
+        model: the (possibly wrapped) model to fill.
+        source: a checkpoint path, ``.safetensors`` path, or a state dict.
+        strict: raise when any key is missing or unexpected.
+
+    Raises:
+        CheckpointError: shapes disagree (a checkpoint for another model), or ``strict`` and keys differ.
+    """
+    state, name = _read_state_dict(source)
+    target = unwrap(model)
+    own = target.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if mismatched:
+        shown = ", ".join(
+            f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:3]
+        )
+        raise CheckpointError(
+            f"{name}: weights do not fit this model ({len(mismatched)} shape mismatches: {shown})"
+        )
+    missing = tuple(k for k in own if k not in state)
+    unexpected = tuple(k for k in state if k not in own)
+    report = LoadReport(missing=missing, unexpected=unexpected)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{name}: strict load failed; {report.message()}")
+    target.load_state_dict(state, strict=False)
+    return report
+
+
+def export_safetensors(model: nn.Module, path: str | Path) -> Path:
+    """Write the model's weights as a safetensors file (atomically); returns the path."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # save_model de-duplicates shared tensors, which save_file refuses.
+        save_model(unwrap(model), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,342 @@
+"""The iteration-based training loop shared by every family.
+
+Typical use (no config needed)::
+
+    trainer = Trainer(model, optimizer, loader_factory, max_iters=1000, work_dir="runs/x",
+                      scheduler=sched, hooks=[TimerHook(), LoggerHook(), CheckpointHook(500)])
+    trainer.resume()          # optional: continue from work_dir/checkpoints/latest
+    trainer.train()
+
+Resume and the data position: pass ``train_loader`` as a factory ``start -> iterable of Batch``.
+The trainer calls it once, at the start of :meth:`train`, with the number of batches already
+consumed (``iteration * accumulate_steps``, 0 for a fresh run); the factory must build an
+``InfiniteSampler(..., start_iter=start)`` loader whose order depends only on seed and position.
+That is what makes a resumed run equal the uninterrupted one. A plain iterable is accepted too,
+but then a resumed run restarts the data stream from its beginning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from masklab.engine.checkpoint import find_latest, load_checkpoint
+from masklab.engine.distributed import get_info, is_initialized, is_main_process, unwrap
+from masklab.engine.hooks.base import Hook
+from masklab.engine.precision import autocast, check_precision, make_scaler
+from masklab.engine.progress import make_progress
+from masklab.engine.rng import capture_rng, restore_rng, seed_everything
+from masklab.engine.schedules import IterScheduler
+from masklab.engine.state import TrainState
+from masklab.engine.val_loop import ValLoop
+from masklab.errors import CheckpointError, ConfigError, TrainingError
+from masklab.structures import Batch
+
+LoaderFactory = Callable[[int], Iterable[Batch]]
+
+
+def epochs_to_iters(
+    epochs: float,
+    dataset_size: int,
+    batch_size: int,
+    world_size: int = 1,
+    accumulate_steps: int = 1,
+    drop_last: bool = True,
+) -> int:
+    """Optimiser steps in ``epochs`` passes over ``dataset_size`` samples (at least 1)."""
+    per_step = batch_size * world_size * accumulate_steps
+    if per_step <= 0 or dataset_size <= 0:
+        raise ConfigError(
+            f"cannot convert epochs to iterations with dataset size {dataset_size} and batch {per_step}"
+        )
+    per_epoch = dataset_size // per_step if drop_last else math.ceil(dataset_size / per_step)
+    return max(1, round(epochs * max(1, per_epoch)))
+
+
+class Trainer:
+    """Runs ``max_iters`` optimiser steps, calling hooks around each.
+
+    Args:
+        model: the model (possibly DDP/FSDP-wrapped) following the model contract.
+        optimizer: built over the model's parameters.
+        train_loader: an infinite iterable of :class:`Batch`, or a factory ``start -> iterable``
+            (see the module docstring for resume).
+        max_iters: optimiser steps in the whole run.
+        scheduler: per-iteration LR scheduler (stepped after every iteration), or None.
+        hooks: hooks, run in ascending ``priority``.
+        work_dir: run folder (checkpoints, logs); created on rank 0.
+        precision: ``fp32``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a GradScaler).
+        accumulate_steps: micro-batches per optimiser step; each loss is divided by it.
+        clip_grad: max global gradient norm, or None for no clipping.
+        device: where the model runs.
+        val_loop: evaluation run by :meth:`validate` (the eval hook calls it).
+        seed: seeds Python, NumPy and torch before the run when given.
+        config: the resolved config, saved into every checkpoint (plain data only).
+        progress: show a rich progress bar on rank 0.
+        console: where console lines go (default: a rich console on stdout).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_loader: Iterable[Batch] | LoaderFactory,
+        max_iters: int,
+        *,
+        scheduler: IterScheduler | None = None,
+        hooks: Sequence[Hook] = (),
+        work_dir: str | Path,
+        precision: str = "fp32",
+        accumulate_steps: int = 1,
+        clip_grad: float | None = None,
+        device: str | torch.device = "cpu",
+        val_loop: ValLoop | None = None,
+        seed: int | None = None,
+        config: dict[str, Any] | None = None,
+        progress: bool = True,
+        console: Console | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        check_precision(precision, self.device)
+        if max_iters <= 0 or accumulate_steps <= 0:
+            raise ConfigError(
+                f"train: max_iters and accumulate_steps must be positive, got {max_iters}, {accumulate_steps}"
+            )
+        if clip_grad is not None and clip_grad <= 0:
+            raise ConfigError(f"train.clip_grad: expected a positive max norm or null, got {clip_grad}")
+        if seed is not None:
+            seed_everything(seed)
+        self.model = model
+        self.optimizer = optimizer
+        self.train_loader = train_loader
+        self.max_iters = int(max_iters)
+        self.scheduler = scheduler
+        # sorted() is stable, so equal priorities keep the order they were given in.
+        self.hooks: list[Hook] = sorted(hooks, key=lambda h: h.priority)
+        self.work_dir = Path(work_dir)
+        self.precision = precision
+        self.accumulate_steps = int(accumulate_steps)
+        self.clip_grad = clip_grad
+        self.val_loop = val_loop
+        self.config = config
+        self.scaler = make_scaler(precision, self.device)
+        self.console = console or Console(highlight=False)
+        self.show_progress = progress
+        self.iter = 0
+        self.state: TrainState | None = None
+        self.should_stop = False
+        self.nonfinite_tolerated = False
+        self.dist = get_info()
+        if is_main_process():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ helpers
+    def find_hook(self, cls: type[Hook]) -> Hook | None:
+        """The first hook of type ``cls``, or None."""
+        return next((h for h in self.hooks if isinstance(h, cls)), None)
+
+    def call_hooks(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every hook in priority order."""
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def log(self, message: str) -> None:
+        """Print one console line on rank 0 (through the progress bar when one is live)."""
+        if is_main_process():
+            self.console.print(message, markup=False, highlight=False)
+
+    def current_lr(self) -> float:
+        """LR of the first param group."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _batches(self) -> Iterator[Batch]:
+        loader = self.train_loader
+        if callable(loader) and not hasattr(loader, "__iter__"):
+            loader = loader(self.iter * self.accumulate_steps)
+        return iter(loader)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> None:
+        """Run from ``self.iter`` to ``max_iters`` (or until a hook sets ``should_stop``)."""
+        batches = self._batches()
+        self.model.train()
+        self.call_hooks("before_run")
+        progress = make_progress(self.show_progress, self.console)
+        with progress if progress is not None else contextlib.nullcontext():
+            task = progress.add_task("train", total=self.max_iters, completed=self.iter) if progress else None
+            while self.iter < self.max_iters and not self.should_stop:
+                self.call_hooks("before_train_iter")
+                self.state = self.run_step(batches)
+                self.iter = self.state.iteration
+                self.nonfinite_tolerated = False
+                self.call_hooks("after_train_iter")
+                if self.state.skipped and not self.nonfinite_tolerated:
+                    # Loud by default: without a NonFiniteLossHook allowing skips, a NaN stops the run.
+                    raise TrainingError(self.state.describe_nonfinite())
+                if progress is not None and task is not None:
+                    progress.update(task, completed=self.iter)
+        self.call_hooks("after_run")
+
+    def run_step(self, batches: Iterator[Batch]) -> TrainState:
+        """One optimiser step over ``accumulate_steps`` micro-batches."""
+        start = time.perf_counter()
+        data_time, lr = 0.0, self.current_lr()
+        sums: dict[str, float] = {}
+        finite = True
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(self.accumulate_steps):
+            t = time.perf_counter()
+            batch = next(batches)
+            data_time += time.perf_counter() - t
+            batch = unwrap(self.model).data_preprocessor(batch, training=True)
+            # DDP: only the last micro-step all-reduces gradients.
+            last = micro == self.accumulate_steps - 1
+            sync = (
+                contextlib.nullcontext()
+                if last or not hasattr(self.model, "no_sync")
+                else self.model.no_sync()
+            )
+            with sync:
+                with autocast(self.precision, self.device):
+                    losses = self.model(batch, mode="loss")
+                total = sum(
+                    (v for k, v in losses.items() if k.startswith("loss")),
+                    torch.zeros((), device=self.device),
+                )
+                for k, v in {"loss": total, **losses}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach().float()) / self.accumulate_steps
+                finite = finite and self._all_finite(total)
+                # Keep drawing the remaining micro-batches after a NaN so the data position stays exact.
+                if finite:
+                    scaled = total.float() / self.accumulate_steps
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        grad_norm = self._optimizer_step() if finite else None
+        if grad_norm is not None and not math.isfinite(grad_norm) and self.scaler is None:
+            finite = False
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return TrainState(
+            iteration=self.iter + 1,
+            losses=sums,
+            lr=lr,
+            grad_norm=grad_norm,
+            data_time=data_time,
+            iter_time=time.perf_counter() - start,
+            skipped=not finite,
+        )
+
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        ok = torch.isfinite(total.detach()).float()
+        if is_initialized():
+            # Every rank must agree, or one would skip backward while the others wait in all-reduce.
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def _optimizer_step(self) -> float | None:
+        """Unscale, clip, step. Returns the pre-clip global grad norm when clipping."""
+        grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_grad is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad))
+            if not math.isfinite(grad_norm) and self.scaler is None:
+                return grad_norm  # caller skips the step
+        if self.scaler is not None:
+            # The scaler skips the step itself on inf/NaN gradients and lowers its scale.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return grad_norm
+
+    # ------------------------------------------------------------------ evaluation
+    def validate(self) -> dict[str, float]:
+        """Run the val loop between ``before_val``/``after_val`` hooks; returns its metrics."""
+        if self.val_loop is None:
+            raise ConfigError("evaluate: no validation loop is configured for this run")
+        self.call_hooks("before_val")
+        metrics = self.val_loop.run(progress=self.show_progress, console=self.console)
+        self.call_hooks("after_val", metrics)
+        self.model.train()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything needed to resume (payload keys of docs/contracts.md)."""
+        hooks_state: dict[str, Any] = {}
+        payload: dict[str, Any] = {"ema": None}
+        for hook in self.hooks:
+            state = hook.state_dict()
+            if state is None:
+                continue
+            if hook.payload_key:
+                payload[hook.payload_key] = state
+            else:
+                hooks_state[type(hook).__name__] = state
+        payload.update(
+            model=unwrap(self.model).state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler else None,
+            scaler=self.scaler.state_dict() if self.scaler else None,
+            iteration=self.iter,
+            rng=capture_rng(),
+            config=self.config,
+            meta={
+                "hooks": hooks_state,
+                "torch": str(torch.__version__),
+                "world_size": self.dist.world_size,
+                "time": time.time(),
+            },
+        )
+        return payload
+
+    def resume(self, path: str | Path | None = None) -> Path | None:
+        """Restore a checkpoint (default: ``work_dir``'s latest). Returns the file used, or None.
+
+        Call before :meth:`train`. Restores model, optimizer, scheduler, scaler, hook states (EMA,
+        best metric), the iteration and every RNG; the data position follows from the iteration.
+        """
+        if path is None:
+            path = find_latest(self.work_dir)
+            if path is None:
+                return None
+        path = Path(path)
+        payload = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("model", "optimizer", "iteration", "rng") if k not in payload]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)}")
+        unwrap(self.model).load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None and payload.get("scheduler") is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler is not None and payload.get("scaler") is not None:
+            self.scaler.load_state_dict(payload["scaler"])
+        hooks_state = (payload.get("meta") or {}).get("hooks", {})
+        for hook in self.hooks:
+            state = (
+                payload.get(hook.payload_key) if hook.payload_key else hooks_state.get(type(hook).__name__)
+            )
+            if state is not None:
+                hook.load_state_dict(state)
+        self.iter = int(payload["iteration"])
+        restore_rng(payload["rng"])
+        self.log(f"resumed from {path} at iteration {self.iter}")
+        return path
+
+    def release_model(self) -> nn.Module:
+        """Hand over the (wrapped) model and drop the trainer's references, for ``teardown``."""
+        model = self.model
+        del self.model
+        self.optimizer = None  # type: ignore[assignment]
+        return model
