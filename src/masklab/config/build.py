@@ -216,7 +216,7 @@ def _convert_union(value: Any, ann: Any, args: tuple[Any, ...], path: str, ctx: 
     arms = [a for a in args if a is not _NONE]
     if len(arms) == 1:  # Optional[X]: the X errors are the useful ones
         out = _convert(value, arms[0], path, ctx)
-        if out is _FAIL and value is not None and not _accepts_mapping(arms[0]):
+        if out is _FAIL and ctx.errors:
             ctx.errors[-1] = ctx.errors[-1].replace(
                 f"expected {describe(arms[0])},", f"expected {describe(ann)},"
             )

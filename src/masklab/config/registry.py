@@ -47,6 +47,8 @@ class Registry:
         """The object registered as ``name``; an unknown name is a :class:`ConfigError` with suggestions."""
         from masklab.config.registries import populate
 
+        if name in self._table:  # already registered: no need to import every package
+            return self._table[name]
         populate()
         if name in self._table:
             return self._table[name]

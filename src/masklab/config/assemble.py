@@ -1,0 +1,367 @@
+"""Turn a resolved config into the objects of a run: datasets, model, evaluator, trainer.
+
+This is the one place (with the CLI) where config sections become objects. Every family goes
+through the same functions; what differs per task (the default evaluator) is a small table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from masklab.config import registries
+from masklab.config.build import build_node
+from masklab.config.load import load_config
+from masklab.config.nodes import Config
+from masklab.config.schema import ResolvedConfig, resolve_sections
+from masklab.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def resolve(config: str | Path | Config | ResolvedConfig, overrides: Iterable[str] = ()) -> ResolvedConfig:
+    """Load (if needed) and validate a config."""
+    if isinstance(config, ResolvedConfig):
+        return config
+    cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
+    return resolve_sections(cfg)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an unavailable CUDA request is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"runtime.device: expected auto, cpu or cuda[:N], got {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"runtime.device: {name!r} asked for but no CUDA device is available; use cpu or auto"
+        )
+    return device
+
+
+# ----------------------------------------------------------------------------------- datasets
+def dataset_node(rc: ResolvedConfig, split: str) -> Config:
+    """The ``dataset.<split>`` node, with ``dataset.root`` filled in as its ``root`` default."""
+    if rc.dataset is None:
+        raise ConfigError(
+            f"{rc.source}: dataset: missing section (expected dataset.train / dataset.val nodes)"
+        )
+    if split not in rc.dataset:
+        known = [s for s in SPLITS if s in rc.dataset]
+        raise ConfigError(
+            f"{rc.source}: dataset.{split}: missing (the config has {', '.join(known) or 'no split'})"
+        )
+    return rc.dataset[split]
+
+
+def build_dataset(rc: ResolvedConfig, split: str) -> Any:
+    """Build ``dataset.<split>``. ``dataset.root`` (optional) is passed to datasets that take ``root``."""
+    node = dataset_node(rc, split)
+    provided: dict[str, Any] = {}
+    root = rc.dataset.get("root") if rc.dataset is not None else None
+    if root is not None and "root" not in node:
+        factory = _factory(node, f"dataset.{split}", rc.source)
+        if factory is not None and "root" in inspect.signature(factory).parameters:
+            provided["root"] = root
+    return build_node(
+        node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS, **provided
+    )
+
+
+def _factory(node: Any, path: str, source: str) -> Callable[..., Any] | None:
+    name = node.get("type") if hasattr(node, "get") else None
+    if not isinstance(name, str):
+        return None
+    if ":" in name:
+        return None
+    return registries.DATASETS.get(name, where=f"{source}: {path}.type")
+
+
+def dataset_meta(dataset: Any) -> Any:
+    """The dataset's :class:`~masklab.data.meta.DatasetMeta` (``metainfo``), or None."""
+    return getattr(dataset, "metainfo", None)
+
+
+# -------------------------------------------------------------------------------------- model
+def build_model(
+    config: str | Path | Config | ResolvedConfig, meta: Any = None, overrides: Iterable[str] = ()
+) -> nn.Module:
+    """Build the model of a config. Values the dataset metadata determines (``num_classes``,
+    attribute value counts) are derived from ``meta`` when given, and a config that restates them
+    differently is a ConfigError naming both values."""
+    rc = resolve(config, overrides)
+    if rc.model is None:
+        raise ConfigError(f"{rc.source}: model: missing section (a {{type: ...}} node)")
+    provided: dict[str, Any] = {}
+    factory = (
+        registries.MODELS.get(str(rc.model.get("type")), where=f"{rc.source}: model.type")
+        if ":" not in str(rc.model.get("type"))
+        else None
+    )
+    params = inspect.signature(factory).parameters if factory is not None else {}
+    if meta is not None:
+        if "num_classes" in params:
+            provided["num_classes"] = _derived_num_classes(rc, meta)
+        if "class_names" in params:
+            provided["class_names"] = tuple(meta.classes)
+        if "dataset_meta" in params:
+            provided["dataset_meta"] = meta
+    return build_node(rc.model, path="model", source=rc.source, registry=registries.MODELS, **provided)
+
+
+def _derived_num_classes(rc: ResolvedConfig, meta: Any) -> Any:
+    from masklab.config.build import Derived
+
+    return Derived(meta.num_classes, f"the dataset metadata has {meta.num_classes} classes")
+
+
+# ---------------------------------------------------------------------------------- evaluator
+def build_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
+    """The evaluator a task reports with, fed with what the dataset knows (names, ground truth)."""
+    meta = dataset_meta(dataset)
+    if rc.task == "semantic":
+        from masklab.evaluation.semantic import IoUMetric
+
+        return IoUMetric(
+            num_classes=meta.num_classes,
+            ignore_index=meta.ignore_index,
+            metrics=tuple(rc.evaluate.metrics),
+            class_names=tuple(meta.classes),
+        )
+    builder = _TASK_EVALUATORS.get(rc.task)
+    if builder is None:
+        raise ConfigError(f"{rc.source}: task: no evaluator for task {rc.task!r}")
+    return builder(rc, dataset)
+
+
+def _instance_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
+    from masklab.evaluation.coco import CocoEvaluator
+
+    meta = dataset_meta(dataset)
+    return CocoEvaluator(
+        gt=dataset.coco,
+        iou_types=("segm",),
+        max_dets=(1, 10, rc.evaluate.max_dets),
+        attribute_names=tuple(a.name for a in meta.attributes),
+    )
+
+
+_TASK_EVALUATORS: dict[str, Callable[[ResolvedConfig, Any], Any]] = {"instance": _instance_evaluator}
+
+
+def register_task_evaluator(task: str, builder: Callable[[ResolvedConfig, Any], Any]) -> None:
+    """Let a family say which evaluator its task reports with."""
+    _TASK_EVALUATORS[task] = builder
+
+
+# ------------------------------------------------------------------------------------ loaders
+def build_val_loader(rc: ResolvedConfig, dataset: Any) -> Any:
+    from masklab.data.loader import build_dataloader
+
+    return build_dataloader(
+        dataset,
+        batch_size=rc.evaluate.batch_size,
+        num_workers=0 if rc.train is None else min(rc.train.num_workers, 2),
+        shuffle=False,
+        infinite=False,
+        drop_last=False,
+    )
+
+
+def train_loader_factory(rc: ResolvedConfig, dataset: Any) -> Callable[[int], Any]:
+    """``start -> loader`` for the trainer: an infinite, seeded loader skipping ``start`` batches."""
+    from masklab.data.loader import build_dataloader
+
+    assert rc.train is not None
+
+    def factory(start: int) -> Any:
+        return build_dataloader(
+            dataset,
+            batch_size=rc.train.batch_size,
+            num_workers=rc.train.num_workers,
+            shuffle=True,
+            seed=rc.runtime.seed,
+            drop_last=True,
+            infinite=True,
+            start_iter=start,
+        )
+
+    return factory
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def effective_batch(rc: ResolvedConfig) -> int:
+    assert rc.train is not None
+    return rc.train.batch_size * world_size() * rc.train.accumulate_steps
+
+
+def plain_config(rc: ResolvedConfig) -> dict[str, Any]:
+    """The resolved config as plain data (saved in checkpoints and the work dir)."""
+    return rc.to_dict()
+
+
+def schedule_kwargs(rc: ResolvedConfig) -> dict[str, Any]:
+    assert rc.train is not None
+    s = asdict(rc.train.schedule)
+    s.pop("by_epoch", None)
+    return {"kind": s.pop("policy"), **s}
+
+
+def default_work_dir(rc: ResolvedConfig) -> Path:
+    if rc.runtime.work_dir:
+        return Path(rc.runtime.work_dir)
+    return Path("work_dirs") / Path(rc.source).stem
+
+
+# ------------------------------------------------------------------------------------ trainer
+def apply_eval_settings(model: nn.Module, rc: ResolvedConfig) -> None:
+    """Evaluation settings (whole/slide, crop, stride, TTA) live outside the model config."""
+    setter = getattr(model, "set_test_mode", None)
+    if setter is None:
+        return
+    ev = rc.evaluate
+    setter(mode=ev.mode, crop_size=ev.crop_size, stride=ev.stride, tta=ev.tta)
+
+
+def build_optimizer_and_schedule(
+    rc: ResolvedConfig, model: nn.Module, max_iters: int
+) -> tuple[Any, Any, str]:
+    """Optimizer over param groups (lr_mult/decay_mult), LR scaled to the effective batch, and the
+    per-iteration schedule. Returns them with the LR-scaling message for the log."""
+    from masklab.engine.optim import build_optimizer, build_param_groups, scale_lr
+    from masklab.engine.schedules import build_scheduler
+
+    assert rc.train is not None
+    opt = rc.train.optim
+    lr, message = scale_lr(opt.lr, opt.base_batch_size, effective_batch(rc), opt.auto_scale_lr)
+    groups = build_param_groups(
+        model,
+        base_lr=lr,
+        weight_decay=opt.weight_decay,
+        paramwise={k: (r.lr_mult, r.decay_mult) for k, r in opt.paramwise.items()},
+        norm_decay_mult=opt.norm_decay_mult,
+        bias_decay_mult=opt.bias_decay_mult,
+    )
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": opt.weight_decay}
+    if opt.type == "SGD":
+        kwargs["momentum"] = opt.momentum
+    else:
+        kwargs.update(betas=tuple(opt.betas), eps=opt.eps)
+    optimizer = build_optimizer(opt.type, groups, **kwargs)
+    sched = schedule_kwargs(rc)
+    kind = sched.pop("kind")
+    scheduler = build_scheduler(optimizer, kind, max_iters, **sched)
+    return optimizer, scheduler, message
+
+
+def build_hooks(rc: ResolvedConfig, max_iters: int, has_val: bool) -> list[Any]:
+    from masklab.engine.hooks.checkpoint import CheckpointHook
+    from masklab.engine.hooks.ema import EMAHook
+    from masklab.engine.hooks.eval import EvalHook
+    from masklab.engine.hooks.logger import LoggerHook
+    from masklab.engine.hooks.nonfinite import NonFiniteLossHook
+    from masklab.engine.hooks.timer import TimerHook
+
+    t = rc.train
+    assert t is not None
+    hooks: list[Any] = [
+        TimerHook(),
+        LoggerHook(log_interval=min(t.log_interval, max_iters)),
+        CheckpointHook(interval=t.checkpoint_interval, max_keep=t.max_keep_ckpts),
+        NonFiniteLossHook(max_skips=t.nonfinite.max_skips),
+    ]
+    if has_val:
+        hooks.append(EvalHook(interval=t.val_interval, best_key=_best_key(rc)))
+    if t.ema is not None:
+        hooks.append(EMAHook(momentum=t.ema.momentum, interval=t.ema.interval, warmup=t.ema.warmup))
+    return hooks
+
+
+def _best_key(rc: ResolvedConfig) -> str | None:
+    return {"semantic": "mIoU", "instance": "segm/AP", "mal": "mask_iou"}.get(rc.task)
+
+
+def build_trainer(
+    rc: ResolvedConfig,
+    *,
+    work_dir: str | Path,
+    device: torch.device | None = None,
+    progress: bool = True,
+    with_val: bool = True,
+) -> Any:
+    """Assemble the whole training run of ``rc``: datasets, model, optimizer, schedule, hooks.
+
+    The returned :class:`~masklab.engine.trainer.Trainer` has ``.model_meta`` (the dataset
+    metadata) and ``.lr_message`` for the log. Call ``trainer.resume()`` then ``trainer.train()``.
+    """
+    from masklab.engine.checkpoint import load_model_weights
+    from masklab.engine.distributed import get_info, wrap_model
+    from masklab.engine.trainer import Trainer, epochs_to_iters
+    from masklab.engine.val_loop import ValLoop
+
+    if rc.train is None:
+        raise ConfigError(
+            f"{rc.source}: train: missing section; a training run needs train.optim, train.batch_size, ..."
+        )
+    t = rc.train
+    device = device or resolve_device(rc.runtime.device)
+    if rc.runtime.num_threads:
+        torch.set_num_threads(rc.runtime.num_threads)
+    torch.manual_seed(rc.runtime.seed)
+    train_set = build_dataset(rc, "train")
+    meta = dataset_meta(train_set)
+    model = build_model(rc, meta)
+    if t.load_from:
+        report = load_model_weights(model, t.load_from, strict=False)
+        print(report.message(t.load_from))
+    apply_eval_settings(model, rc)
+    model.to(device)
+    info = get_info()
+    if t.max_iters is not None:
+        max_iters = t.max_iters
+    else:
+        max_iters = epochs_to_iters(
+            t.max_epochs, len(train_set), t.batch_size, info.world_size, t.accumulate_steps
+        )
+    if info.is_distributed:
+        model = wrap_model(model, rc.runtime.strategy, device)
+    optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters)
+    val_loop = None
+    if with_val and rc.dataset is not None and "val" in rc.dataset:
+        val_set = build_dataset(rc, "val")
+        val_loop = ValLoop(
+            model, build_val_loader(rc, val_set), build_evaluator(rc, val_set), precision=rc.runtime.precision
+        )
+    trainer = Trainer(
+        model,
+        optimizer,
+        train_loader_factory(rc, train_set),
+        max_iters,
+        scheduler=scheduler,
+        hooks=build_hooks(rc, max_iters, val_loop is not None),
+        work_dir=work_dir,
+        precision=rc.runtime.precision,
+        accumulate_steps=t.accumulate_steps,
+        clip_grad=t.clip_grad,
+        device=device,
+        val_loop=val_loop,
+        seed=rc.runtime.seed,
+        config=plain_config(rc),
+        progress=progress,
+    )
+    trainer.model_meta = meta
+    trainer.lr_message = lr_message
+    return trainer
