@@ -1,0 +1,197 @@
+"""Masked-attention transformer decoder of Mask2Former (cross-attn -> self-attn -> FFN per layer)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.errors import ModelError
+from masklab.models.layers.position_encoding import PositionEmbeddingSine
+from masklab.models.mask2former.attribute_spec import AttributeSpec
+from masklab.models.mask2former.heads import Mask2FormerHeads
+from masklab.models.mask2former.outputs import Mask2FormerLayerOutput, Mask2FormerOutput
+
+
+class _AttentionBlock(nn.Module):
+    """Multi-head attention with residual and LayerNorm (post-norm unless ``pre_norm``)."""
+
+    def __init__(self, dim: int, nheads: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor | None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        q_in = self.norm(tgt) if self.pre_norm else tgt
+        mem = q_in if memory is tgt else memory
+        key = mem if memory_pos is None else mem + memory_pos
+        out = self.attn(q_in + query_pos, key, mem, attn_mask=attn_mask, need_weights=False)[0]
+        tgt = tgt + self.dropout(out)
+        return tgt if self.pre_norm else self.norm(tgt)
+
+
+class _FFNBlock(nn.Module):
+    """Linear -> ReLU -> Linear with residual and LayerNorm."""
+
+    def __init__(self, dim: int, ffn_dim: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x) if self.pre_norm else x
+        x = x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(y)))))
+        return x if self.pre_norm else self.norm(x)
+
+
+class Mask2FormerDecoderLayer(nn.Module):
+    """Masked cross-attention to one level, then self-attention over queries, then FFN."""
+
+    def __init__(self, dim: int, nheads: int, ffn_dim: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.cross_attn = _AttentionBlock(dim, nheads, dropout, pre_norm)
+        self.self_attn = _AttentionBlock(dim, nheads, dropout, pre_norm)
+        self.ffn = _FFNBlock(dim, ffn_dim, dropout, pre_norm)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        attn_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        queries = self.cross_attn(queries, query_pos, memory, memory_pos, attn_mask)
+        queries = self.self_attn(queries, query_pos, queries, query_pos)
+        return self.ffn(queries)
+
+
+class Mask2FormerTransformerDecoder(nn.Module):
+    """Queries attend the pixel decoder's three levels in turn, each masked by the previous mask prediction.
+
+    Predictions are made from the query input and after every layer (``num_layers + 1`` outputs, all
+    supervised). The prediction heads (class, mask, attributes) live here because the next layer's
+    attention mask comes from the current mask prediction.
+
+    Args:
+        in_channels: channels of the multi-scale features (the pixel decoder's ``conv_dim``).
+        mask_dim: channels of the mask features.
+        num_classes: C real classes (the class head has C + 1 outputs).
+        attributes: attribute specs (one head of V + 1 outputs each).
+        num_queries: Q.
+        hidden_dim: query width d.
+        num_layers: decoder layers (9 in the paper; the reference config calls this 10).
+        nheads: attention heads.
+        dim_feedforward: FFN width.
+        dropout: dropout everywhere in the decoder.
+        pre_norm: pre-norm layers instead of post-norm.
+        num_levels: memory levels cycled over.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mask_dim: int,
+        num_classes: int,
+        attributes: Sequence[AttributeSpec] = (),
+        num_queries: int = 100,
+        hidden_dim: int = 256,
+        num_layers: int = 9,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.0,
+        pre_norm: bool = False,
+        num_levels: int = 3,
+    ) -> None:
+        super().__init__()
+        if hidden_dim % nheads:
+            raise ModelError(f"decoder.hidden_dim: {hidden_dim} is not divisible by nheads {nheads}")
+        if num_layers < 1 or num_queries < 1:
+            raise ModelError(f"decoder: num_layers {num_layers} and num_queries {num_queries} must be >= 1")
+        self.num_heads = nheads
+        self.num_levels = num_levels
+        self.num_queries = num_queries
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.level_embed = nn.Embedding(num_levels, hidden_dim)
+        self.input_proj = nn.ModuleList(
+            nn.Identity() if in_channels == hidden_dim else nn.Conv2d(in_channels, hidden_dim, 1)
+            for _ in range(num_levels)
+        )
+        for proj in self.input_proj:
+            if isinstance(proj, nn.Conv2d):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.layers = nn.ModuleList(
+            Mask2FormerDecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
+            for _ in range(num_layers)
+        )
+        for layer in self.layers:
+            for p in layer.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.heads = Mask2FormerHeads(hidden_dim, mask_dim, num_classes, attributes)
+
+    def _predict(
+        self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int]
+    ) -> tuple[Mask2FormerLayerOutput, torch.Tensor]:
+        """Heads on the normalised queries, plus the attention mask for the next layer's level."""
+        class_logits, mask_logits, attrs = self.heads(self.decoder_norm(queries), mask_features)
+        with torch.no_grad():
+            resized = F.interpolate(
+                mask_logits.detach(), size=mask_size, mode="bilinear", align_corners=False
+            )
+            # sigmoid(x) < 0.5  <=>  x < 0: True = this query may not attend that position.
+            blocked = resized.flatten(2) < 0
+            # A query blocked everywhere would softmax over an empty set (NaN): let it attend everywhere.
+            blocked &= ~blocked.all(-1, keepdim=True)
+            attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)
+        return Mask2FormerLayerOutput(class_logits, mask_logits, attrs), attn_mask
+
+    def forward(
+        self, multi_scale_features: Sequence[torch.Tensor], mask_features: torch.Tensor
+    ) -> Mask2FormerOutput:
+        """Decode queries.
+
+        Args:
+            multi_scale_features: ``num_levels`` maps (B, in_channels, H_l, W_l), low to high resolution.
+            mask_features: (B, mask_dim, H/4, W/4).
+
+        Returns:
+            ``num_layers + 1`` predictions (see :class:`Mask2FormerOutput`).
+        """
+        self.heads.validate()
+        assert len(multi_scale_features) == self.num_levels
+        memories, positions, sizes = [], [], []
+        for lvl, feat in enumerate(multi_scale_features):
+            sizes.append((int(feat.shape[-2]), int(feat.shape[-1])))
+            positions.append(self.pe_layer(feat).flatten(2).transpose(1, 2))
+            mem = self.input_proj[lvl](feat).flatten(2).transpose(1, 2)
+            memories.append(mem + self.level_embed.weight[lvl].view(1, 1, -1))
+        b = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        queries = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        pred, attn_mask = self._predict(queries, mask_features, sizes[0])
+        outputs = [pred]
+        for i, layer in enumerate(self.layers):
+            lvl = i % self.num_levels
+            queries = layer(queries, query_pos, memories[lvl], positions[lvl], attn_mask)
+            pred, attn_mask = self._predict(queries, mask_features, sizes[(i + 1) % self.num_levels])
+            outputs.append(pred)
+        return Mask2FormerOutput(layers=outputs)

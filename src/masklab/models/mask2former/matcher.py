@@ -1,0 +1,130 @@
+"""Hungarian matching of queries to objects, per image: class + mask BCE + dice + one term per attribute."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from masklab.errors import TrainingError
+from masklab.models.mask2former.attribute_spec import AttributeSpec
+from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
+from masklab.models.mask2former.point_sampling import point_sample
+from masklab.models.mask2former.targets import Mask2FormerTargets
+
+
+def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(Q, P) logits vs (G, P) targets -> (Q, G) mean BCE, as two matmuls instead of a (Q, G, P) tensor."""
+    num_points = logits.shape[1]
+    pos = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.ones_like(logits), reduction="none"
+    )
+    neg = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.zeros_like(logits), reduction="none"
+    )
+    return (pos @ targets.T + neg @ (1 - targets).T) / num_points
+
+
+def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(Q, P) logits vs (G, P) targets -> (Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``."""
+    probs = logits.sigmoid()
+    numerator = 2 * probs @ targets.T
+    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+class Mask2FormerMatcher:
+    """Assign each object one query per image by minimum total cost (scipy ``linear_sum_assignment``).
+
+    Cost = class_weight * (-p(class)) + mask_weight * BCE + dice_weight * dice
+    + sum over attributes of ``cost_weight * (-p(value))``; an unlabelled attribute (-1) adds nothing.
+    Mask terms are read at ``num_points`` uniform random points shared by all queries and objects of an
+    image. Costs are computed in fp32 with autocast off (fp16 overflow is a known source of NaN costs).
+
+    Args:
+        class_weight: weight of the class cost.
+        mask_weight: weight of the sigmoid-BCE mask cost.
+        dice_weight: weight of the dice cost.
+        attributes: attribute specs (their ``cost_weight``).
+        num_points: shared points per image.
+    """
+
+    def __init__(
+        self,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        attributes: Sequence[AttributeSpec] = (),
+        num_points: int = 12544,
+    ) -> None:
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.attributes = tuple(attributes)
+        self.num_points = num_points
+
+    def cost_terms(
+        self, output: Mask2FormerLayerOutput, index: int, target: Mask2FormerTargets
+    ) -> dict[str, torch.Tensor]:
+        """The weighted (Q, G) cost terms of image ``index``, by name (``class``, ``mask``, ``dice``, ``attr_<name>``)."""
+        logits = output.class_logits[index].float()
+        terms = {"class": -self.class_weight * logits.softmax(-1)[:, target.labels]}
+        coords = torch.rand(1, self.num_points, 2, device=logits.device)
+        pred = point_sample(output.mask_logits[index].float().unsqueeze(0), coords)[0]  # (Q, P)
+        tgt = point_sample(target.masks.float().unsqueeze(0).to(pred.device), coords)[0]  # (G, P)
+        terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred, tgt)
+        terms["dice"] = self.dice_weight * pairwise_dice(pred, tgt)
+        for spec in self.attributes:
+            values = target.attributes[spec.name]
+            probs = output.attribute_logits[spec.name][index].float().softmax(-1)
+            labelled = (values >= 0).to(probs.dtype)
+            terms[f"attr_{spec.name}"] = -spec.cost_weight * probs[:, values.clamp(min=0)] * labelled[None, :]
+        return terms
+
+    @torch.no_grad()
+    def __call__(
+        self, output: Mask2FormerLayerOutput, targets: Sequence[Mask2FormerTargets], layer: int = -1
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Match one prediction point against the targets of every image.
+
+        Args:
+            output: one layer's predictions.
+            targets: one entry per image.
+            layer: index of the prediction point (for error messages only).
+
+        Returns:
+            per image ``(query_index, target_index)`` int64 tensors of length min(Q, G).
+
+        Raises:
+            TrainingError: if a cost is NaN or infinite (usually a diverging run: LR too high, fp16 overflow).
+        """
+        device_type = output.class_logits.device.type
+        result = []
+        with torch.autocast(device_type=device_type, enabled=False):
+            for b, target in enumerate(targets):
+                if len(target) == 0:
+                    empty = torch.zeros(0, dtype=torch.int64)
+                    result.append((empty, empty.clone()))
+                    continue
+                terms = self.cost_terms(output, b, target)
+                cost = sum(terms.values())
+                assert isinstance(cost, torch.Tensor)
+                if not torch.isfinite(cost).all():
+                    bad = ", ".join(
+                        f"{k}={'non-finite' if not torch.isfinite(v).all() else 'ok'}"
+                        for k, v in terms.items()
+                    )
+                    raise TrainingError(
+                        f"matching step (decoder output {layer}, image {b}): non-finite cost ({bad}); "
+                        "the run is diverging (check the learning rate, grad clipping, fp16)"
+                    )
+                rows, cols = linear_sum_assignment(cost.cpu().numpy())
+                result.append(
+                    (
+                        torch.as_tensor(rows, dtype=torch.int64),
+                        torch.as_tensor(np.asarray(cols), dtype=torch.int64),
+                    )
+                )
+        return result
