@@ -1,0 +1,176 @@
+"""COCO results (detections) as typed records: reading, validating, and writing them atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pycocotools import mask as mask_utils
+
+from masklab.data.coco.load import read_json
+from masklab.data.coco.records import CocoFile
+from masklab.data.coco.rle import Rle, rle_to_pycoco
+from masklab.data.meta import AttributeMeta
+from masklab.errors import DataError
+
+
+@dataclass(frozen=True)
+class CocoDetection:
+    """One entry of a COCO results file.
+
+    Attributes:
+        image_id: image the detection belongs to.
+        category_id: source category id (not the contiguous label).
+        score: ranking score.
+        bbox: ``x, y, w, h`` box.
+        area: the area COCO size buckets use for this detection. pycocotools' ``loadRes`` takes the
+            box area ``w * h`` for every result when the first result carries a ``bbox`` and the mask
+            area otherwise; we keep that rule so numbers stay identical.
+        segmentation: compressed RLE with ``str`` counts, or None for box-only results.
+        attributes: attribute name -> predicted value id (-1 = unknown).
+        attribute_scores: attribute name -> probability of the predicted value.
+    """
+
+    image_id: int
+    category_id: int
+    score: float
+    bbox: tuple[float, float, float, float]
+    area: float
+    segmentation: Rle | None = None
+    attributes: dict[str, int] = field(default_factory=dict)
+    attribute_scores: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to a results file."""
+        out: dict[str, Any] = {
+            "image_id": self.image_id,
+            "category_id": self.category_id,
+            "bbox": list(self.bbox),
+            "score": self.score,
+        }
+        if self.segmentation is not None:
+            out["segmentation"] = self.segmentation
+        if self.attributes:
+            out["attributes"] = dict(self.attributes)
+            out["attribute_scores"] = dict(self.attribute_scores)
+        return out
+
+
+def load_coco_results(path: str | Path, gt: CocoFile) -> tuple[CocoDetection, ...]:
+    """Read a results file (a JSON list) and validate it against the ground truth.
+
+    Raises:
+        DataError: naming the file, the result index and the field (unknown image or category,
+            missing score, malformed RLE or box, attribute not in the metadata).
+    """
+    data = read_json(path)
+    return parse_coco_results(data, gt, str(path))
+
+
+def parse_coco_results(data: Any, gt: CocoFile, where: str = "<memory>") -> tuple[CocoDetection, ...]:
+    """Validate an already-parsed results list (see :func:`load_coco_results`)."""
+    if not isinstance(data, list):
+        raise DataError(f"{where}: top level is {type(data).__name__}; expected a list of detections")
+    images = gt.image_by_id()
+    cats = gt.category_by_id()
+    attrs = {a.name: a for a in gt.attributes}
+    # loadRes decides the area rule from the first result only (see CocoDetection.area).
+    box_area = bool(data) and isinstance(data[0], dict) and bool(data[0].get("bbox"))
+    dets: list[CocoDetection] = []
+    for i, raw in enumerate(data):
+        here = f"{where}: result [{i}]"
+        if not isinstance(raw, dict):
+            raise DataError(f"{here} is {type(raw).__name__}; expected an object")
+        image = images.get(raw.get("image_id"))  # type: ignore[arg-type]
+        if image is None:
+            raise DataError(
+                f"{here}: field 'image_id' is {raw.get('image_id')!r}, which is not among the ground-truth images"
+            )
+        if raw.get("category_id") not in cats:
+            raise DataError(
+                f"{here}: field 'category_id' is {raw.get('category_id')!r}, which is not a ground-truth category"
+            )
+        score = raw.get("score")
+        if not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score):
+            raise DataError(f"{here}: field 'score' is {score!r}; expected a finite number")
+        segm = raw.get("segmentation")
+        if segm is not None:
+            ok = isinstance(segm, dict) and isinstance(segm.get("counts"), str)
+            if not ok or list(segm.get("size") or []) != [image.height, image.width]:
+                raise DataError(
+                    f"{here}: field 'segmentation' must be a compressed RLE with size [{image.height}, {image.width}]"
+                )
+        bbox = raw.get("bbox")
+        if bbox is None:
+            if segm is None:
+                raise DataError(f"{here}: fields 'bbox' and 'segmentation' are both missing")
+            bbox = mask_utils.toBbox(rle_to_pycoco(segm)).tolist()
+        elif not (
+            isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
+        ):
+            raise DataError(f"{here}: field 'bbox' is {bbox!r}; expected [x, y, w, h]")
+        elif bbox[2] < 0 or bbox[3] < 0:
+            raise DataError(f"{here}: field 'bbox' is {bbox!r}; expected non-negative width and height")
+        if box_area or segm is None:
+            area = float(bbox[2] * bbox[3])
+        else:
+            area = float(mask_utils.area(rle_to_pycoco(segm)))
+        values, probs = _attributes(raw, attrs, here)
+        dets.append(
+            CocoDetection(
+                int(raw["image_id"]),
+                int(raw["category_id"]),
+                float(score),
+                tuple(float(v) for v in bbox),
+                area,
+                segm,
+                values,
+                probs,
+            )
+        )
+    return tuple(dets)
+
+
+def _attributes(
+    raw: dict[str, Any], attrs: dict[str, AttributeMeta], here: str
+) -> tuple[dict[str, int], dict[str, float]]:
+    values = raw.get("attributes") or {}
+    probs = raw.get("attribute_scores") or {}
+    if not isinstance(values, dict) or not isinstance(probs, dict):
+        raise DataError(f"{here}: fields 'attributes'/'attribute_scores' must be objects {{name: value}}")
+    for name, value in values.items():
+        meta = attrs.get(name)
+        if meta is None:
+            raise DataError(
+                f"{here}: field 'attributes.{name}' is not an attribute of the ground truth (known: {', '.join(attrs) or 'none'})"
+            )
+        if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < len(meta.values):
+            raise DataError(
+                f"{here}: field 'attributes.{name}' is {value!r}; expected -1 or a value id in [0, {len(meta.values)})"
+            )
+    return {k: int(v) for k, v in values.items()}, {k: float(v) for k, v in probs.items()}
+
+
+def write_coco_results(path: str | Path, detections: Sequence[CocoDetection]) -> None:
+    """Write detections as a COCO results JSON list, atomically (temporary file + rename).
+
+    Each entry carries ``image_id``, ``category_id``, ``bbox`` (xywh), ``score``, the RLE
+    ``segmentation`` and, when present, ``attributes`` ``{name: value_id}`` and
+    ``attribute_scores`` ``{name: prob}``.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump([d.to_json() for d in detections], fh)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
