@@ -1,0 +1,420 @@
+"""MAL box crops: one sample per annotation box, cropped with context from a COCO file.
+
+Training crops draw random extra context split between opposite sides (``margin_rate``), labeling
+crops grow the box by a fixed factor (``test_margin_rate`` [0.6, 0.6] = 1.3x). Parts of the window
+outside the image are reflect-padded: a constant fill would create fake colour edges that the CRF
+affinities then follow. Ground-truth masks are read only in labeling/evaluation mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from masklab.config.registries import DATASETS
+from masklab.data.io import read_image
+from masklab.errors import DataError
+from masklab.structures.box_crops import BoxCrop, CropWindow, MalBatch, rasterize_boxes
+
+
+# --------------------------------------------------------------------------------------------------
+# COCO adapter: the one place that reads the annotation file. masklab.data.coco.load_coco does not
+# carry detector ``score`` yet (needed for labeling detections), so this stays until it does.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ImageEntry:
+    id: int
+    file_name: str
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class _BoxEntry:
+    id: int
+    image_id: int
+    category_id: int
+    bbox: tuple[float, float, float, float]  # COCO x, y, w, h
+    iscrowd: bool
+    segmentation: object | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class _BoxFile:
+    images: dict[int, _ImageEntry]
+    annotations: list[_BoxEntry]
+    category_ids: tuple[int, ...]
+    category_names: tuple[str, ...]
+
+
+def _read_box_file(path: str | Path) -> _BoxFile:
+    """Read the images, boxes and categories of a COCO instances file."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read COCO JSON ({err})") from None
+    if not isinstance(raw, dict) or not {"images", "annotations", "categories"} <= raw.keys():
+        raise DataError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories'")
+    images: dict[int, _ImageEntry] = {}
+    for img in raw["images"]:
+        if "width" not in img or "height" not in img:
+            raise DataError(f"{path}: image id {img.get('id')} has no 'width'/'height'")
+        images[int(img["id"])] = _ImageEntry(
+            int(img["id"]), str(img["file_name"]), int(img["height"]), int(img["width"])
+        )
+    anns = []
+    for ann in raw["annotations"]:
+        if "bbox" not in ann or len(ann["bbox"]) != 4:
+            raise DataError(
+                f"{path}: annotation id {ann.get('id')} has no 4-number 'bbox' (expected [x, y, w, h])"
+            )
+        score = ann.get("score")
+        anns.append(
+            _BoxEntry(
+                id=int(ann["id"]),
+                image_id=int(ann["image_id"]),
+                category_id=int(ann["category_id"]),
+                bbox=tuple(float(v) for v in ann["bbox"]),  # type: ignore[arg-type]
+                iscrowd=bool(ann.get("iscrowd", 0)),
+                segmentation=ann.get("segmentation"),
+                score=None if score is None else float(score),
+            )
+        )
+    cats = list(raw["categories"])
+    return _BoxFile(
+        images, anns, tuple(int(c["id"]) for c in cats), tuple(str(c.get("name", c["id"])) for c in cats)
+    )
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """(3, H, W) uint8 RGB image; missing or corrupt files are one-line DataErrors."""
+    return read_image(path)
+
+
+def _decode_segmentation(segm: object, height: int, width: int) -> torch.Tensor | None:
+    """(H, W) bool mask of a COCO polygon / RLE segmentation, or None when absent."""
+    from pycocotools import mask as mask_utils
+
+    if not segm:
+        return None
+    if isinstance(segm, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle))).bool()
+
+
+# --------------------------------------------------------------------------------------------------
+# Crop geometry (pure functions, usable without files)
+# --------------------------------------------------------------------------------------------------
+def sample_train_margins(
+    margin_rate: tuple[float, float], generator: torch.Generator | None = None
+) -> tuple[float, float, float, float]:
+    """Random (left, top, right, bottom) margins relative to the box half-size.
+
+    Four margins are drawn from U(margin_rate); a gate g ~ U(0, 1) per axis gives the near side
+    ``g`` and the far side ``1 - g`` of its margin, so the context is split randomly between
+    opposite sides (with [0, 1.2] some crops have no context on one side: the box then touches
+    the crop edge, and other crops give MIL its negative rows and columns).
+    """
+    lo, hi = margin_rate
+    m = torch.rand(4, generator=generator) * (hi - lo) + lo
+    gx, gy = torch.rand(2, generator=generator).tolist()
+    return float(m[0]) * gx, float(m[1]) * gy, float(m[2]) * (1 - gx), float(m[3]) * (1 - gy)
+
+
+def labeling_margins(test_margin_rate: tuple[float, float]) -> tuple[float, float, float, float]:
+    """Deterministic labeling margins: the range's mean on every side with the gate at 0.5.
+
+    The default [0.6, 0.6] gives 0.3 of the half-size per side, i.e. the box grown 1.3x.
+    """
+    m = 0.5 * (test_margin_rate[0] + test_margin_rate[1]) * 0.5
+    return m, m, m, m
+
+
+def crop_window(
+    box: torch.Tensor, margins: tuple[float, float, float, float], image_size: tuple[int, int], crop_size: int
+) -> CropWindow:
+    """Integer window around ``box`` (image ``x1, y1, x2, y2``) pushed out by ``margins`` from its centre."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    ml, mt, mr, mb = margins
+    left = math.floor(cx - (cx - x1) * (1 + ml))
+    top = math.floor(cy - (cy - y1) * (1 + mt))
+    right = max(math.ceil(cx + (x2 - cx) * (1 + mr)), left + 1)
+    bottom = max(math.ceil(cy + (y2 - cy) * (1 + mb)), top + 1)
+    return CropWindow(left, top, right - left, bottom - top, crop_size, image_size)
+
+
+def reflect_indices(start: int, length: int, size: int) -> torch.Tensor:
+    """Indices ``start .. start+length`` folded into ``[0, size)`` by mirror reflection (edge pixel not repeated).
+
+    Works for windows wider than the image, unlike ``F.pad(mode='reflect')``.
+    """
+    idx = torch.arange(start, start + length)
+    if size == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (size - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx >= size, period - idx, idx)
+
+
+def crop_image(image: torch.Tensor, window: CropWindow) -> torch.Tensor:
+    """(3, S, S) uint8 crop of a (3, H, W) uint8 image over ``window``, reflect-padded and resized."""
+    h, w = image.shape[-2:]
+    rows = reflect_indices(window.y0, window.height, h)
+    cols = reflect_indices(window.x0, window.width, w)
+    region = image.index_select(1, rows).index_select(2, cols).float()
+    s = window.crop_size
+    # Antialiasing keeps large boxes from aliasing into false texture at crop resolution.
+    out = F.interpolate(region[None], size=(s, s), mode="bilinear", align_corners=False, antialias=True)[0]
+    out = out.round().clamp(0, 255).to(torch.uint8)
+    return out.flip(-1) if window.flipped else out
+
+
+def make_box_crop(
+    image: torch.Tensor,
+    image_box: torch.Tensor,
+    margins: tuple[float, float, float, float],
+    crop_size: int,
+    *,
+    flip: bool = False,
+    ann_id: int = -1,
+    image_id: int = 0,
+    label: int = 0,
+    category_id: int = 0,
+    file_name: str = "",
+    score: float | None = None,
+    gt_mask: torch.Tensor | None = None,
+) -> BoxCrop:
+    """Crop one box (image ``x1, y1, x2, y2``, already inside the image) into a :class:`BoxCrop`."""
+    h, w = image.shape[-2:]
+    window = crop_window(image_box, margins, (int(h), int(w)), crop_size)
+    if flip:
+        window = CropWindow(
+            window.x0, window.y0, window.width, window.height, crop_size, window.image_size, True
+        )
+    box = window.image_box_to_crop(image_box.float())
+    return BoxCrop(
+        image=crop_image(image, window),
+        box=box,
+        box_mask=rasterize_boxes(box[None], crop_size, crop_size)[0],
+        window=window,
+        image_box=image_box.float(),
+        ann_id=ann_id,
+        image_id=image_id,
+        label=label,
+        category_id=category_id,
+        file_name=file_name,
+        score=score,
+        gt_mask=gt_mask,
+    )
+
+
+def student_augment(image: torch.Tensor) -> torch.Tensor:
+    """MAL's student view: ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.5, grayscale p=0.2, blur sigma 0.1-2 p=0.5."""
+    from torchvision.transforms import v2
+
+    aug = v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.5),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
+    return aug(image)
+
+
+def collate_box_crops(crops: list[BoxCrop]) -> MalBatch:
+    """Stack crops into a :class:`MalBatch` (uint8 images; the model's preprocessor normalises)."""
+    teacher = torch.stack([c.image for c in crops])
+    student = torch.stack([c.image if c.student_image is None else c.student_image for c in crops])
+    return MalBatch(
+        images=student,
+        teacher_images=teacher,
+        boxes=torch.stack([c.box for c in crops]),
+        box_masks=torch.stack([c.box_mask for c in crops]),
+        crops=list(crops),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------
+@DATASETS.register()
+class BoxCropDataset(Dataset[BoxCrop]):
+    """One :class:`BoxCrop` per box of a COCO file, for MAL training or labeling.
+
+    Which boxes are kept:
+        * training: crowd boxes, boxes with w or h <= 0 (``empty``), fully outside the image
+          (``outside_image``), with w or h <= 2 or area <= ``min_obj_size`` (``too_small``) or area
+          > ``max_obj_size`` (``too_large``) are skipped and counted in :attr:`skipped`.
+        * labeling (``training=False``): every box is kept, because the output must carry one mask
+          per input box; an empty box or one fully outside its image is a :class:`DataError`.
+        Boxes partly outside the image are clipped to it in both modes.
+
+    Args:
+        ann_path: COCO JSON with images, boxes (``bbox`` x, y, w, h; optional ``score``) and categories.
+        img_dir: folder the images' ``file_name`` are relative to.
+        training: random context, flip and a photometrically augmented student view when True.
+        crop_size: side of the square crops.
+        margin_rate: range of the random training margins (relative to the box half-size).
+        test_margin_rate: labeling margins (the range's mean is used on every side).
+        min_obj_size: training boxes need an area above this (image pixels squared).
+        max_obj_size: training boxes need an area at most this.
+        load_mask: decode ground-truth masks for evaluation; ignored in training mode, where no
+            ground-truth mask may reach the loss.
+        flip_prob: horizontal flip probability (training only).
+    """
+
+    collate_fn = staticmethod(collate_box_crops)
+
+    def __init__(
+        self,
+        ann_path: str,
+        img_dir: str,
+        *,
+        training: bool = True,
+        crop_size: int = 512,
+        margin_rate: tuple[float, float] = (0.0, 1.2),
+        test_margin_rate: tuple[float, float] = (0.6, 0.6),
+        min_obj_size: float = 2048,
+        max_obj_size: float = 1e10,
+        load_mask: bool = False,
+        flip_prob: float = 0.5,
+    ) -> None:
+        for key, rate in (("margin_rate", margin_rate), ("test_margin_rate", test_margin_rate)):
+            if len(rate) != 2 or rate[0] > rate[1] or rate[0] < 0:
+                raise DataError(
+                    f"dataset.{key}: expected [low, high] with 0 <= low <= high, got {list(rate)}"
+                )
+        if crop_size < 8:
+            raise DataError(f"dataset.crop_size: expected at least 8 pixels, got {crop_size}")
+        self.ann_path = Path(ann_path)
+        self.img_dir = Path(img_dir)
+        self.training = training
+        self.crop_size = int(crop_size)
+        self.margin_rate = (float(margin_rate[0]), float(margin_rate[1]))
+        self.test_margin_rate = (float(test_margin_rate[0]), float(test_margin_rate[1]))
+        self.min_obj_size = float(min_obj_size)
+        self.max_obj_size = float(max_obj_size)
+        self.load_mask = bool(load_mask) and not training
+        self.flip_prob = float(flip_prob)
+
+        coco = _read_box_file(self.ann_path)
+        self.images = coco.images
+        self.classes = coco.category_names
+        self.category_ids = coco.category_ids
+        self._label_of = {cid: i for i, cid in enumerate(coco.category_ids)}
+        self.skipped: dict[str, int] = {
+            "crowd": 0,
+            "empty": 0,
+            "outside_image": 0,
+            "too_small": 0,
+            "too_large": 0,
+        }
+        self.entries: list[tuple[_BoxEntry, torch.Tensor]] = []
+        for ann in coco.annotations:
+            clipped = self._check(ann)
+            if clipped is not None:
+                self.entries.append((ann, clipped))
+        self._check_images_exist()
+
+    def _check(self, ann: _BoxEntry) -> torch.Tensor | None:
+        """The box clipped to its image, or None when training skips it (counted)."""
+        where = f"{self.ann_path}: annotation id {ann.id}"
+        if ann.category_id not in self._label_of:
+            raise DataError(
+                f"{where}: category_id {ann.category_id} is not in 'categories' (known: {list(self.category_ids)})"
+            )
+        img = self.images.get(ann.image_id)
+        if img is None:
+            raise DataError(f"{where}: image_id {ann.image_id} is not in 'images'")
+        x, y, w, h = ann.bbox
+        if self.training and ann.iscrowd:
+            self.skipped["crowd"] += 1
+            return None
+        if w <= 0 or h <= 0:
+            if self.training:
+                self.skipped["empty"] += 1
+                return None
+            raise DataError(f"{where}: bbox {list(ann.bbox)} has zero size (expected w > 0 and h > 0)")
+        box = torch.tensor([max(x, 0.0), max(y, 0.0), min(x + w, img.width), min(y + h, img.height)])
+        if box[2] <= box[0] or box[3] <= box[1]:
+            if self.training:
+                self.skipped["outside_image"] += 1
+                return None
+            raise DataError(
+                f"{where}: bbox {list(ann.bbox)} lies outside its {img.width}x{img.height} image {img.file_name}"
+            )
+        if self.training:
+            bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+            if bw <= 2 or bh <= 2 or bw * bh <= self.min_obj_size:
+                self.skipped["too_small"] += 1
+                return None
+            if bw * bh > self.max_obj_size:
+                self.skipped["too_large"] += 1
+                return None
+        return box
+
+    def _check_images_exist(self) -> None:
+        needed = sorted({ann.image_id for ann, _ in self.entries})
+        missing = [
+            self.img_dir / self.images[i].file_name
+            for i in needed
+            if not (self.img_dir / self.images[i].file_name).is_file()
+        ]
+        if missing:
+            raise DataError(
+                f"{missing[0]}: image file not found ({len(missing)} of {len(needed)} images referenced by {self.ann_path} are missing)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> BoxCrop:
+        ann, box = self.entries[index]
+        info = self.images[ann.image_id]
+        path = self.img_dir / info.file_name
+        image = _read_image(path)
+        if tuple(image.shape[-2:]) != (info.height, info.width):
+            raise DataError(
+                f"{path}: image is {image.shape[-1]}x{image.shape[-2]} but {self.ann_path} says {info.width}x{info.height}"
+            )
+        if self.training:
+            margins = sample_train_margins(self.margin_rate)
+            flip = bool(torch.rand(()) < self.flip_prob)
+        else:
+            margins = labeling_margins(self.test_margin_rate)
+            flip = False
+        gt_mask = _decode_segmentation(ann.segmentation, info.height, info.width) if self.load_mask else None
+        crop = make_box_crop(
+            image,
+            box,
+            margins,
+            self.crop_size,
+            flip=flip,
+            ann_id=ann.id,
+            image_id=ann.image_id,
+            label=self._label_of[ann.category_id],
+            category_id=ann.category_id,
+            file_name=str(path),
+            score=ann.score,
+            gt_mask=gt_mask,
+        )
+        if self.training:
+            crop.student_image = student_augment(crop.image)
+        return crop

@@ -1,0 +1,239 @@
+"""MALModel: the Mask Auto-Labeler (phase 1), trained from boxes only, labeling one mask per box."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.registries import MODELS
+from masklab.errors import ConfigError
+from masklab.inference.paste_back import paste_masks
+from masklab.models.mal.crf import color_affinities, mean_field_target
+from masklab.models.mal.losses import crf_self_training_loss, mil_projection_loss
+from masklab.models.mal.network import MalNetwork
+from masklab.models.mal.preprocess import MalDataPreprocessor
+from masklab.models.mal.teacher import EmaTeacher
+from masklab.structures.box_crops import MalBatch, rasterize_boxes
+from masklab.structures.instances import masks_to_boxes
+from masklab.structures.predictions import InstancePrediction
+from masklab.structures.sample import SampleMeta
+
+
+@MODELS.register()
+class MALModel(nn.Module):
+    """Box-conditioned mask labeler: a student network, its EMA teacher, MIL + CRF losses.
+
+    ``forward(batch, "loss")`` takes a preprocessed :class:`MalBatch` and returns ``loss_mil`` and
+    ``loss_crf`` (already weighted and ramped) plus ``crf_fg_ratio`` (logged only: the share of box
+    pixels the CRF target keeps; near 1 means masks degenerate to the box). ``forward(batch,
+    "predict")`` returns one :class:`InstancePrediction` per source image present in the batch,
+    one mask per crop, pasted back at the image's resolution (``source_ids`` = annotation ids).
+
+    The teacher is updated from the student at the start of every training ``loss`` forward but
+    the first, i.e. once after each optimiser step (with gradient accumulation, once per
+    micro-batch). ``iteration`` (a buffer, saved in checkpoints) drives the loss ramps.
+
+    Args:
+        backbone: encoder with ``feature_info`` (``MalViTEncoder``, ``MalTinyEncoder``, a CNN).
+        feature_index: which backbone map feeds the heads.
+        mask_head_num_convs: pixel-head conv layers.
+        mask_head_hidden_channel: head width.
+        mask_head_out_channel: dimension of the instance / pixel dot product.
+        mask_scale_ratio: pixel-head upsampling factor.
+        not_adjust_scale: disable the small / medium / large feature-resolution routing.
+        teacher_momentum: EMA momentum of the teacher.
+        loss_mil_weight: weight of the MIL projection loss.
+        loss_crf_weight: weight of the CRF self-training loss.
+        loss_mil_step: iterations over which the MIL weight ramps linearly from 0 (0: no ramp).
+        loss_crf_step: iterations over which the CRF weight ramps linearly from 0 (0: no ramp).
+        crf_kernel_size: side of the CRF neighbourhood (odd).
+        crf_zeta: colour bandwidth of the affinities (normalised-image units).
+        crf_num_iter: mean-field iterations.
+        crf_value_low_thres: lower clamp of the CRF probabilities.
+        crf_value_high_thres: upper clamp of the CRF probabilities.
+        mask_thres: labeling threshold: one value, or three for small / medium / large boxes.
+        data_preprocessor: normalisation (ImageNet mean/std by default).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        feature_index: int = -1,
+        mask_head_num_convs: int = 4,
+        mask_head_hidden_channel: int = 256,
+        mask_head_out_channel: int = 256,
+        mask_scale_ratio: float = 2.0,
+        not_adjust_scale: bool = False,
+        teacher_momentum: float = 0.996,
+        loss_mil_weight: float = 4.0,
+        loss_crf_weight: float = 0.5,
+        loss_mil_step: int = 1000,
+        loss_crf_step: int = 4000,
+        crf_kernel_size: int = 3,
+        crf_zeta: float = 0.1,
+        crf_num_iter: int = 100,
+        crf_value_low_thres: float = 0.1,
+        crf_value_high_thres: float = 0.9,
+        mask_thres: Sequence[float] = (0.1,),
+        data_preprocessor: MalDataPreprocessor | None = None,
+    ) -> None:
+        super().__init__()
+        _check_settings(
+            teacher_momentum,
+            crf_kernel_size,
+            crf_zeta,
+            crf_num_iter,
+            crf_value_low_thres,
+            crf_value_high_thres,
+            mask_thres,
+            loss_mil_step,
+            loss_crf_step,
+        )
+        self.data_preprocessor = data_preprocessor or MalDataPreprocessor()
+        self.student = MalNetwork(
+            backbone,
+            feature_index=feature_index,
+            num_convs=mask_head_num_convs,
+            hidden_channels=mask_head_hidden_channel,
+            out_channels=mask_head_out_channel,
+            scale_ratio=mask_scale_ratio,
+            adjust_scale=not not_adjust_scale,
+        )
+        self.teacher = EmaTeacher(self.student, teacher_momentum)
+        self.loss_mil_weight = float(loss_mil_weight)
+        self.loss_crf_weight = float(loss_crf_weight)
+        self.loss_mil_step = int(loss_mil_step)
+        self.loss_crf_step = int(loss_crf_step)
+        self.crf_kernel_size = int(crf_kernel_size)
+        self.crf_zeta = float(crf_zeta)
+        self.crf_num_iter = int(crf_num_iter)
+        self.crf_low = float(crf_value_low_thres)
+        self.crf_high = float(crf_value_high_thres)
+        self.mask_thres = tuple(float(t) for t in mask_thres)
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+
+    def forward(
+        self, batch: MalBatch, mode: str = "loss"
+    ) -> dict[str, torch.Tensor] | list[InstancePrediction]:
+        if mode == "loss":
+            return self.loss(batch)
+        if mode == "predict":
+            return self.predict(batch)
+        raise ValueError(f"MALModel.forward: mode must be 'loss' or 'predict', got {mode!r}")
+
+    @staticmethod
+    def _box_areas(batch: MalBatch) -> torch.Tensor:
+        boxes = torch.stack([c.image_box for c in batch.crops]).to(batch.images.device)
+        return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+    def _ramp(self, steps: int) -> float:
+        return 1.0 if steps <= 0 else min(1.0, float(self.iteration) / steps)
+
+    def loss(self, batch: MalBatch) -> dict[str, torch.Tensor]:
+        """Weighted, ramped MIL and CRF losses. Reads only the crops, boxes and box areas: no GT mask."""
+        if self.training and int(self.iteration) > 0:
+            self.teacher.update(self.student)
+        areas = self._box_areas(batch)
+        logits = self.student(batch.images, areas)
+        probs = logits.sigmoid()
+        h, w = probs.shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=batch.boxes.dtype, device=batch.boxes.device) / torch.tensor(
+            [batch.images.shape[-1], batch.images.shape[-2]] * 2,
+            dtype=batch.boxes.dtype,
+            device=batch.boxes.device,
+        )
+        box_masks = rasterize_boxes(batch.boxes * scale, h, w)
+        loss_mil = mil_projection_loss(probs, box_masks).mean()
+
+        with torch.no_grad():
+            teacher_probs = self.teacher(batch.teacher_images, areas).sigmoid()
+            # Affinities on the clean view: colour jitter would move the edges the CRF follows.
+            small = F.interpolate(
+                batch.teacher_images.float(), size=(h, w), mode="bilinear", align_corners=False
+            )
+            affinity = color_affinities(small, self.crf_kernel_size, self.crf_zeta)
+            target = mean_field_target(
+                (probs.detach() + teacher_probs) / 2,
+                affinity,
+                box_masks,
+                kernel_size=self.crf_kernel_size,
+                num_iter=self.crf_num_iter,
+                low=self.crf_low,
+                high=self.crf_high,
+            )
+            fg_ratio = target.flatten(1).sum(1).float() / box_masks.flatten(1).sum(1).clamp(min=1)
+        loss_crf = crf_self_training_loss(probs, target).mean()
+        out = {
+            "loss_mil": self.loss_mil_weight * self._ramp(self.loss_mil_step) * loss_mil,
+            "loss_crf": self.loss_crf_weight * self._ramp(self.loss_crf_step) * loss_crf,
+            "crf_fg_ratio": fg_ratio.mean(),
+        }
+        if self.training:
+            self.iteration += 1
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch: MalBatch) -> list[InstancePrediction]:
+        """One prediction per source image in the batch (first-appearance order), masks at image resolution."""
+        probs = self.student(batch.images, self._box_areas(batch)).sigmoid().float().cpu()
+        groups: dict[int, list[int]] = {}
+        for i, crop in enumerate(batch.crops):
+            groups.setdefault(crop.image_id, []).append(i)
+        preds = []
+        for image_id, idx in groups.items():
+            crops = [batch.crops[i] for i in idx]
+            image_boxes = torch.stack([c.image_box for c in crops]).float()
+            masks, pasted = paste_masks(probs[idx], [c.window for c in crops], image_boxes, self.mask_thres)
+            # Ranking score: the detector's score when boxes came from one, else the mean mask probability.
+            mean_prob = (pasted * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1)
+            scores = torch.tensor(
+                [c.score if c.score is not None else float(p) for c, p in zip(crops, mean_prob, strict=True)]
+            )
+            size = crops[0].window.image_size
+            preds.append(
+                InstancePrediction(
+                    masks=masks,
+                    boxes=masks_to_boxes(masks),
+                    labels=torch.tensor([c.label for c in crops], dtype=torch.int64),
+                    scores=scores.float(),
+                    meta=SampleMeta(
+                        image_id=image_id, file_name=crops[0].file_name, ori_shape=size, img_shape=size
+                    ),
+                    source_ids=torch.tensor([c.ann_id for c in crops], dtype=torch.int64),
+                )
+            )
+        return preds
+
+
+def _check_settings(
+    momentum: float,
+    kernel_size: int,
+    zeta: float,
+    num_iter: int,
+    low: float,
+    high: float,
+    mask_thres: Sequence[float],
+    mil_step: int,
+    crf_step: int,
+) -> None:
+    """One-line ConfigErrors for values the recipe cannot run with."""
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"model.teacher_momentum: expected a value in [0, 1), got {momentum}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ConfigError(f"train.crf_kernel_size: expected an odd size >= 1, got {kernel_size}")
+    if zeta <= 0:
+        raise ConfigError(f"train.crf_zeta: expected a positive colour bandwidth, got {zeta}")
+    if num_iter < 0:
+        raise ConfigError(f"train.crf_num_iter: expected >= 0, got {num_iter}")
+    if not 0.0 < low < 0.5 < high < 1.0:
+        raise ConfigError(
+            f"train.crf_value_low_thres/crf_value_high_thres: expected 0 < low < 0.5 < high < 1, got {low}, {high}"
+        )
+    if len(mask_thres) not in (1, 3) or not all(0.0 <= t < 1.0 for t in mask_thres):
+        raise ConfigError(f"train.mask_thres: expected 1 or 3 values in [0, 1), got {list(mask_thres)}")
+    if mil_step < 0 or crf_step < 0:
+        raise ConfigError(f"train.loss_mil_step/loss_crf_step: expected >= 0, got {mil_step}, {crf_step}")
