@@ -39,6 +39,7 @@ class ToyModel(nn.Module):
 
     def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor] | list[SemanticPrediction]:
         logits = self.logits(batch.images)
+        self.logits_dtype = logits.dtype  # lets tests see whether autocast was active
         if mode == "predict":
             return [SemanticPrediction(label_map=lg.argmax(0), meta=m) for lg, m in zip(logits, batch.metas)]
         assert batch.semantic is not None

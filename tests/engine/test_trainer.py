@@ -1,0 +1,204 @@
+"""The training step: loss summing, accumulation, clipping, precision, NaN guard, train/eval modes."""
+
+from __future__ import annotations
+
+from itertools import cycle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from masklab.engine import CheckpointHook, EvalHook, NonFiniteLossHook, Trainer, ValLoop, epochs_to_iters
+from masklab.engine.hooks.base import Hook
+from masklab.errors import ConfigError, TrainingError
+from masklab.structures import Batch, SampleMeta
+
+from .toy import PixelAccuracy, ToyModel, toy_loader
+
+
+class Record(Hook):
+    def __init__(self) -> None:
+        self.states: list = []
+        self.grad_norms_after: list[float] = []
+        self.modes: list[bool] = []
+
+    def after_train_iter(self, trainer: Trainer) -> None:
+        self.states.append(trainer.state)
+        grads = [p.grad.norm() for p in trainer.model.parameters() if p.grad is not None]
+        self.grad_norms_after.append(float(torch.stack(grads).norm()) if grads else 0.0)
+        self.modes.append(trainer.model.training)
+
+
+def sgd(model: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def test_total_loss_sums_loss_keys_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, rec = ToyModel(), Record()
+    Trainer(model, sgd(model), toy_loader(), 2, hooks=[rec], work_dir=tmp_path, progress=False).train()
+    for state in rec.states:
+        assert state.losses["loss"] == pytest.approx(state.losses["loss_ce"] + state.losses["loss_reg"])
+        assert "acc_seg" in state.losses and state.lr == pytest.approx(0.1)
+    assert [s.iteration for s in rec.states] == [1, 2]
+
+
+class Linear(nn.Module):
+    """A linear regression on the mean colour: the gradient of a mean loss is linear in the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_preprocessor = lambda batch, training: batch  # noqa: E731 - the contract only needs a callable
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor]:
+        x = batch.images.mean(dim=(2, 3))
+        assert batch.semantic is not None
+        y = batch.semantic.float().mean(dim=(1, 2))
+        return {"loss_mse": ((self.fc(x).squeeze(1) - y) ** 2).mean()}
+
+
+def linear_batches(n: int, per: int) -> list[Batch]:
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(n * per, 3, 4, 4, generator=gen)
+    semantic = torch.randint(0, 3, (n * per, 4, 4), generator=gen)
+    return [
+        Batch(
+            images=images[i * per : (i + 1) * per],
+            metas=[SampleMeta()] * per,
+            semantic=semantic[i * per : (i + 1) * per],
+        )
+        for i in range(n)
+    ]
+
+
+def test_accumulation_equals_larger_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    big, small = Linear(), Linear()
+    small.load_state_dict(big.state_dict())
+    Trainer(big, sgd(big), cycle(linear_batches(1, 4)), 3, work_dir=tmp_path / "a", progress=False).train()
+    Trainer(
+        small,
+        sgd(small),
+        cycle(linear_batches(2, 2)),
+        3,
+        work_dir=tmp_path / "b",
+        accumulate_steps=2,
+        progress=False,
+    ).train()
+    for a, b in zip(big.parameters(), small.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(big.fc.weight, Linear().fc.weight)  # it did train
+
+
+def test_clip_grad_limits_norm_and_logs_unclipped(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, rec = ToyModel(dropout=0.0), Record()
+    Trainer(
+        model, sgd(model), toy_loader(), 2, hooks=[rec], work_dir=tmp_path, clip_grad=1e-3, progress=False
+    ).train()
+    for state, after in zip(rec.states, rec.grad_norms_after):
+        assert state.grad_norm is not None and state.grad_norm > 1e-3
+        assert after == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_bf16_autocast_on_cpu(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, rec = ToyModel(), Record()
+    Trainer(
+        model, sgd(model), toy_loader(), 2, hooks=[rec], work_dir=tmp_path, precision="bf16", progress=False
+    ).train()
+    assert model.logits_dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(s.losses["loss"])) for s in rec.states)
+    assert model.conv.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_fp16_on_cpu_is_a_clear_error(tmp_path: Path) -> None:
+    model = ToyModel()
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Trainer(model, sgd(model), toy_loader(), 1, work_dir=tmp_path, precision="fp16")
+
+
+def test_nan_stops_with_iteration_and_terms(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ToyModel()
+    model.nan_at_calls = {3}
+    hooks = [NonFiniteLossHook(max_skips=0), CheckpointHook(interval=2)]
+    trainer = Trainer(model, sgd(model), toy_loader(), 5, hooks=hooks, work_dir=tmp_path, progress=False)
+    with pytest.raises(
+        TrainingError, match=r"iteration 3: loss=nan, loss_ce=nan, loss_reg=\d.*iter_0000002\.pth"
+    ):
+        trainer.train()
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "iter_0000002.pth"
+
+
+def test_nan_without_guard_hook_still_stops(tmp_path: Path) -> None:
+    model = ToyModel()
+    model.nan_at_calls = {1}
+    with pytest.raises(TrainingError, match="iteration 1"):
+        Trainer(model, sgd(model), toy_loader(), 3, work_dir=tmp_path, progress=False).train()
+
+
+def test_nan_skip_mode_does_not_step(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ToyModel(dropout=0.0)
+    model.nan_at_calls = {2}
+    snapshots: list[torch.Tensor] = []
+
+    class Snap(Hook):
+        def after_train_iter(self, trainer: Trainer) -> None:
+            snapshots.append(model.cls.weight.detach().clone())
+
+    guard = NonFiniteLossHook(max_skips=1)
+    trainer = Trainer(
+        model, sgd(model), toy_loader(), 4, hooks=[guard, Snap()], work_dir=tmp_path, progress=False
+    )
+    trainer.train()
+    assert trainer.iter == 4 and guard.skips == 1
+    assert torch.equal(snapshots[0], snapshots[1])  # the NaN step changed nothing
+    assert not torch.equal(snapshots[1], snapshots[2])  # training went on
+    model.nan_at_calls = {5}
+    trainer.max_iters = 6
+    with pytest.raises(TrainingError, match="skipped 1 of max 1"):
+        trainer.train()
+
+
+def test_validation_uses_eval_mode_and_returns_to_train(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, rec = ToyModel(dropout=0.5), Record()
+    evaluator = PixelAccuracy()
+    val_loader = [b for b, _ in zip(toy_loader(seed=9), range(2))]
+    seen_modes: list[bool] = []
+    original_process = evaluator.process
+
+    def process(batch, predictions):  # type: ignore[no-untyped-def]
+        seen_modes.append(model.training)
+        original_process(batch, predictions)
+
+    evaluator.process = process  # type: ignore[method-assign]
+    val = ValLoop(model, val_loader, evaluator)
+    trainer = Trainer(
+        model,
+        sgd(model),
+        toy_loader(),
+        2,
+        hooks=[rec, EvalHook(interval=1)],
+        work_dir=tmp_path,
+        val_loop=val,
+        progress=True,
+    )
+    trainer.train()
+    assert seen_modes == [False] * 4 and rec.modes == [True, True]
+    assert model.training
+    first = val.run(progress=False)
+    assert first == val.run(progress=False)  # eval mode: dropout off, deterministic
+    assert 0.0 <= first["aAcc"] <= 1.0
+
+
+def test_epochs_to_iters() -> None:
+    assert epochs_to_iters(2, dataset_size=100, batch_size=4, world_size=2) == 24
+    assert epochs_to_iters(1, dataset_size=100, batch_size=8, drop_last=False) == 13
+    assert epochs_to_iters(1, dataset_size=100, batch_size=4, accumulate_steps=5) == 5
+    with pytest.raises(ConfigError):
+        epochs_to_iters(1, dataset_size=0, batch_size=4)
