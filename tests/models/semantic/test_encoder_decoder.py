@@ -1,0 +1,121 @@
+"""EncoderDecoder: derived channels, loss keys, backward, predict geometry, slide and TTA."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.lazy import Lazy
+from masklab.errors import ConfigError
+from masklab.models.backbones import FeatureInfo
+from masklab.models.semantic import EncoderDecoder, FCNHead, TTASettings
+from masklab.structures import Batch, SampleMeta
+
+
+class TinyBackbone(nn.Module):
+    """Two strided convs (strides 2 and 4): fast, and its output depends on the input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.feature_info = FeatureInfo(channels=[4, 6], strides=[2, 4])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = self.a(x)
+        return [a, self.b(a)]
+
+
+def _model(**kwargs) -> EncoderDecoder:
+    torch.manual_seed(0)
+    return EncoderDecoder(
+        TinyBackbone(),
+        functools.partial(FCNHead, channels=8, in_index=1, dropout_ratio=0.0),
+        num_classes=3,
+        data_preprocessor=nn.Identity(),
+        **kwargs,
+    )
+
+
+def _batch(metas: list[SampleMeta], size: int = 16) -> Batch:
+    torch.manual_seed(1)
+    return Batch(
+        images=torch.randn(len(metas), 3, size, size),
+        metas=metas,
+        semantic=torch.randint(0, 3, (len(metas), size, size)),
+    )
+
+
+def test_loss_has_decode_and_aux_keys_and_backpropagates() -> None:
+    aux = functools.partial(FCNHead, channels=4, in_index=0, num_convs=1, concat_input=False)
+    model = _model(auxiliary_head=aux).train()
+    assert model.decode_head.in_channels == 6 and model.auxiliary_heads[0].in_channels == 4
+    losses = model(_batch([SampleMeta(), SampleMeta()]), mode="loss")
+    assert set(losses) == {"loss_ce", "acc_seg", "aux.loss_ce", "aux.acc_seg"}
+    sum(v for k, v in losses.items() if k.split(".")[-1].startswith("loss")).backward()
+    assert model.backbone.a.weight.grad is not None and model.backbone.a.weight.grad.abs().sum() > 0
+
+
+def test_predict_crops_padding_and_resizes_to_original_shape() -> None:
+    model = _model().eval()
+    metas = [
+        SampleMeta(ori_shape=(20, 30), img_shape=(12, 14)),
+        SampleMeta(ori_shape=(16, 16), img_shape=(16, 16)),
+    ]
+    batch = _batch(metas)
+    preds = model(batch, mode="predict")
+    assert tuple(preds[0].label_map.shape) == (20, 30) and tuple(preds[0].logits.shape) == (3, 20, 30)
+    assert tuple(preds[1].label_map.shape) == (16, 16)
+    with torch.no_grad():
+        full = model.encode_decode(batch.images)
+    expected = F.interpolate(full[:1, :, :12, :14], size=(20, 30), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(preds[0].logits, expected)
+    assert torch.equal(preds[0].label_map, expected.argmax(0))
+
+
+def test_slide_equals_whole_when_one_crop_covers_the_image() -> None:
+    model = _model().eval()
+    batch = _batch([SampleMeta(ori_shape=(16, 16), img_shape=(16, 16))])
+    whole = model(batch, mode="predict")[0].logits
+    model.set_test_mode("slide", crop_size=(32, 32), stride=(16, 16))
+    slide = model(batch, mode="predict")[0].logits
+    torch.testing.assert_close(slide, whole)
+
+
+def test_slide_needs_crop_and_stride() -> None:
+    with pytest.raises(ConfigError, match="crop_size"):
+        _model(test_mode="slide")
+
+
+def test_binary_predict_thresholds_the_sigmoid() -> None:
+    torch.manual_seed(0)
+    model = EncoderDecoder(
+        TinyBackbone(),
+        functools.partial(FCNHead, channels=8, in_index=1, binary=True, threshold=0.5),
+        num_classes=2,
+        data_preprocessor=nn.Identity(),
+    ).eval()
+    pred = model(_batch([SampleMeta(ori_shape=(16, 16), img_shape=(16, 16))]), mode="predict")[0]
+    assert pred.logits.shape[0] == 1
+    assert torch.equal(pred.label_map, (pred.logits[0].sigmoid() > 0.5).long())
+
+
+def test_tta_identity_settings_match_plain_prediction() -> None:
+    model = _model().eval()
+    batch = _batch([SampleMeta(ori_shape=(16, 16), img_shape=(16, 16))])
+    plain = model(batch, mode="predict")[0]
+    model.set_test_mode("whole", tta=TTASettings(scales=(1.0,), flip=False))
+    tta = model(batch, mode="predict")[0]
+    assert torch.equal(tta.label_map, plain.label_map)
+    # TTA logits are log-probabilities: their softmax is the plain softmax.
+    torch.testing.assert_close(tta.logits.softmax(0), plain.logits.softmax(0), atol=1e-5, rtol=1e-4)
+
+
+def test_lazy_head_restating_num_classes_differently_is_refused() -> None:
+    head = Lazy(FCNHead, {"channels": 8, "num_classes": 5}, path="model.decode_head")
+    with pytest.raises(ConfigError, match="model.decode_head.num_classes"):
+        EncoderDecoder(TinyBackbone(), head, num_classes=3, data_preprocessor=nn.Identity())
