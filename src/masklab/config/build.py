@@ -155,7 +155,10 @@ def _convert(value: Any, ann: Any, path: str, ctx: _Context) -> Any:
         return _convert_tuple(value, ann, args, path, ctx)
     if origin in (dict, cabc.Mapping, cabc.MutableMapping):
         return _convert_dict(value, ann, args, path, ctx)
-    if origin is not None:  # other typing constructs (Callable, ...) are not checked
+    if origin is cabc.Callable:
+        # A callable may be given as a component node (a transform in a pipeline): build it.
+        return _build_node(value, None, path, ctx) if _is_node(value) else value
+    if origin is not None:  # other typing constructs are not checked
         return value
     return _convert_class(value, ann, path, ctx)
 
@@ -305,6 +308,19 @@ def _signature(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter
         hints = typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - e.g. names imported under TYPE_CHECKING: check what resolves
         hints = {n: p.annotation for n, p in params.items() if not isinstance(p.annotation, str)}
+    if var_kw and isinstance(factory, type):
+        # A subclass that forwards ``**kwargs`` to its base (FCNHead -> DecodeHead) accepts the
+        # base's keywords: bind and check them against the base's signature, so typos and nested
+        # nodes in those keys are handled as if they were written out.
+        base = next((b for b in factory.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
+        if base is not None and base.__init__ is not object.__init__:
+            b_params, b_hints, b_var_kw = _signature(base)
+            for name, param in b_params.items():
+                if name not in params:
+                    params[name] = param
+                    if name in b_hints:
+                        hints[name] = b_hints[name]
+            var_kw = b_var_kw
     return params, hints, var_kw
 
 

@@ -2,3 +2,5 @@
 
 from masklab.data import datasets as _datasets  # noqa: F401  (registers datasets)
 from masklab.data import transforms as _transforms  # noqa: F401  (registers transforms)
+from masklab.data import preprocessor as _preprocessor  # noqa: F401  (registers DataPreprocessor)
+from masklab.data import transforms as _transforms  # noqa: F401  (registers transforms)

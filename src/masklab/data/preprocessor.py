@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from masklab.config.registries import MODELS
 from masklab.data.collate import _pad_instances, _pad_to
 from masklab.errors import ModelError
 from masklab.structures import Batch
@@ -16,6 +17,7 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+@MODELS.register()
 class DataPreprocessor(nn.Module):
     """Move a collated batch to the model's device, normalise it and pad it to a size divisor.
 

@@ -1,1 +1,1 @@
-
+"""Overlays, palettes and plots for people to look at."""

@@ -1,0 +1,83 @@
+"""``masklab evaluate CFG CKPT [key=value ...]`` and ``masklab evaluate coco --gt GT --pred PRED``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="path to a YAML config, or the word 'coco' to compare two COCO files")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint file (.pth) to evaluate")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.mode=slide")
+    parser.add_argument("--out", help="write the metrics JSON here (default: next to the checkpoint)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    coco = parser.add_argument_group("evaluate coco")
+    coco.add_argument("--gt", help="ground-truth COCO instances JSON")
+    coco.add_argument("--pred", help="COCO results JSON")
+    coco.add_argument("--iou-type", default="segm", choices=("segm", "bbox"))
+    coco.add_argument("--max-dets", type=int, nargs="+", default=[1, 10, 100])
+
+
+def run(args: argparse.Namespace) -> int:
+    from masklab.errors import ConfigError
+
+    if args.config == "coco":
+        from masklab.cli import evaluate_coco
+
+        if args.checkpoint is not None or args.overrides:
+            raise ConfigError("evaluate coco: takes only --gt, --pred, --iou-type, --max-dets and --out")
+        return evaluate_coco.run(args)
+    if args.checkpoint is None:
+        raise ConfigError("evaluate: expected CONFIG CHECKPOINT (or `evaluate coco --gt GT --pred PRED`)")
+    return _evaluate_checkpoint(args)
+
+
+def _evaluate_checkpoint(args: argparse.Namespace) -> int:
+    from masklab.cli.common import resolve_for_cli
+    from masklab.config.assemble import (
+        apply_eval_settings,
+        build_dataset,
+        build_evaluator,
+        build_model,
+        build_val_loader,
+        dataset_meta,
+        resolve_device,
+    )
+    from masklab.engine.checkpoint import load_model_weights
+    from masklab.engine.distributed import init_distributed, is_main_process
+    from masklab.engine.val_loop import ValLoop
+    from masklab.errors import CheckpointError
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise CheckpointError(f"{ckpt}: checkpoint file not found")
+    rc = resolve_for_cli(args.config, args.overrides)
+    if "LOCAL_RANK" in os.environ:
+        init_distributed()
+    device = resolve_device(rc.runtime.device)
+    val_set = build_dataset(rc, "val")
+    model = build_model(rc, dataset_meta(val_set))
+    load_model_weights(model, ckpt, strict=True)
+    apply_eval_settings(model, rc)
+    model.to(device)
+    evaluator = build_evaluator(rc, val_set)
+    loop = ValLoop(model, build_val_loader(rc, val_set), evaluator, precision=rc.runtime.precision)
+    metrics = loop.run(progress=not args.no_progress)
+    if not is_main_process():
+        return 0
+    report = getattr(evaluator, "format_report", None)
+    if report is not None:
+        print(report())
+    description = getattr(evaluator, "metric_description", "")
+    if description:
+        print(description)
+    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.metrics.json")
+    from masklab.engine.checkpoint import atomic_write
+
+    text = json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
+    atomic_write(out, lambda f: f.write(text.encode()))
+    print(f"metrics written to {out}")
+    return 0

@@ -1,0 +1,46 @@
+"""``masklab infer CFG CKPT --input PATH_OR_DIR --out DIR [key=value ...]``.
+
+Writes ``DIR/pred/`` (label PNGs, or ``instances.json`` for instance models) and ``DIR/vis/``
+(overlays). Box-prompted models (MAL) take ``--boxes BOXES.json --images DIR --out LABELS.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="path to a YAML config")
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides")
+    parser.add_argument("--input", help="an image file or a folder of images")
+    parser.add_argument("--out", required=True, help="output folder (or JSON file with --boxes)")
+    parser.add_argument(
+        "--opacity", type=float, default=None, help="overlay opacity (default inference.opacity)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--boxes", help="MAL: COCO JSON with the boxes to label")
+    parser.add_argument("--images", help="MAL: folder of the images the boxes refer to")
+    parser.add_argument("--vis", action="store_true", help="MAL: also write overlays of the pseudo-masks")
+
+
+def run(args: argparse.Namespace) -> int:
+    from masklab.errors import ConfigError
+
+    if args.boxes is not None:
+        if importlib.util.find_spec("masklab.cli.infer_boxes") is None:
+            raise ConfigError("infer --boxes: box-prompted labeling is not available in this build")
+        from masklab.cli import infer_boxes
+
+        return infer_boxes.run(args)
+    if args.input is None:
+        raise ConfigError("infer: --input PATH_OR_DIR is required (or --boxes/--images for MAL)")
+    from masklab.cli.common import resolve_for_cli
+    from masklab.inference.inferencer import Inferencer
+
+    rc = resolve_for_cli(args.config, args.overrides)
+    inferencer = Inferencer(rc, args.checkpoint, device=args.device)
+    preds = inferencer(args.input, out_dir=args.out, opacity=args.opacity)
+    print(f"{len(preds)} images -> {args.out}/pred and {args.out}/vis")
+    return 0
