@@ -68,6 +68,15 @@ class SynthReport:
     num_instances: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def __str__(self) -> str:
+        if self.skipped:
+            return f"{self.out_dir}: complete dataset with these parameters already present; nothing written"
+        parts = ", ".join(
+            f"{s}: {self.num_images.get(s, 0)} images / {self.num_instances.get(s, 0)} instances"
+            for s in SPLITS
+        )
+        return f"{self.out_dir}: wrote {parts} in {self.seconds:.1f}s"
+
 
 def synth_meta() -> DatasetMeta:
     """Semantic metadata of the synthetic set: background + one class per shape, colour and pattern attributes."""
