@@ -55,9 +55,17 @@ def test_loss_has_decode_and_aux_keys_and_backpropagates() -> None:
     model = _model(auxiliary_head=aux).train()
     assert model.decode_head.in_channels == 6 and model.auxiliary_heads[0].in_channels == 4
     losses = model(_batch([SampleMeta(), SampleMeta()]), mode="loss")
-    assert set(losses) == {"loss_ce", "acc_seg", "aux.loss_ce", "aux.acc_seg"}
-    sum(v for k, v in losses.items() if k.split(".")[-1].startswith("loss")).backward()
+    assert set(losses) == {"loss_ce", "acc_seg", "loss_aux_ce", "aux_acc_seg"}
+    # The trainer's rule (contracts): keys starting with "loss" are optimised, aux included.
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     assert model.backbone.a.weight.grad is not None and model.backbone.a.weight.grad.abs().sum() > 0
+    assert model.auxiliary_heads[0].conv_seg.weight.grad is not None
+
+
+def test_several_aux_heads_get_numbered_keys() -> None:
+    aux = functools.partial(FCNHead, channels=4, in_index=0, num_convs=1, concat_input=False)
+    losses = _model(auxiliary_head=[aux, aux])(_batch([SampleMeta()]), mode="loss")
+    assert {"loss_aux0_ce", "loss_aux1_ce", "aux0_acc_seg", "aux1_acc_seg"} <= set(losses)
 
 
 def test_predict_crops_padding_and_resizes_to_original_shape() -> None:

@@ -70,8 +70,8 @@ class EncoderDecoder(nn.Module):
         decode_head: the main head, completed here with ``in_channels`` and ``num_classes``.
         num_classes: number of classes (taken from the dataset when the config omits it).
         neck: optional neck, completed with ``in_channels``; must expose ``out_channels`` (a list).
-        auxiliary_head: optional training-only head(s) on other levels, logged as ``aux.*`` (one)
-            or ``aux_<i>.*`` (several).
+        auxiliary_head: optional training-only head(s) on other levels, logged as ``loss_aux_ce`` /
+            ``aux_acc_seg`` (one) or ``loss_aux<i>_ce`` / ``aux<i>_acc_seg`` (several).
         data_preprocessor: normalisation / padding module; default ``masklab.data`` 's ``DataPreprocessor()``.
         test_mode: "whole" image or "slide" window inference.
         crop_size: (h, w) sliding window, required for "slide".
@@ -186,7 +186,7 @@ class EncoderDecoder(nn.Module):
         raise ModelError(f"EncoderDecoder.forward: unknown mode {mode!r}; expected loss, predict or tensor")
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Decode-head losses (unprefixed) plus auxiliary ones (``aux.`` / ``aux_<i>.`` prefixed)."""
+        """Decode-head losses (``loss_ce``, ``acc_seg``) plus auxiliary ones (``loss_aux_ce``, ``aux_acc_seg``)."""
         if batch.semantic is None:
             raise ModelError(
                 "EncoderDecoder: the training batch has no semantic label maps; use a semantic dataset"
@@ -195,10 +195,21 @@ class EncoderDecoder(nn.Module):
         label = batch.semantic.long()
         losses = dict(self.decode_head.loss(self.decode_head(feats), label))
         for i, head in enumerate(self.auxiliary_heads):
-            prefix = "aux" if len(self.auxiliary_heads) == 1 else f"aux_{i}"
+            tag = "aux" if len(self.auxiliary_heads) == 1 else f"aux{i}"
             for key, value in head.loss(head(feats), label).items():
-                losses[f"{prefix}.{key}"] = value
+                losses[self.aux_key(tag, key)] = value
         return losses
+
+    @staticmethod
+    def aux_key(tag: str, key: str) -> str:
+        """Log key of an auxiliary head's value: ``loss_ce`` -> ``loss_aux_ce``, ``acc_seg`` -> ``aux_acc_seg``.
+
+        Optimised keys must keep the ``loss`` prefix (the contract: keys starting with ``loss`` are
+        summed), so the tag goes after it rather than in front as MMSeg's ``aux.loss_ce`` does.
+        """
+        if key.startswith("loss"):
+            return f"loss_{tag}_{key.removeprefix('loss').lstrip('_')}"
+        return f"{tag}_{key}"
 
     def inference(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the images' size, whole or sliding window."""
