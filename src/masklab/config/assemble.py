@@ -345,13 +345,19 @@ def build_trainer(
         val_loop = ValLoop(
             model, build_val_loader(rc, val_set), build_evaluator(rc, val_set), precision=rc.runtime.precision
         )
+    hooks = build_hooks(rc, max_iters, val_loop is not None)
+    if meta is not None:
+        from masklab.engine.hooks.metadata import MetadataHook
+        from masklab.inference.inferencer import meta_to_dict
+
+        hooks.append(MetadataHook(meta_to_dict(meta)))
     trainer = Trainer(
         model,
         optimizer,
         train_loader_factory(rc, train_set),
         max_iters,
         scheduler=scheduler,
-        hooks=build_hooks(rc, max_iters, val_loop is not None),
+        hooks=hooks,
         work_dir=work_dir,
         precision=rc.runtime.precision,
         accumulate_steps=t.accumulate_steps,

@@ -215,7 +215,7 @@ def _load_payload(weights: str | Path) -> dict[str, Any]:
 
 def _find_meta(cfg: ResolvedConfig, payload: dict[str, Any] | None) -> DatasetMeta:
     """Class names and palette: from the checkpoint when it carries them, else the val dataset."""
-    saved = ((payload or {}).get("meta") or {}).get("dataset")
+    saved = (payload or {}).get("dataset_meta")
     if saved:
         return meta_from_dict(saved)
     from masklab.config.assemble import build_dataset, dataset_meta

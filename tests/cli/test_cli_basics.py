@@ -1,0 +1,45 @@
+"""The masklab command: help, config show, data synth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from masklab.cli.main import main
+
+from .conftest import DEMO_CONFIG
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 1
+    assert "train" in capsys.readouterr().out
+
+
+def test_config_show_applies_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "show", str(DEMO_CONFIG), "train.optim.lr=0.5", "train.max_iters=7"]) == 0
+    text = capsys.readouterr().out
+    data = yaml.safe_load(text)
+    assert data["train"]["optim"]["lr"] == 0.5
+    assert data["train"]["max_iters"] == 7
+    assert data["model"]["backbone"]["model_name"] == "resnet18"  # from the _base_ chain
+
+
+def test_config_show_unknown_key_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["config", "show", str(DEMO_CONFIG), "train.optim.lrr=0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert "lrr" in err[0] and "'lr'" in err[0]
+
+
+def test_data_synth_writes_coco_and_labels(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s"
+    assert (
+        main(["data", "synth", "--out", str(out), "--num-train", "3", "--num-val", "1", "--size", "48"]) == 0
+    )
+    coco = json.loads((out / "annotations" / "train.json").read_text())
+    assert len(coco["images"]) == 3
+    assert {a["name"] for a in coco["attributes"]} >= {"color", "pattern"}
+    assert len(list((out / "labels" / "val").glob("*.png"))) == 1
