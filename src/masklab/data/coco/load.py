@@ -272,9 +272,7 @@ def _check_segmentation(segm: Any, image: CocoImage, here: str) -> Segmentation 
             raise _Skip("bad_segmentation", f"{here}: field 'segmentation' is an empty polygon list")
         for k, poly in enumerate(segm):
             ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-            ok = ok and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in poly
-            )
+            ok = ok and all(type(v) in (int, float) and math.isfinite(v) for v in poly)
             if not ok:
                 n = len(poly) if isinstance(poly, list) else type(poly).__name__
                 raise _Skip(
@@ -317,7 +315,7 @@ def _check_bbox(
             )
         return segmentation_bbox(segm, image.height, image.width)
     ok = isinstance(bbox, list) and len(bbox) == 4
-    ok = ok and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ok = ok and all(type(v) in (int, float) and math.isfinite(v) for v in bbox)
     if not ok:
         raise _Skip("bad_box", f"{here}: field 'bbox' is {bbox!r}; expected [x, y, w, h] of 4 finite numbers")
     if bbox[2] <= 0 or bbox[3] <= 0:

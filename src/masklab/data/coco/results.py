@@ -15,9 +15,13 @@ from pycocotools import mask as mask_utils
 
 from masklab.data.coco.load import read_json
 from masklab.data.coco.records import CocoFile
-from masklab.data.coco.rle import Rle, rle_to_pycoco
+from masklab.data.coco.rle import Rle, encode_masks, rle_to_pycoco
 from masklab.data.meta import AttributeMeta
 from masklab.errors import DataError
+from masklab.structures.predictions import InstancePrediction
+
+# Exact types, not isinstance: bool is an int subclass, and exact checks are cheap on big files.
+_NUM = (int, float)
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def parse_coco_results(data: Any, gt: CocoFile, where: str = "<memory>") -> tupl
                 f"{here}: field 'category_id' is {raw.get('category_id')!r}, which is not a ground-truth category"
             )
         score = raw.get("score")
-        if not isinstance(score, int | float) or isinstance(score, bool) or not math.isfinite(score):
+        if type(score) not in _NUM or not math.isfinite(score):
             raise DataError(f"{here}: field 'score' is {score!r}; expected a finite number")
         segm = raw.get("segmentation")
         if segm is not None:
@@ -111,9 +115,7 @@ def parse_coco_results(data: Any, gt: CocoFile, where: str = "<memory>") -> tupl
             if segm is None:
                 raise DataError(f"{here}: fields 'bbox' and 'segmentation' are both missing")
             bbox = mask_utils.toBbox(rle_to_pycoco(segm)).tolist()
-        elif not (
-            isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
-        ):
+        elif not (type(bbox) is list and len(bbox) == 4 and all(type(v) in _NUM for v in bbox)):
             raise DataError(f"{here}: field 'bbox' is {bbox!r}; expected [x, y, w, h]")
         elif bbox[2] < 0 or bbox[3] < 0:
             raise DataError(f"{here}: field 'bbox' is {bbox!r}; expected non-negative width and height")
@@ -140,6 +142,8 @@ def parse_coco_results(data: Any, gt: CocoFile, where: str = "<memory>") -> tupl
 def _attributes(
     raw: dict[str, Any], attrs: dict[str, AttributeMeta], here: str
 ) -> tuple[dict[str, int], dict[str, float]]:
+    if "attributes" not in raw and "attribute_scores" not in raw:
+        return {}, {}
     values = raw.get("attributes") or {}
     probs = raw.get("attribute_scores") or {}
     if not isinstance(values, dict) or not isinstance(probs, dict):
@@ -174,3 +178,57 @@ def write_coco_results(path: str | Path, detections: Sequence[CocoDetection]) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def detections_from_prediction(
+    pred: InstancePrediction, category_ids: Sequence[int], attribute_names: Sequence[str] = ()
+) -> list[CocoDetection]:
+    """One image's predictions as COCO detections: masks RLE-encoded, boxes derived from the masks.
+
+    Contiguous labels map back to source ids through ``category_ids`` (``DatasetMeta.category_ids``);
+    the image id comes from ``pred.meta.image_id``. The area is the box area, as pycocotools'
+    ``loadRes`` sets it for results that carry boxes (so a written file evaluates the same).
+    """
+    if len(pred) == 0:
+        return []
+    labels = pred.labels.tolist()
+    if min(labels) < 0 or max(labels) >= len(category_ids):
+        raise DataError(
+            f"prediction for image id={pred.meta.image_id}: labels {min(labels)}..{max(labels)} outside [0, {len(category_ids)}) classes"
+        )
+    rles = encode_masks(pred.masks)
+    boxes = mask_utils.toBbox([rle_to_pycoco(r) for r in rles]).tolist()
+    scores = pred.scores.tolist()
+    attrs = {
+        n: (pred.attributes[n].labels.tolist(), pred.attributes[n].scores.tolist())
+        for n in attribute_names
+        if n in pred.attributes
+    }
+    out = []
+    for k, rle in enumerate(rles):
+        x, y, w, h = (float(v) for v in boxes[k])
+        out.append(
+            CocoDetection(
+                image_id=int(pred.meta.image_id),
+                category_id=int(category_ids[labels[k]]),
+                score=float(scores[k]),
+                bbox=(x, y, w, h),
+                area=w * h,
+                segmentation=rle,
+                attributes={n: int(v[0][k]) for n, v in attrs.items()},
+                attribute_scores={n: float(v[1][k]) for n, v in attrs.items()},
+            )
+        )
+    return out
+
+
+def write_prediction_results(
+    path: str | Path,
+    predictions: Sequence[InstancePrediction],
+    category_ids: Sequence[int],
+    attributes: Sequence[AttributeMeta] = (),
+) -> None:
+    """Write model predictions as a COCO results file (see :func:`write_coco_results`)."""
+    names = [a.name for a in attributes]
+    dets = [d for pred in predictions for d in detections_from_prediction(pred, category_ids, names)]
+    write_coco_results(path, dets)

@@ -49,6 +49,7 @@ def random_coco_case(
     max_dets: int = 12,
     size: tuple[int, int] = (48, 224),
     attributes: bool = False,
+    exact_counts: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A random COCO instances dict and a results list for it (JSON-ready).
 
@@ -59,6 +60,7 @@ def random_coco_case(
         max_dets: at most this many detections per image.
         size: (min, max) image side.
         attributes: add ``color`` (3 values) and ``shape`` (2 values) attributes.
+        exact_counts: every image gets exactly ``max_gt`` objects and ``max_dets`` detections.
     """
     rng = np.random.default_rng(seed)
     cat_ids = [1, 3, 7, 8, 20]  # non-contiguous; 20 never gets ground truth
@@ -77,7 +79,7 @@ def random_coco_case(
     for img_id in range(1, num_images + 1):
         h, w = (int(v) for v in rng.integers(size[0], size[1] + 1, size=2))
         gt["images"].append({"id": img_id * 3, "file_name": f"{img_id}.png", "height": h, "width": w})
-        n_gt = 0 if rng.random() < 0.17 else int(rng.integers(1, max_gt + 1))
+        n_gt = max_gt if exact_counts else (0 if rng.random() < 0.17 else int(rng.integers(1, max_gt + 1)))
         masks = []
         for _ in range(n_gt):
             mask = _random_mask(rng, h, w, scale=0.9)
@@ -102,7 +104,7 @@ def random_coco_case(
             gt["annotations"].append(ann)
             masks.append((mask, ann))
             ann_id += 1
-        for _ in range(int(rng.integers(0, max_dets + 1))):
+        for _ in range(max_dets if exact_counts else int(rng.integers(0, max_dets + 1))):
             if masks and rng.random() < 0.7:
                 src_mask, src = masks[int(rng.integers(len(masks)))]
                 mask = _jitter(rng, src_mask)
