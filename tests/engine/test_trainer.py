@@ -202,3 +202,24 @@ def test_epochs_to_iters() -> None:
     assert epochs_to_iters(1, dataset_size=100, batch_size=4, accumulate_steps=5) == 5
     with pytest.raises(ConfigError):
         epochs_to_iters(1, dataset_size=0, batch_size=4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with GradScaler needs CUDA")
+def test_fp16_with_grad_scaler_on_cuda(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, rec = ToyModel().cuda(), Record()
+    model.data_preprocessor.anchor = model.data_preprocessor.anchor.cuda()
+    trainer = Trainer(
+        model,
+        sgd(model),
+        toy_loader(),
+        3,
+        hooks=[rec],
+        work_dir=tmp_path,
+        precision="fp16",
+        device="cuda",
+        progress=False,
+    )
+    trainer.train()
+    assert model.logits_dtype == torch.float16 and trainer.scaler is not None
+    assert "scale" in trainer.checkpoint_payload()["scaler"]

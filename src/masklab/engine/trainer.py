@@ -312,7 +312,8 @@ class Trainer:
             if path is None:
                 return None
         path = Path(path)
-        payload = load_checkpoint(path, map_location=self.device)
+        # CPU first: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state.
+        payload = load_checkpoint(path, map_location="cpu")
         missing = [k for k in ("model", "optimizer", "iteration", "rng") if k not in payload]
         if missing:
             raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)}")
