@@ -22,6 +22,7 @@ from masklab.engine import (
 )
 from masklab.engine.checkpoint import find_latest, load_checkpoint
 from masklab.engine.hooks.base import Hook
+from masklab.errors import ConfigError
 
 from ..toy import PixelAccuracy, ToyModel, toy_loader
 
@@ -145,3 +146,18 @@ def test_hooks_run_in_priority_order_and_are_registered(tmp_path: Path) -> None:
     ]
     for hook in hooks:
         assert HOOKS.get(type(hook).__name__) is type(hook)
+
+
+def test_eval_hook_without_val_loop_fails_before_training(tmp_path: Path) -> None:
+    model = ToyModel()
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        toy_loader(),
+        2,
+        hooks=[EvalHook(1)],
+        work_dir=tmp_path,
+    )
+    with pytest.raises(ConfigError, match="no validation loop"):
+        trainer.train()
+    assert trainer.iter == 0

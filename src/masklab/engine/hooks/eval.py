@@ -43,6 +43,13 @@ class EvalHook(Hook):
         self.latest: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None
 
+    def before_run(self, trainer: Trainer) -> None:
+        # Fail before any training time is spent, not at the first evaluation.
+        if trainer.val_loop is None:
+            raise ConfigError(
+                "EvalHook: the run has no validation loop (evaluate section / val dataset missing)"
+            )
+
     def after_train_iter(self, trainer: Trainer) -> None:
         if trainer.iter % self.interval == 0 or trainer.iter == trainer.max_iters:
             trainer.validate()
