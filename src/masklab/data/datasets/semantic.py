@@ -131,22 +131,31 @@ class FolderSegDataset(Dataset):
         if not self.ann_dir.is_dir():
             raise DataError(f"{name}.ann_dir: {self.ann_dir} is not a directory")
         if split is not None:
-            split_path = Path(split)
-            if not split_path.is_file():
-                raise DataError(f"{name}.split: {split_path} not found")
-            stems = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+            stems = self._read_split(split)
         else:
             n = len(self.img_suffix)
             stems = sorted(
                 str(p.relative_to(self.img_dir))[:-n] for p in self.img_dir.rglob(f"*{self.img_suffix}")
             )
+        return self._pair(stems, self.ann_dir)
+
+    def _read_split(self, split: str | Path) -> list[str]:
+        """The non-empty, stripped lines of a split file (stems relative to img_dir / ann_dir)."""
+        split_path = Path(split)
+        if not split_path.is_file():
+            raise DataError(f"{type(self).__name__}.split: {split_path} not found")
+        return [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+
+    def _pair(self, stems: Sequence[str], ann_dir: Path) -> list[tuple[Path, Path]]:
+        """(image, label) paths of ``stems``; any missing file is one DataError naming the first."""
         items = [
-            (self.img_dir / f"{s}{self.img_suffix}", self.ann_dir / f"{s}{self.seg_map_suffix}")
-            for s in stems
+            (self.img_dir / f"{s}{self.img_suffix}", ann_dir / f"{s}{self.seg_map_suffix}") for s in stems
         ]
         missing = [str(p) for pair in items for p in pair if not p.is_file()]
         if missing:
-            raise DataError(f"{name}: {len(missing)} listed files are missing, first: {missing[0]}")
+            raise DataError(
+                f"{type(self).__name__}: {len(missing)} listed files are missing, first: {missing[0]}"
+            )
         return items
 
     def __len__(self) -> int:
