@@ -1,0 +1,206 @@
+"""Data checks for COCO instance files (``masklab.data.coco``): unknown categories and attribute
+values, empty/degenerate masks and boxes, boxes outside the image, duplicate ids, unreadable images.
+
+The file is scanned entry by entry (not through the loader, which stops at the first problem), so
+the report counts every problem and names the first of each kind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from masklab.doctor.context import DoctorContext
+from masklab.doctor.finding import Finding, error, ok, warn
+from masklab.doctor.registry import register_check
+from masklab.errors import DataError
+
+
+def coco_files(ctx: DoctorContext) -> list[tuple[str, Path, Path | None]]:
+    """``(split, ann_file, img_dir)`` for every split whose dataset node names an ``ann_file``."""
+    out = []
+    for split in ctx.splits:
+        node = ctx.rc.dataset[split]
+        ann = node.get("ann_file") if hasattr(node, "get") else None
+        if isinstance(ann, str):
+            img_dir = node.get("img_dir")
+            out.append((split, Path(ann), Path(img_dir) if isinstance(img_dir, str) else None))
+    return out
+
+
+def scan_coco(data: Any, where: str) -> dict[str, list[str]]:
+    """Problems of a parsed COCO dict by kind, each a list of one-line descriptions."""
+    from masklab.data.coco.load import parse_attribute_metas
+
+    found: dict[str, list[str]] = defaultdict(list)
+    images = {im.get("id"): im for im in data.get("images", []) if isinstance(im, dict)}
+    for iid, n in Counter(im.get("id") for im in data.get("images", []) if isinstance(im, dict)).items():
+        if n > 1:
+            found["duplicate_id"].append(f"image id={iid} appears {n} times")
+    cats = {c.get("id") for c in data.get("categories", []) if isinstance(c, dict)}
+    try:
+        attrs = {a.name: a for a in parse_attribute_metas(data.get("attributes") or [], where)}
+    except DataError as exc:
+        found["attribute"].append(str(exc))
+        attrs = {}
+    seen: set[Any] = set()
+    for ann in data.get("annotations", []):
+        if not isinstance(ann, dict):
+            found["structure"].append(f"annotation {ann!r} is not an object")
+            continue
+        aid = ann.get("id")
+        here = f"annotation id={aid}"
+        if aid in seen:
+            found["duplicate_id"].append(f"{here} appears more than once")
+        seen.add(aid)
+        if ann.get("category_id") not in cats:
+            found["category"].append(
+                f"{here}: category_id {ann.get('category_id')!r} is not among the categories"
+            )
+        image = images.get(ann.get("image_id"))
+        if image is None:
+            found["image_ref"].append(f"{here}: image_id {ann.get('image_id')!r} is not among the images")
+        _scan_attributes(ann, attrs, here, found)
+        _scan_geometry(ann, image, here, found)
+    return found
+
+
+def _scan_attributes(
+    ann: dict[str, Any], attrs: dict[str, Any], here: str, found: dict[str, list[str]]
+) -> None:
+    values = ann.get("attributes") or {}
+    if not isinstance(values, dict):
+        found["attribute"].append(f"{here}: attributes is {values!r}; expected an object")
+        return
+    for name, value in values.items():
+        meta = attrs.get(name)
+        if meta is None:
+            found["attribute"].append(
+                f"{here}: attribute {name!r} is not declared in the file's 'attributes'"
+            )
+        elif value is None or value == -1:
+            continue
+        elif isinstance(value, str):
+            if value not in meta.values:
+                found["attribute"].append(f"{here}: {name}={value!r} is not one of {list(meta.values)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < meta.num_values:
+            found["attribute"].append(f"{here}: {name}={value!r} outside [0, {meta.num_values})")
+
+
+def _scan_geometry(
+    ann: dict[str, Any], image: dict[str, Any] | None, here: str, found: dict[str, list[str]]
+) -> None:
+    bbox = ann.get("bbox")
+    if bbox is not None:
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
+            found["degenerate"].append(f"{here}: bbox {bbox!r} is not [x, y, w, h]")
+            return
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            found["degenerate"].append(f"{here}: bbox {bbox} has non-positive width/height")
+        elif image is not None:
+            W, H = image.get("width", 0), image.get("height", 0)
+            if x < 0 or y < 0 or x + w > W + 0.5 or y + h > H + 0.5:
+                found["outside"].append(f"{here}: bbox {bbox} leaves the {W}x{H} image")
+    segm = ann.get("segmentation")
+    if isinstance(segm, list):
+        polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        if not polys:
+            found["degenerate"].append(f"{here}: segmentation has no polygon with 3+ points")
+        elif image is not None and _polygon_area(polys) <= 0:
+            found["degenerate"].append(f"{here}: segmentation polygons have zero area")
+    elif isinstance(segm, dict) and image is not None:
+        try:
+            from pycocotools import mask as mask_utils
+
+            from masklab.data.coco.rle import ann_to_rle  # noqa: F401  (same decoding as the dataset)
+
+            rle = (
+                segm
+                if not isinstance(segm.get("counts"), list)
+                else mask_utils.frPyObjects(segm, image.get("height"), image.get("width"))
+            )
+            if float(mask_utils.area(rle)) <= 0:
+                found["degenerate"].append(f"{here}: segmentation mask is empty")
+        except Exception as exc:  # noqa: BLE001  (a malformed RLE is exactly what we report)
+            found["degenerate"].append(f"{here}: segmentation RLE does not decode ({type(exc).__name__})")
+
+
+def _polygon_area(polys: list[list[float]]) -> float:
+    total = 0.0
+    for p in polys:
+        xs, ys = p[0::2], p[1::2]
+        total += abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
+    return total
+
+
+_ADVICE = {
+    "category": ("error", "add the category to 'categories' or fix the annotation's category_id"),
+    "attribute": ("error", "declare the attribute/value in the top-level 'attributes' or fix the annotation"),
+    "image_ref": ("error", "add the image entry or drop the annotation"),
+    "duplicate_id": ("error", "give every image and annotation a unique id"),
+    "degenerate": ("error", "drop empty/degenerate annotations (or load with on_bad: skip)"),
+    "outside": ("warn", "clip the boxes to the image; check the x, y, w, h order"),
+    "structure": ("error", "fix the JSON structure"),
+}
+
+
+@register_check("data", "coco")
+def check_coco_annotations(ctx: DoctorContext) -> list[Finding]:
+    """Scan each split's COCO file for every annotation-level problem."""
+    from masklab.data.coco.load import read_json
+
+    out: list[Finding] = []
+    for split, ann_file, img_dir in coco_files(ctx):
+        name = f"data.coco[{split}]"
+        try:
+            data = read_json(ann_file)
+        except DataError as exc:
+            out.append(error(name, str(exc), "fix or regenerate the annotation file"))
+            continue
+        if not isinstance(data, dict):
+            out.append(error(name, f"{ann_file}: top level is not an object", "fix the annotation file"))
+            continue
+        found = scan_coco(data, str(ann_file))
+        for kind, items in found.items():
+            status, advice = _ADVICE[kind]
+            make = error if status == "error" else warn
+            out.append(
+                make(f"{name}.{kind}", f"{ann_file}: {len(items)} problems, first: {items[0]}", advice)
+            )
+        out.extend(_check_coco_images(name, data, img_dir))
+        if not found:
+            n = len(data.get("annotations", []))
+            out.append(ok(name, f"{ann_file}: {n} annotations, categories/attributes/geometry consistent"))
+    return out
+
+
+def _check_coco_images(name: str, data: dict[str, Any], img_dir: Path | None) -> list[Finding]:
+    from masklab.data.io import read_image
+
+    if img_dir is None:
+        return []
+    bad: list[str] = []
+    for im in data.get("images", []):
+        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
+            continue
+        try:
+            pixels = read_image(img_dir / im["file_name"])
+        except DataError as exc:
+            bad.append(str(exc))
+            continue
+        if tuple(pixels.shape[-2:]) != (im.get("height"), im.get("width")):
+            bad.append(
+                f"{img_dir / im['file_name']}: size {tuple(pixels.shape[-2:])} but the JSON says "
+                f"{im.get('height')}x{im.get('width')}"
+            )
+    if bad:
+        return [
+            error(
+                f"{name}.images",
+                f"{len(bad)} unreadable or mis-sized images, first: {bad[0]}",
+                "re-export the images or fix height/width in the JSON",
+            )
+        ]
+    return []
