@@ -1,0 +1,89 @@
+"""DeepLabV3's atrous spatial pyramid pooling head (Chen et al., 2017), as configured in MMSegmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.registries import HEADS
+from masklab.errors import ModelError
+from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.semantic.decode_head import DecodeHead
+
+# (in_channels, out_channels, dilation, norm) -> a 3x3 dilated conv block.
+DilatedConv = Callable[[int, int, int, NormType | None], nn.Module]
+
+
+def plain_dilated_conv(in_ch: int, out_ch: int, dilation: int, norm: NormType | None) -> nn.Module:
+    """A 3x3 conv-norm-ReLU with ``dilation`` ("same" padding)."""
+    return ConvNormAct(in_ch, out_ch, 3, dilation=dilation, norm=norm)
+
+
+class ASPP(nn.Module):
+    """Image pooling + one branch per dilation (1x1 for dilation 1), concatenated and fused by a 3x3 conv.
+
+    Args:
+        in_channels: input channels.
+        channels: channels of every branch and of the output.
+        dilations: one branch per value.
+        norm: normalisation of every conv.
+        align_corners: of the image-pool upsampling.
+        dilated_conv: builds the 3x3 branches (plain or depthwise separable).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        dilations: Sequence[int],
+        norm: NormType | None,
+        align_corners: bool,
+        dilated_conv: DilatedConv = plain_dilated_conv,
+    ) -> None:
+        super().__init__()
+        if not dilations or any(d < 1 for d in dilations):
+            raise ModelError(f"dilations: expected positive values, got {list(dilations)}")
+        self.align_corners = align_corners
+        self.image_pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), ConvNormAct(in_channels, channels, 1, norm=norm)
+        )
+        self.branches = nn.ModuleList(
+            ConvNormAct(in_channels, channels, 1, norm=norm)
+            if d == 1
+            else dilated_conv(in_channels, channels, d, norm)
+            for d in dilations
+        )
+        self.bottleneck = ConvNormAct((len(dilations) + 1) * channels, channels, 3, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, channels, H, W) fused pyramid at the input's resolution."""
+        pooled = F.interpolate(
+            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
+        return self.bottleneck(torch.cat([pooled, *(b(x) for b in self.branches)], dim=1))
+
+
+@HEADS.register()
+class ASPPHead(DecodeHead):
+    """DeepLabV3: ASPP over one level, then the classifier.
+
+    Args:
+        dilations: ASPP dilations (MMSeg's D8 configs: 1, 12, 24, 36; output stride 16: 1, 6, 12, 18).
+        **kwargs: :class:`DecodeHead` arguments.
+    """
+
+    def __init__(self, dilations: tuple[int, ...] = (1, 6, 12, 18), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(self.in_channels, int):
+            raise ModelError("ASPPHead: reads one level; set in_index to an int and no input_transform")
+        self.aspp = ASPP(self.in_channels, self.channels, dilations, self.norm, self.align_corners)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, out_channels, h, w) logits at the resolution of the selected level."""
+        x = self.transform_inputs(features)
+        assert isinstance(x, torch.Tensor)
+        return self.cls_seg(self.aspp(x))

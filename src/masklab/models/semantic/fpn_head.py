@@ -1,0 +1,70 @@
+"""The semantic FPN head (Kirillov et al., 2019, "Panoptic Feature Pyramid Networks")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from masklab.config.registries import HEADS
+from masklab.errors import ModelError
+from masklab.models.layers.conv_module import ConvNormAct
+from masklab.models.semantic.decode_head import DecodeHead
+
+
+@HEADS.register()
+class FPNHead(DecodeHead):
+    """Each pyramid level is brought to the finest level's resolution by (3x3 conv, 2x upsample)
+    stages, one per octave, and the levels are summed before the classifier.
+
+    Args:
+        feature_strides: stride of each selected level (e.g. an FPN neck's 4, 8, 16, 32); only the
+            ratios matter, and each must be a power-of-two multiple of the first.
+        **kwargs: :class:`DecodeHead` arguments; defaults ``in_index: [0, 1, 2, 3]`` and
+            ``input_transform: multiple_select``.
+    """
+
+    def __init__(self, feature_strides: tuple[int, ...] = (4, 8, 16, 32), **kwargs: Any) -> None:
+        kwargs.setdefault("in_index", [0, 1, 2, 3])
+        kwargs.setdefault("input_transform", "multiple_select")
+        super().__init__(**kwargs)
+        if not isinstance(self.in_channels, list):
+            raise ModelError("FPNHead: needs input_transform 'multiple_select'")
+        if len(feature_strides) != len(self.in_channels):
+            raise ModelError(
+                f"FPNHead.feature_strides: {len(feature_strides)} strides for {len(self.in_channels)} levels"
+            )
+        self.scale_heads = nn.ModuleList()
+        for i, (in_ch, stride) in enumerate(zip(self.in_channels, feature_strides, strict=True)):
+            octaves = math.log2(stride / feature_strides[0])
+            if octaves < 0 or octaves != int(octaves):
+                raise ModelError(
+                    f"FPNHead.feature_strides[{i}]: {stride} is not a power-of-two multiple of {feature_strides[0]}"
+                )
+            layers: list[nn.Module] = []
+            for k in range(max(1, int(octaves))):
+                layers.append(
+                    ConvNormAct(in_ch if k == 0 else self.channels, self.channels, 3, norm=self.norm)
+                )
+                if octaves > 0:
+                    layers.append(
+                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=self.align_corners)
+                    )
+            self.scale_heads.append(nn.Sequential(*layers))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, out_channels, h, w) logits at the finest selected level's resolution."""
+        inputs = self.transform_inputs(features)
+        assert isinstance(inputs, list)
+        out = self.scale_heads[0](inputs[0])
+        for head, x in zip(self.scale_heads[1:], inputs[1:], strict=True):
+            y = head(x)
+            if y.shape[-2:] != out.shape[-2:]:  # odd input sizes: crop/pad to the finest map
+                y = nn.functional.interpolate(
+                    y, size=out.shape[-2:], mode="bilinear", align_corners=self.align_corners
+                )
+            out = out + y
+        return self.cls_seg(out)

@@ -1,0 +1,77 @@
+"""PSPNet's pyramid pooling head (Zhao et al., 2017), as configured in MMSegmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.registries import HEADS
+from masklab.errors import ModelError
+from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.semantic.decode_head import DecodeHead
+
+
+class PyramidPooling(nn.Module):
+    """Average-pool the input to each ``pool_scales`` grid, project with a 1x1 conv, upsample back.
+
+    Args:
+        pool_scales: output grid sizes of the adaptive average pools.
+        in_channels: input channels.
+        channels: output channels of every branch.
+        norm: normalisation of the 1x1 convs.
+        align_corners: of the upsampling.
+    """
+
+    def __init__(
+        self,
+        pool_scales: Sequence[int],
+        in_channels: int,
+        channels: int,
+        norm: NormType | None,
+        align_corners: bool,
+    ) -> None:
+        super().__init__()
+        if not pool_scales or any(s < 1 for s in pool_scales):
+            raise ModelError(f"pool_scales: expected positive grid sizes, got {list(pool_scales)}")
+        self.align_corners = align_corners
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(in_channels, channels, 1, norm=norm))
+            for s in pool_scales
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One (B, channels, H, W) map per scale, at the input's resolution."""
+        size = x.shape[-2:]
+        return [
+            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners)
+            for branch in self.branches
+        ]
+
+
+@HEADS.register()
+class PSPHead(DecodeHead):
+    """Pyramid pooling over one level, concatenated with it and fused by a 3x3 conv.
+
+    Args:
+        pool_scales: grid sizes of the pyramid (MMSeg: 1, 2, 3, 6).
+        **kwargs: :class:`DecodeHead` arguments (``in_channels``, ``channels``, ``num_classes``, ...).
+    """
+
+    def __init__(self, pool_scales: tuple[int, ...] = (1, 2, 3, 6), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(self.in_channels, int):
+            raise ModelError("PSPHead: reads one level; set in_index to an int and no input_transform")
+        self.psp = PyramidPooling(pool_scales, self.in_channels, self.channels, self.norm, self.align_corners)
+        self.bottleneck = ConvNormAct(
+            self.in_channels + len(pool_scales) * self.channels, self.channels, 3, norm=self.norm
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, out_channels, h, w) logits at the resolution of the selected level."""
+        x = self.transform_inputs(features)
+        assert isinstance(x, torch.Tensor)
+        return self.cls_seg(self.bottleneck(torch.cat([x, *self.psp(x)], dim=1)))

@@ -1,0 +1,95 @@
+"""DeepLabV3+ (Chen et al., 2018): depthwise-separable ASPP plus a low-level decoder branch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from masklab.config.registries import HEADS
+from masklab.errors import ModelError
+from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.semantic.aspp_head import ASPP
+from masklab.models.semantic.decode_head import DecodeHead
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3x3 conv-norm-ReLU followed by a pointwise 1x1 conv-norm-ReLU.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        dilation: dilation of the depthwise conv.
+        norm: normalisation after each conv.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, dilation: int = 1, norm: NormType | None = "bn"
+    ) -> None:
+        super().__init__(
+            ConvNormAct(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, norm=norm),
+            ConvNormAct(in_channels, out_channels, 1, norm=norm),
+        )
+
+
+@HEADS.register()
+class DepthwiseSeparableASPPHead(DecodeHead):
+    """DeepLabV3+: separable ASPP on a deep level, fused at the resolution of a low-level one.
+
+    The low-level map (``c1_index``, default the first level) is projected to ``c1_channels`` with a
+    1x1 conv, concatenated with the upsampled ASPP output and refined by two separable 3x3 convs.
+    Its channel count comes from the backbone like every other input.
+
+    Args:
+        dilations: ASPP dilations.
+        c1_channels: width of the low-level projection (48 in the paper); 0 disables the branch.
+        c1_index: which level feeds the low-level branch.
+        **kwargs: :class:`DecodeHead` arguments.
+    """
+
+    def __init__(
+        self,
+        dilations: tuple[int, ...] = (1, 6, 12, 18),
+        c1_channels: int = 48,
+        c1_index: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        all_channels = list(kwargs.get("in_channels", []))
+        super().__init__(**kwargs)
+        if not isinstance(self.in_channels, int):
+            raise ModelError(
+                "DepthwiseSeparableASPPHead: reads one deep level; set in_index to an int and no input_transform"
+            )
+        if c1_channels < 0:
+            raise ModelError(f"DepthwiseSeparableASPPHead.c1_channels: must be >= 0, got {c1_channels}")
+        if c1_channels and not -len(all_channels) <= c1_index < len(all_channels):
+            raise ModelError(
+                f"DepthwiseSeparableASPPHead.c1_index: {c1_index} is out of range for {len(all_channels)} levels"
+            )
+
+        def separable(in_ch: int, out_ch: int, dilation: int, norm: NormType | None) -> nn.Module:
+            return SeparableConv(in_ch, out_ch, dilation, norm)
+
+        self.aspp = ASPP(self.in_channels, self.channels, dilations, self.norm, self.align_corners, separable)
+        self.c1_index = c1_index
+        self.c1_bottleneck = (
+            ConvNormAct(all_channels[c1_index], c1_channels, 1, norm=self.norm) if c1_channels else None
+        )
+        self.sep_bottleneck = nn.Sequential(
+            SeparableConv(self.channels + c1_channels, self.channels, norm=self.norm),
+            SeparableConv(self.channels, self.channels, norm=self.norm),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(B, out_channels, h, w) logits at the low-level map's resolution (or the deep one without it)."""
+        x = self.transform_inputs(features)
+        assert isinstance(x, torch.Tensor)
+        out = self.aspp(x)
+        if self.c1_bottleneck is not None:
+            c1 = self.c1_bottleneck(features[self.c1_index])
+            out = F.interpolate(out, size=c1.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            out = torch.cat([out, c1], dim=1)
+        return self.cls_seg(self.sep_bottleneck(out))

@@ -1,0 +1,123 @@
+"""PSP, ASPP, DeepLabV3+, UPer, semantic FPN and SegFormer heads: shapes, wiring, gradients, user errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from masklab.errors import ModelError
+from masklab.models.semantic import (
+    ASPPHead,
+    DepthwiseSeparableASPPHead,
+    FPNHead,
+    PSPHead,
+    SegformerHead,
+    UPerHead,
+)
+
+CHANNELS = [4, 6, 8, 10]
+FEATS = [torch.randn(2, c, 16 >> i, 16 >> i) for i, c in enumerate(CHANNELS)]
+
+
+def _check_trains(head: torch.nn.Module, out_hw: int) -> None:
+    logits = head(FEATS)
+    assert tuple(logits.shape) == (2, 3, out_hw, out_hw)
+    label = torch.randint(0, 3, (2, 32, 32))
+    losses = head.loss(logits, label)
+    losses["loss_ce"].backward()
+    unused = [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+
+
+@pytest.mark.parametrize(
+    ("head", "out_hw"),
+    [
+        (lambda: PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1, 2)), 2),
+        (lambda: ASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, dilations=(1, 2, 3)), 2),
+        (
+            lambda: DepthwiseSeparableASPPHead(
+                in_channels=CHANNELS, channels=8, num_classes=3, c1_channels=4
+            ),
+            16,
+        ),
+        (lambda: UPerHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1, 2)), 16),
+        (lambda: FPNHead(in_channels=CHANNELS, channels=8, num_classes=3), 16),
+        (lambda: SegformerHead(in_channels=CHANNELS, channels=8, num_classes=3), 16),
+    ],
+    ids=["psp", "aspp", "sep_aspp", "uper", "fpn", "segformer"],
+)
+def test_head_shapes_and_every_parameter_gets_a_gradient(head, out_hw: int) -> None:
+    _check_trains(head(), out_hw)
+
+
+def test_psp_concatenates_input_and_one_branch_per_scale() -> None:
+    head = PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1, 2, 3, 6))
+    assert head.bottleneck[0].in_channels == 10 + 4 * 8
+    assert len(head.psp.branches) == 4
+
+
+def test_aspp_uses_1x1_for_dilation_one_and_dilated_3x3_otherwise() -> None:
+    head = ASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, dilations=(1, 12))
+    first, second = head.aspp.branches
+    assert first[0].kernel_size == (1, 1)
+    assert second[0].kernel_size == (3, 3) and second[0].dilation == (12, 12)
+    assert head.aspp.bottleneck[0].in_channels == 3 * 8  # image pool + 2 branches
+
+
+def test_deeplabv3plus_low_level_branch_reads_its_level_channels_from_the_backbone() -> None:
+    head = DepthwiseSeparableASPPHead(
+        in_channels=CHANNELS, channels=8, num_classes=3, c1_channels=5, c1_index=1
+    )
+    assert head.c1_bottleneck[0].in_channels == 6
+    assert tuple(head(FEATS).shape[-2:]) == (8, 8)
+    branch = head.aspp.branches[1]  # a separable branch: depthwise then pointwise
+    assert branch[0][0].groups == 10 and branch[1][0].kernel_size == (1, 1)
+
+
+def test_deeplabv3plus_without_low_level_branch_stays_at_deep_resolution() -> None:
+    head = DepthwiseSeparableASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, c1_channels=0)
+    assert tuple(head(FEATS).shape[-2:]) == (2, 2)
+
+
+def test_fpn_head_uses_one_conv_per_octave() -> None:
+    head = FPNHead(in_channels=CHANNELS, channels=8, num_classes=3, feature_strides=(4, 8, 16, 32))
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in h.modules()) for h in head.scale_heads]
+    assert convs == [1, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: FPNHead(in_channels=CHANNELS, channels=8, num_classes=3, feature_strides=(4, 8)),
+            "4 levels",
+        ),
+        (
+            lambda: FPNHead(in_channels=CHANNELS, channels=8, num_classes=3, feature_strides=(4, 8, 12, 32)),
+            "power",
+        ),
+        (lambda: PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(0, 2)), "pool_scales"),
+        (lambda: ASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, dilations=()), "dilations"),
+        (lambda: UPerHead(in_channels=CHANNELS, channels=8, num_classes=3, in_index=[3]), "two levels"),
+        (
+            lambda: DepthwiseSeparableASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, c1_index=7),
+            "c1_index",
+        ),
+    ],
+)
+def test_configuration_mistakes_are_one_line_errors(build, message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        build()
+
+
+def test_uper_top_down_adds_coarse_maps_into_fine_ones() -> None:
+    """With zero lateral weights the finest map only carries what flowed down from the top."""
+    head = UPerHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1,), norm=None).eval()
+    for conv in head.lateral_convs:
+        torch.nn.init.zeros_(conv[0].weight)
+        torch.nn.init.zeros_(conv[0].bias)
+    inputs = list(FEATS)
+    top = head.psp_bottleneck(torch.cat([inputs[-1], *head.psp(inputs[-1])], dim=1))
+    assert top.abs().sum() > 0
+    out = head(inputs)
+    assert torch.isfinite(out).all()
