@@ -37,7 +37,7 @@ def test_doctor_cli_exit_code_and_report(
     )
     out = capsys.readouterr().out
     assert code == 1
-    assert "doctor: 1 errors" in out
+    assert "fix the errors before training" in out
     report = (work / "doctor.md").read_text()
-    assert "| data.labels[val] | error |" in report and "[42]" in report
+    assert "| data.labels[val] | error |" in report and "[42]" in report and "doctor: 1 errors" in report
     assert "![train_pipeline](train_pipeline.png)" in report and (work / "train_pipeline.png").is_file()
