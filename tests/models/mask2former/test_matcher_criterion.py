@@ -89,3 +89,17 @@ def test_num_masks_is_clamped_to_one() -> None:
     assert float(crit.num_masks([empty], torch.device("cpu"))) == 1.0
     two = Mask2FormerTargets(torch.tensor([0, 1]), _square_masks(2, 8), {})
     assert float(crit.num_masks([two, two], torch.device("cpu"))) == 4.0
+
+
+def test_pairwise_bce_matches_elementwise_definition() -> None:
+    from masklab.models.mask2former.matcher import pairwise_sigmoid_bce
+
+    g = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(3, 7, generator=g) * 4, torch.rand(2, 7, generator=g)
+    slow = torch.stack(
+        [
+            torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(logit, t) for t in targets])
+            for logit in logits
+        ]
+    )
+    torch.testing.assert_close(pairwise_sigmoid_bce(logits, targets), slow)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from masklab.errors import TrainingError
@@ -16,15 +17,12 @@ from masklab.models.mask2former.targets import Mask2FormerTargets
 
 
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(Q, P) logits vs (G, P) targets -> (Q, G) mean BCE, as two matmuls instead of a (Q, G, P) tensor."""
+    """(Q, P) logits vs (G, P) targets -> (Q, G) mean BCE, without a (Q, G, P) tensor.
+
+    BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus and one matmul.
+    """
     num_points = logits.shape[1]
-    pos = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, torch.ones_like(logits), reduction="none"
-    )
-    neg = torch.nn.functional.binary_cross_entropy_with_logits(
-        logits, torch.zeros_like(logits), reduction="none"
-    )
-    return (pos @ targets.T + neg @ (1 - targets).T) / num_points
+    return (F.softplus(logits).sum(-1, keepdim=True) - logits @ targets.T) / num_points
 
 
 def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
