@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.mode=slide")
     parser.add_argument("--out", help="write the metrics JSON here (default: next to the checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--confusion", metavar="DIR", help="also write confusion_matrix.png/.csv here (semantic configs)"
+    )
     coco = parser.add_argument_group("evaluate coco")
     coco.add_argument("--gt", help="ground-truth COCO instances JSON")
     coco.add_argument("--pred", help="COCO results JSON")
@@ -64,6 +67,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     apply_eval_settings(model, rc)
     model.to(device)
     evaluator = build_evaluator(rc, val_set)
+    if args.confusion:
+        from masklab.evaluation.confusion import with_confusion
+
+        evaluator = with_confusion(evaluator, dataset_meta(val_set), rc.task)
     loop = ValLoop(model, build_val_loader(rc, val_set), evaluator, precision=rc.runtime.precision)
     metrics = loop.run(progress=not args.no_progress)
     if not is_main_process():
@@ -74,6 +81,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     description = getattr(evaluator, "metric_description", "")
     if description:
         print(description)
+    if args.confusion:
+        png, csv_path = evaluator.confusion.save(args.confusion)
+        print(evaluator.confusion.format_report())
+        print(f"confusion matrix written to {png} and {csv_path}")
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.metrics.json")
     from masklab.engine.checkpoint import atomic_write
 

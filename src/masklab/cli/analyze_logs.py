@@ -1,0 +1,50 @@
+"""``masklab analyze-logs WORK_DIR_OR_LOG [...] --keys loss mIoU --out curves.png``.
+
+Reads ``log.jsonl`` files (a work dir means its ``log.jsonl``), draws one panel per key with the
+train and val series of every run, and prints a one-line summary per series (last value, best).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "logs", nargs="+", help="work dirs or log.jsonl files (several runs share the panels)"
+    )
+    parser.add_argument("--keys", nargs="+", default=["loss"], help="logged keys to plot (default: loss)")
+    parser.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
+    parser.add_argument("--title", default="", help="figure title")
+
+
+def _log_path(arg: str) -> Path:
+    from masklab.errors import DataError
+
+    path = Path(arg)
+    if path.is_dir():
+        path = path / "log.jsonl"
+    if not path.is_file():
+        raise DataError(f"{arg}: no log.jsonl found (give a work dir or a log.jsonl file)")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from masklab.visualization.plots import extract_series, plot_curves, read_log
+
+    series = []
+    for arg in args.logs:
+        path = _log_path(arg)
+        run_series = extract_series(read_log(path), args.keys)
+        if len(args.logs) > 1:  # name each run in the legend by its folder
+            for s in run_series:
+                s.mode = f"{path.parent.name} {s.mode}"
+        series.extend(run_series)
+    for s in series:
+        lower_better = s.key.startswith("loss") or s.key in ("time", "data_time")
+        best = min(s.values) if lower_better else max(s.values)
+        print(f"{s.mode} {s.key}: {len(s.values)} points, last {s.values[-1]:.4g}, best {best:.4g}")
+    out = plot_curves(series, args.out, title=args.title)
+    print(f"curves written to {out}")
+    return 0

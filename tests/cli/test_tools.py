@@ -1,0 +1,137 @@
+"""analyze-logs, browse-dataset, benchmark and evaluate --confusion, in-process on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from masklab.cli.benchmark import count_flops, count_parameters
+from masklab.cli.main import main
+from masklab.data.collate import collate
+from masklab.structures import Sample, SampleMeta
+
+# A tiny GroupNorm FCN: builds in well under a second and runs a 32x32 forward in milliseconds.
+TINY_CONFIG = """
+model:
+  type: EncoderDecoder
+  data_preprocessor: {type: DataPreprocessor, size_divisor: 32}
+  backbone: {type: TimmBackbone, model_name: test_efficientnet_gn, pretrained: false, out_indices: [4]}
+  decode_head: {type: FCNHead, in_index: -1, channels: 32, num_convs: 1, concat_input: false, norm: gn}
+dataset:
+  root: data/synthetic
+  train: {type: SyntheticSemanticDataset, split: train, pipeline: [{type: RandomFlip, prob: 0.5}]}
+  val: {type: SyntheticSemanticDataset, split: val, pipeline: []}
+evaluate: {mode: whole, metrics: [mIoU]}
+runtime: {device: cpu, num_threads: 1}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def test_analyze_logs_plots_keys_of_a_work_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    work = tmp_path / "run"
+    work.mkdir()
+    rows = [{"mode": "train", "iteration": i, "loss": 2.0 / i, "lr": 0.01} for i in (1, 2, 3)]
+    rows.append({"mode": "val", "iteration": 3, "mIoU": 0.42})
+    (work / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curves.png"
+    assert main(["analyze-logs", str(work), "--keys", "loss", "mIoU", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "train loss: 3 points, last 0.6667, best 0.6667" in text and "val mIoU: 1 points" in text
+    assert Image.open(out).size[0] > 100
+    assert main(["analyze-logs", str(work), "--keys", "acc"]) == 2
+    assert "error: log: no values for key 'acc'" in capsys.readouterr().err
+    assert main(["analyze-logs", str(tmp_path / "nowhere")]) == 2
+
+
+def test_browse_dataset_renders_the_train_pipeline(
+    config: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "browse"
+    args = ["browse-dataset", str(config), f"dataset.root={tiny_synth}", "--out", str(out), "--num", "2"]
+    assert main(args) == 0
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["0000_000000.png", "0001_000001.png"]
+    w, h = Image.open(files[0]).size
+    assert (h, w) == (64, 64 * 2 + 4)  # image | gap | labelled image
+    assert "64x64; classes: background" in capsys.readouterr().out
+    assert main([*args, "--split", "test"]) == 2
+    assert "dataset.test: missing" in capsys.readouterr().err
+
+
+def test_benchmark_reports_params_flops_fps(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "benchmark",
+        str(config),
+        "--size",
+        "32",
+        "48",
+        "--num-classes",
+        "3",
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["input"] == [1, 3, 32, 48] and result["runs"] == 3
+    assert result["params"]["total"] > 0 and result["flops"]["total"] > 0 and result["fps"] > 0
+    assert "GMACs" in capsys.readouterr().out
+
+
+class _OneConv(nn.Module):
+    """A model whose FLOPs are known by hand: one 1x1 conv, 3 -> 4 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)
+
+    def data_preprocessor(self, batch: object, training: bool) -> object:
+        return batch
+
+    def forward(self, batch: object, mode: str = "predict") -> torch.Tensor:
+        return self.conv(batch.images.float())  # type: ignore[attr-defined]
+
+
+def test_flop_count_matches_hand_count() -> None:
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    batch = collate([Sample(image=image, meta=SampleMeta(ori_shape=(8, 8), img_shape=(8, 8)))])
+    model = _OneConv()
+    assert count_flops(model, batch)["total"] == 2 * 3 * 4 * 8 * 8  # one multiply-add = 2 FLOPs
+    assert count_parameters(model) == {"total": 12, "trainable": 12}
+
+
+def test_evaluate_writes_a_confusion_matrix(config: Path, tiny_synth: Path, tmp_path: Path) -> None:
+    from masklab.config.assemble import build_model
+
+    ckpt = tmp_path / "w.pth"
+    model = build_model(config, overrides=[], meta=_synth_meta(tiny_synth))
+    torch.save({"model": model.state_dict()}, ckpt)
+    cm_dir = tmp_path / "cm"
+    args = ["evaluate", str(config), str(ckpt), f"dataset.root={tiny_synth}", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "m.json"), "--confusion", str(cm_dir)]) == 0
+    rows = (cm_dir / "confusion_matrix.csv").read_text().splitlines()
+    assert rows[0].startswith("gt\\pred,background") and len(rows) == 1 + 7
+    total = sum(int(v) for row in rows[1:] for v in row.split(",")[1:])
+    assert total == 2 * 64 * 64  # every pixel of the 2 val images (none ignored)
+    assert (cm_dir / "confusion_matrix.png").is_file()
+
+
+def _synth_meta(root: Path) -> object:
+    from masklab.data.meta import DatasetMeta
+
+    return DatasetMeta.from_json(json.loads((root / "meta.json").read_text()))
