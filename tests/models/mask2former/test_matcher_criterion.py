@@ -103,3 +103,19 @@ def test_pairwise_bce_matches_elementwise_definition() -> None:
         ]
     )
     torch.testing.assert_close(pairwise_sigmoid_bce(logits, targets), slow)
+
+
+def test_crowd_instances_are_not_targets() -> None:
+    from masklab.structures import Instances
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:5, 2:5] = True
+    inst = Instances(
+        masks=masks,
+        boxes=torch.zeros(2, 4),
+        labels=torch.tensor([0, 1]),
+        attributes={"color": torch.tensor([1, 0])},
+        ignore=torch.tensor([False, True]),
+    )
+    target = Mask2FormerTargets.from_instances(inst, ("color",))
+    assert target.labels.tolist() == [0] and target.attributes["color"].tolist() == [1]

@@ -82,3 +82,13 @@ def test_min_class_score_filters() -> None:
     post = Mask2FormerPostProcessor(2, [SPEC], test_topk=10, min_class_score=0.9)
     pred = post.instance(_planted(), 0, META, (32, 32))
     assert pred.query_index.tolist() == [3]
+
+
+def test_panoptic_segments_do_not_overlap_and_stuff_merges() -> None:
+    post = Mask2FormerPostProcessor(
+        2, [SPEC], object_mask_threshold=0.5, overlap_threshold=0.0, stuff_classes=(0,)
+    )
+    pred = post.panoptic(_planted(), 0, META, (32, 32))
+    assert int(pred.masks.sum(0).max()) == 1
+    assert pred.labels.tolist().count(0) == 1  # the class-0 queries form one stuff segment
+    assert 3 in pred.query_index.tolist() and 1 in pred.labels.tolist()
