@@ -17,6 +17,7 @@ import torch
 
 from masklab.config.registries import EVALUATORS
 from masklab.errors import ConfigError, DataError
+from masklab.evaluation.ground_truth import semantic_ground_truth
 from masklab.structures.batch import Batch
 from masklab.structures.predictions import SemanticPrediction
 from masklab.structures.sample import SampleMeta
@@ -176,30 +177,7 @@ class IoUMetric:
             self.num_images += 1
 
     def _ground_truth(self, meta: SampleMeta, batch: Batch | None, index: int) -> torch.Tensor:
-        path = meta.extra.get("seg_map_path")
-        if path:
-            from masklab.data.io import read_label
-
-            label = read_label(str(path))
-            if meta.extra.get("reduce_zero_label", False):
-                # MMSeg: 0 ("other") becomes ignore, every other id shifts down by one.
-                label = torch.where(label == 0, torch.full_like(label, 255), label - 1)
-                label[label == 254] = 255
-            return label
-        gt = meta.extra.get("gt_semantic")
-        if isinstance(gt, torch.Tensor):
-            return gt
-        if (
-            batch is not None
-            and batch.semantic is not None
-            and tuple(meta.img_shape) == tuple(meta.ori_shape)
-        ):
-            h, w = meta.img_shape
-            return batch.semantic[index, :h, :w]
-        raise DataError(
-            f"{meta.file_name or f'image {meta.image_id}'}: no ground truth for IoUMetric; the dataset must set "
-            "meta.extra['seg_map_path'] (or 'gt_semantic') when the test pipeline resizes images"
-        )
+        return semantic_ground_truth(meta, batch, index, "IoUMetric")
 
     def compute(self) -> dict[str, float]:
         """Summary metrics (``aAcc``, ``mIoU``, ``mAcc``, ...) as fractions; reduces across ranks first."""
