@@ -68,7 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow options (`train CFG --work-dir W key=value`): argparse stops filling the
+    # `overrides` positional at the first option, so collect the leftovers back into it.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-")]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if not args.command:
         parser.print_help()
         return 1

@@ -123,7 +123,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         raise CheckpointError(
             f"{path}: refused to load, it holds objects beyond tensors and plain data ({first})"
         ) from exc
-    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError, IndexError) as exc:
+        # KeyError/IndexError: the safe unpickler reading bytes that are not a pickle (a text file).
         raise CheckpointError(
             f"{path}: not a readable checkpoint (torn or not a torch file: {type(exc).__name__})"
         ) from exc
