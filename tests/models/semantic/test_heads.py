@@ -121,3 +121,13 @@ def test_uper_top_down_adds_coarse_maps_into_fine_ones() -> None:
     assert top.abs().sum() > 0
     out = head(inputs)
     assert torch.isfinite(out).all()
+
+
+def test_export_pooling_equals_adaptive_avg_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklab.models.semantic import psp_head
+
+    x = torch.randn(2, 3, 13, 10, dtype=torch.float64)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    for s in (2, 3, 6):
+        expected = torch.nn.functional.adaptive_avg_pool2d(x, s)
+        torch.testing.assert_close(psp_head.adaptive_avg_pool(x, s), expected)

@@ -15,6 +15,30 @@ from masklab.models.layers.conv_module import ConvNormAct, NormType
 from masklab.models.semantic.decode_head import DecodeHead
 
 
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` that also exports to ONNX with dynamic height and width.
+
+    ONNX has no adaptive pooling; during export the same bins (``floor(i * H / s)`` to
+    ``ceil((i + 1) * H / s)``) are summed from an integral image, which traces with free sizes.
+    """
+    if size == 1:
+        return x.mean(dim=(2, 3), keepdim=True)
+    if not torch.onnx.is_in_onnx_export():
+        return F.adaptive_avg_pool2d(x, size)
+    h, w = x.shape[-2:]
+    integral = F.pad(x.cumsum(2).cumsum(3), (1, 0, 1, 0))
+    idx = torch.arange(size, device=x.device)
+    hs, he = (idx * h) // size, ((idx + 1) * h + size - 1) // size
+    ws, we = (idx * w) // size, ((idx + 1) * w + size - 1) // size
+
+    def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return integral.index_select(2, rows).index_select(3, cols)
+
+    total = corner(he, we) - corner(hs, we) - corner(he, ws) + corner(hs, ws)
+    area = ((he - hs).view(-1, 1) * (we - ws).view(1, -1)).to(x.dtype)
+    return total / area
+
+
 class PyramidPooling(nn.Module):
     """Average-pool the input to each ``pool_scales`` grid, project with a 1x1 conv, upsample back.
 
@@ -38,17 +62,17 @@ class PyramidPooling(nn.Module):
         if not pool_scales or any(s < 1 for s in pool_scales):
             raise ModelError(f"pool_scales: expected positive grid sizes, got {list(pool_scales)}")
         self.align_corners = align_corners
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvNormAct(in_channels, channels, 1, norm=norm))
-            for s in pool_scales
-        )
+        self.pool_scales = tuple(pool_scales)
+        self.branches = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm=norm) for _ in pool_scales)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One (B, channels, H, W) map per scale, at the input's resolution."""
         size = x.shape[-2:]
         return [
-            F.interpolate(branch(x), size=size, mode="bilinear", align_corners=self.align_corners)
-            for branch in self.branches
+            F.interpolate(
+                branch(adaptive_avg_pool(x, s)), size=size, mode="bilinear", align_corners=self.align_corners
+            )
+            for s, branch in zip(self.pool_scales, self.branches, strict=True)
         ]
 
 
