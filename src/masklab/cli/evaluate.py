@@ -1,4 +1,5 @@
-"""``masklab evaluate CFG CKPT [key=value ...]`` and ``masklab evaluate coco --gt GT --pred PRED``."""
+"""``masklab evaluate CFG CKPT [key=value ...]``, ``masklab evaluate coco --gt GT --pred PRED`` and
+``masklab evaluate panoptic --gt-json --gt-folder --pred-json --pred-folder``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="path to a YAML config, or the word 'coco' to compare two COCO files")
+    parser.add_argument("config", help="a YAML config, or 'coco' / 'panoptic' to compare two files")
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file (.pth) to evaluate")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. evaluate.mode=slide")
     parser.add_argument("--out", help="write the metrics JSON here (default: next to the checkpoint)")
@@ -22,6 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     coco.add_argument("--pred", help="COCO results JSON")
     coco.add_argument("--iou-type", default="segm", choices=("segm", "bbox"))
     coco.add_argument("--max-dets", type=int, nargs="+", default=[1, 10, 100])
+    pan = parser.add_argument_group("evaluate panoptic")
+    for side in ("gt", "pred"):
+        pan.add_argument(f"--{side}-json", help=f"COCO-panoptic JSON ({side})")
+        pan.add_argument(f"--{side}-folder", help=f"folder of the panoptic PNGs ({side})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +38,14 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint is not None or args.overrides:
             raise ConfigError("evaluate coco: takes only --gt, --pred, --iou-type, --max-dets and --out")
         return evaluate_coco.run(args)
+    if args.config == "panoptic":
+        from masklab.cli import evaluate_panoptic
+
+        if args.checkpoint is not None or args.overrides:
+            raise ConfigError(
+                "evaluate panoptic: takes only --gt-json, --gt-folder, --pred-json, --pred-folder and --out"
+            )
+        return evaluate_panoptic.run(args)
     if args.checkpoint is None:
         raise ConfigError("evaluate: expected CONFIG CHECKPOINT (or `evaluate coco --gt GT --pred PRED`)")
     return _evaluate_checkpoint(args)
