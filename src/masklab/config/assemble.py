@@ -31,7 +31,12 @@ def resolve(config: str | Path | Config | ResolvedConfig, overrides: Iterable[st
     if isinstance(config, ResolvedConfig):
         return config
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
-    return resolve_sections(cfg)
+    rc = resolve_sections(cfg)
+    if rc.task == "mal":  # TAO-shaped dataset/model sections are checked with the rest
+        from masklab.models.mal.config import check_mal_nodes
+
+        check_mal_nodes(rc)
+    return rc
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +71,10 @@ def dataset_node(rc: ResolvedConfig, split: str) -> Config:
 
 def build_dataset(rc: ResolvedConfig, split: str) -> Any:
     """Build ``dataset.<split>``. ``dataset.root`` (optional) is passed to datasets that take ``root``."""
+    if rc.task == "mal":
+        from masklab.models.mal.build import build_mal_dataset
+
+        return build_mal_dataset(rc, split)
     node = dataset_node(rc, split)
     provided: dict[str, Any] = {}
     root = rc.dataset.get("root") if rc.dataset is not None else None
@@ -100,6 +109,10 @@ def build_model(
     attribute value counts) are derived from ``meta`` when given, and a config that restates them
     differently is a ConfigError naming both values."""
     rc = resolve(config, overrides)
+    if rc.task == "mal":
+        from masklab.models.mal.build import build_mal_model
+
+        return build_mal_model(rc)
     if rc.model is None:
         raise ConfigError(f"{rc.source}: model: missing section (a {{type: ...}} node)")
     provided: dict[str, Any] = {}
@@ -312,6 +325,10 @@ def build_trainer(
     from masklab.engine.trainer import Trainer, epochs_to_iters
     from masklab.engine.val_loop import ValLoop
 
+    if rc.task == "mal":
+        from masklab.models.mal.build import build_mal_trainer
+
+        return build_mal_trainer(rc, work_dir=work_dir, device=device, progress=progress, with_val=with_val)
     if rc.train is None:
         raise ConfigError(
             f"{rc.source}: train: missing section; a training run needs train.optim, train.batch_size, ..."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -217,6 +218,11 @@ PASSTHROUGH = ("model", "dataset")  # component nodes, bound later by build_node
 _SCHEMAS: dict[str, dict[str, type]] = {task: dict(BASE_SECTIONS) for task in ("semantic", "instance", "mal")}
 
 
+# Families whose schema module registers their sections; imported before a config of that task
+# is resolved, so resolving never depends on whether ``registries.populate()`` already ran.
+_FAMILY_MODULES: dict[str, str] = {"mal": "masklab.models.mal.config"}
+
+
 def register_schema(task: str, **section_classes: type) -> None:
     """Make ``task`` validate sections with the given dataclasses (others keep their defaults).
 
@@ -288,6 +294,8 @@ def resolve_sections(cfg: Config) -> ResolvedConfig:
             section's problems in one line).
     """
     task = cfg.get("task", "semantic")
+    if isinstance(task, str) and task in _FAMILY_MODULES:
+        importlib.import_module(_FAMILY_MODULES[task])
     if task not in _SCHEMAS:
         close = difflib.get_close_matches(str(task), list(_SCHEMAS), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

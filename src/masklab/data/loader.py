@@ -106,7 +106,8 @@ def build_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate,
+        # Datasets with their own sample type (MAL's BoxCropDataset) bring their own collate.
+        collate_fn=getattr(dataset, "collate_fn", None) or collate,
         drop_last=drop_last,
         pin_memory=pin_memory,
         worker_init_fn=functools.partial(_seed_worker, seed=seed, rank=rank, start_iter=start_iter),

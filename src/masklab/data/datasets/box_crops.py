@@ -91,7 +91,8 @@ def _read_box_file(path: str | Path) -> _BoxFile:
                 score=None if score is None else float(score),
             )
         )
-    cats = list(raw["categories"])
+    # Ascending ids, as CocoFile.category_ids: contiguous label i is the i-th smallest id everywhere.
+    cats = sorted(raw["categories"], key=lambda c: int(c["id"]))
     return _BoxFile(
         images, anns, tuple(int(c["id"]) for c in cats), tuple(str(c.get("name", c["id"])) for c in cats)
     )

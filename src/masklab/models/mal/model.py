@@ -115,6 +115,39 @@ class MALModel(nn.Module):
         self.crf_high = float(crf_value_high_thres)
         self.mask_thres = tuple(float(t) for t in mask_thres)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.labeling_network = "student"
+        self.labeling_flip = False
+
+    def set_labeling(self, *, network: str = "student", flip: bool = False) -> None:
+        """Which network labels (TAO ``use_teacher_test`` / ``use_mixed_model_test``) and flip TTA.
+
+        Args:
+            network: ``student``, ``teacher`` or ``mixed`` (mean of both probabilities).
+            flip: average with the prediction on the horizontally flipped crop (``use_flip_test``).
+        """
+        if network not in ("student", "teacher", "mixed"):
+            raise ConfigError(
+                f"MALModel.set_labeling: network must be student, teacher or mixed, got {network!r}"
+            )
+        self.labeling_network = network
+        self.labeling_flip = bool(flip)
+
+    def _label_probs(self, images: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+        """Crop probabilities from the labeling network(s), flip-averaged when asked."""
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            nets = {
+                "student": [self.student],
+                "teacher": [self.teacher],
+                "mixed": [self.student, self.teacher],
+            }
+            probs = [net(x, areas).sigmoid() for net in nets[self.labeling_network]]
+            return torch.stack(probs).mean(0)
+
+        probs = run(images)
+        if self.labeling_flip:
+            probs = (probs + run(images.flip(-1)).flip(-1)) / 2
+        return probs
 
     def forward(
         self, batch: MalBatch, mode: str = "loss"
@@ -179,7 +212,7 @@ class MALModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch: MalBatch) -> list[InstancePrediction]:
         """One prediction per source image in the batch (first-appearance order), masks at image resolution."""
-        probs = self.student(batch.images, self._box_areas(batch)).sigmoid().float().cpu()
+        probs = self._label_probs(batch.images, self._box_areas(batch)).float().cpu()
         groups: dict[int, list[int]] = {}
         for i, crop in enumerate(batch.crops):
             groups.setdefault(crop.image_id, []).append(i)
