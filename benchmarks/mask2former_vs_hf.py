@@ -17,15 +17,20 @@ from collections.abc import Callable
 import torch
 
 
-def _median_time(fn: Callable[[], object], runs: int, warmup: int) -> float:
+def _paired_medians(
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b``, run alternately so that machine-load drift hits both alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        a()
+        b()
+    times_a, times_b = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, times in ((a, times_a), (b, times_b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def _inputs(batch: int, size: int, num_classes: int, seed: int = 0):  # noqa: ANN202 - script helper
@@ -119,12 +124,10 @@ def main() -> None:
         with torch.inference_mode():
             hf(pixel_values=batch.images)
 
-    results = {}
-    for name, fn in (("train", (ours_train, hf_train)), ("forward", (ours_forward, hf_forward))):
-        # Interleave the two sides so that machine load drifts hit both alike.
-        t_ours = _median_time(fn[0], args.runs, args.warmup)
-        t_hf = _median_time(fn[1], args.runs, args.warmup)
-        results[name] = (t_ours, t_hf)
+    results = {
+        "train": _paired_medians(ours_train, hf_train, args.runs, args.warmup),
+        "forward": _paired_medians(ours_forward, hf_forward, args.runs, args.warmup),
+    }
     params = (sum(p.numel() for p in ours.parameters()) / 1e6, sum(p.numel() for p in hf.parameters()) / 1e6)
     print(f"params (M): masklab {params[0]:.2f}  hf {params[1]:.2f}")
     for name, (t_ours, t_hf) in results.items():
