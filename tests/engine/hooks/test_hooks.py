@@ -141,8 +141,8 @@ def test_hooks_run_in_priority_order_and_are_registered(tmp_path: Path) -> None:
         "NonFiniteLossHook",
         "EMAHook",
         "EvalHook",
-        "CheckpointHook",
         "LoggerHook",
+        "CheckpointHook",
     ]
     for hook in hooks:
         assert HOOKS.get(type(hook).__name__) is type(hook)

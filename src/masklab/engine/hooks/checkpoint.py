@@ -22,15 +22,17 @@ _NAME = re.compile(r"^iter_(\d+)\.pth$")
 class CheckpointHook(Hook):
     """Saves ``work_dir/checkpoints/iter_<n>.pth`` every ``interval`` iterations and at the end.
 
-    Priority 50: after the NaN guard (a bad step is never saved), EMA and evaluation (the
-    checkpoint holds the updated average and best metric); before the logger.
+    Priority 95: after the NaN guard (a bad step is never saved), EMA and evaluation (the
+    checkpoint holds the updated average and best metric) and after the logger, so that
+    ``log.jsonl`` holds iteration n before checkpoint n exists (a kill between the two would
+    otherwise lose that line for good; a resumed run re-logs, never skips).
 
     Args:
         interval: iterations between saves.
         max_keep: newest periodic checkpoints to keep (None: all).
     """
 
-    priority = 50
+    priority = 95
 
     def __init__(self, interval: int = 1000, max_keep: int | None = None) -> None:
         if interval < 1 or (max_keep is not None and max_keep < 1):
