@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.mask2former.attribute_spec import AttributeSpec
@@ -80,6 +81,7 @@ class Mask2FormerDecoderLayer(nn.Module):
         return self.ffn(queries)
 
 
+@HEADS.register()
 class Mask2FormerTransformerDecoder(nn.Module):
     """Queries attend the pixel decoder's three levels in turn, each masked by the previous mask prediction.
 

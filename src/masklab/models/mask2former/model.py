@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,7 +57,7 @@ class Mask2Former(nn.Module):
         self,
         backbone: nn.Module,
         num_classes: int,
-        attributes: Sequence[AttributeSpec | Mapping[str, Any]] = (),
+        attributes: Sequence[AttributeSpec] = (),
         pixel_decoder: Lazy[MSDeformAttnPixelDecoder] | Callable[..., MSDeformAttnPixelDecoder] | None = None,
         decoder: Lazy[Mask2FormerTransformerDecoder]
         | Callable[..., Mask2FormerTransformerDecoder]

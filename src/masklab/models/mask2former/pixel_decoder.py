@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.ms_deform_attn import MSDeformAttn
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
@@ -66,6 +67,7 @@ def _conv_gn(in_ch: int, out_ch: int, kernel: int, bias: bool, groups: int) -> n
     return nn.Sequential(conv, nn.GroupNorm(groups, out_ch))
 
 
+@HEADS.register()
 class MSDeformAttnPixelDecoder(nn.Module):
     """Pixel decoder of Mask2Former.
 

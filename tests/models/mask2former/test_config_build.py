@@ -1,0 +1,40 @@
+import pytest
+
+from masklab.config.build import build_node
+from masklab.errors import ConfigError
+from masklab.models.mask2former import AttributeSpec, Mask2Former
+
+NODE = {
+    "type": "Mask2Former",
+    "backbone": {"type": "TimmBackbone", "model_name": "resnet18", "out_indices": [1, 2, 3, 4]},
+    "num_classes": 3,
+    "attributes": [{"name": "color", "num_values": 4, "cost_weight": 2.0}],
+    "pixel_decoder": {
+        "type": "MSDeformAttnPixelDecoder",
+        "conv_dim": 32,
+        "mask_dim": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "decoder": {
+        "type": "Mask2FormerTransformerDecoder",
+        "num_queries": 5,
+        "hidden_dim": 32,
+        "num_layers": 2,
+        "nheads": 2,
+    },
+}
+
+
+def test_builds_from_a_config_node_with_derived_channels() -> None:
+    model = build_node(NODE, path="model")
+    assert isinstance(model, Mask2Former)
+    assert model.attributes == (AttributeSpec("color", 4, cost_weight=2.0),)
+    assert model.decoder.heads.attribute_embed["color"].out_features == 5
+    assert model.pixel_decoder.input_proj[0][0].in_channels == 512  # resnet18 stride-32 channels
+
+
+def test_typo_in_child_node_is_config_error() -> None:
+    node = {**NODE, "decoder": {**NODE["decoder"], "num_querys": 3}}
+    with pytest.raises(ConfigError, match="model.decoder.num_querys: unknown key"):
+        build_node(node, path="model")
