@@ -73,3 +73,48 @@ def test_two_process_ddp_training(tmp_path: Path) -> None:
     # Only rank 0 wrote the checkpoint, and it holds the shared weights.
     ckpt = torch.load(tmp_path / "checkpoints" / "iter_0000003.pth", weights_only=True)
     assert float(ckpt["model"]["cls.weight"].sum()) == pytest.approx(results[0]["weights"][0])
+
+
+def _cli_losses(work: Path) -> dict[int, float]:
+    return {
+        r["iteration"]: r["loss"]
+        for r in map(json.loads, (work / "log.jsonl").read_text().splitlines())
+        if r.get("mode") == "train"
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node 2 -m masklab train`` with batch 1 per rank follows the same math as
+    one process with batch 2 (GroupNorm model, no random transforms): same logged (rank-mean) losses,
+    same final weights; only rank 0 wrote the log and checkpoints."""
+    from masklab.cli.main import main
+    from masklab.data.synthetic import synthesize
+    from masklab.engine.checkpoint import find_latest, load_checkpoint
+
+    tiny = Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml"
+    root = tmp_path / "data"
+    synthesize(root, num_train=4, num_val=2, size=64, seed=0, max_objects=2)
+    common = [
+        str(tiny),
+        f"dataset.root={root}",
+        "train.max_iters=3",
+        "train.checkpoint_interval=3",
+        "--no-progress",
+    ]
+    one = tmp_path / "one"
+    assert main(["train", *common, "train.batch_size=2", "--work-dir", str(one)]) == 0
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "masklab",
+           "train", *common, "train.batch_size=1", "--work-dir", str(two)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (two / "log.jsonl").read_text().splitlines()
+    assert len([ln for ln in lines if '"mode": "train"' in ln]) == 3  # rank 0 only: no duplicates
+    a, b = _cli_losses(one), _cli_losses(two)
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a), (a, b)
+    wa, wb = load_checkpoint(find_latest(one))["model"], load_checkpoint(find_latest(two))["model"]
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    assert load_checkpoint(find_latest(two))["meta"]["world_size"] == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from masklab.config.registries import HOOKS
-from masklab.engine.distributed import is_main_process
+from masklab.engine.distributed import all_reduce_dict, is_main_process
 from masklab.engine.hooks.base import Hook
 from masklab.engine.hooks.timer import TimerHook
 from masklab.errors import ConfigError
@@ -63,6 +63,8 @@ class LoggerHook(Hook):
             return
         means = {k: v / self._count for k, v in self._sums.items()}
         self._sums, self._count = {}, 0
+        # Every rank reaches this line at the same iterations: log the mean over ranks, not rank 0's.
+        means = all_reduce_dict(means)
         if not is_main_process():
             return
         timer = trainer.find_hook(TimerHook)
