@@ -1,0 +1,65 @@
+"""The ``task: mal`` config family: TAO keys resolve, typos are one-line errors with a suggestion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from masklab.config.assemble import resolve
+from masklab.errors import ConfigError
+
+CONFIG = Path(__file__).resolve().parents[3] / "configs" / "mal" / "mal_tiny_synthetic-64.yaml"
+
+
+def test_tao_keys_resolve_and_fill_engine_fields() -> None:
+    from masklab.models.mal.config import MalTrainConfig, mal_dataset_config, mal_model_config
+
+    rc = resolve(CONFIG, ["train.num_epochs=3", "train.lr=2e-4", "train.accum_grad_batches=2"])
+    assert isinstance(rc.train, MalTrainConfig)
+    assert rc.train.max_epochs == 3 and rc.train.accumulate_steps == 2
+    assert rc.train.optim.lr == 2e-4 and rc.train.optim.type == "AdamW"  # per sample; scaled at build
+    assert rc.train.optim.betas == (0.9, 0.9)
+    assert mal_dataset_config(rc).crop_size == 64
+    assert mal_model_config(rc).arch == "masklab-tiny"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "train.crf_num_iterr=3",
+            "train.crf_num_iterr: unknown key for MalTrainConfig; did you mean 'crf_num_iter'?",
+        ),
+        (
+            "dataset.crop_sise=3",
+            "dataset.crop_sise: unknown key for MalDatasetConfig; did you mean 'crop_size'?",
+        ),
+        ("model.teacher_momentun=0.9", "did you mean 'teacher_momentum'?"),
+        ("evaluate.use_teacher_tests=true", "did you mean 'use_teacher_test'?"),
+    ],
+)
+def test_unknown_key_is_one_line_with_suggestion(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve(CONFIG, [override])
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_engine_names_are_refused_in_favour_of_tao_keys() -> None:
+    with pytest.raises(ConfigError, match="num_epochs"):
+        resolve(CONFIG, ["train.max_epochs=3"])
+    with pytest.raises(ConfigError, match="mask_thres"):
+        resolve(CONFIG, ["train.mask_thres=[0.1,0.2]"])
+    with pytest.raises(ConfigError, match="coco"):
+        resolve(CONFIG, ["dataset.type=voc"])
+
+
+def test_builds_the_tiny_model_with_tao_values() -> None:
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(
+        CONFIG, ["model.teacher_momentum=0.9", "train.crf_num_iter=7", "evaluate.use_teacher_test=true"]
+    )
+    model = build_mal_model(rc)
+    assert model.teacher.momentum == pytest.approx(0.9)
+    assert model.crf_num_iter == 7 and model.labeling_network == "teacher"
