@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from masklab.data.coco.gc_pause import gc_paused
 from masklab.data.coco.records import (
     CocoAnnotation,
     CocoCategory,
@@ -44,7 +45,7 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise DataError(f"{p}: file not found")
     try:
-        with p.open("rb") as fh:
+        with p.open("rb") as fh, gc_paused():
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise DataError(
@@ -71,7 +72,9 @@ def load_coco(path: str | Path, *, attributes_required: bool = False, on_bad: On
     """
     if on_bad not in ("error", "skip"):
         raise DataError(f"load_coco: on_bad={on_bad!r}; expected 'error' or 'skip'")
-    return parse_coco(read_json(path), str(path), attributes_required=attributes_required, on_bad=on_bad)
+    data = read_json(path)
+    with gc_paused():
+        return parse_coco(data, str(path), attributes_required=attributes_required, on_bad=on_bad)
 
 
 def parse_coco(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from masklab.data.coco.gc_pause import gc_paused
 from masklab.data.coco.records import CocoFile
 from masklab.data.coco.results import CocoDetection
 from masklab.evaluation.coco.accumulate import PrecisionRecall, accumulate, per_category_ap, summarize
@@ -54,7 +55,17 @@ def evaluate_ap(
         image_ids: images to evaluate (default: every ground-truth image; requires a CocoFile or this).
         category_ids: categories to evaluate (default: every ground-truth category).
     """
-    params = params or CocoEvalParams()
+    with gc_paused():  # the tables and groups are large and acyclic (see gc_pause)
+        return _evaluate_ap(gt, dets, params or CocoEvalParams(), image_ids, category_ids)
+
+
+def _evaluate_ap(
+    gt: CocoFile | GtTable,
+    dets: Sequence[CocoDetection] | DetTable,
+    params: CocoEvalParams,
+    image_ids: Sequence[int] | None,
+    category_ids: Sequence[int] | None,
+) -> CocoApResult:
     if isinstance(gt, CocoFile):
         img_ids = np.unique([im.id for im in gt.images] if image_ids is None else list(image_ids)).astype(
             np.int64

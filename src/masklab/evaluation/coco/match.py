@@ -84,35 +84,42 @@ def _match_bucket(
     dt_ignored: np.ndarray,
     dt_gt: np.ndarray,
 ) -> None:
-    """Greedy matching of the groups ``sel`` (sorted by detection count, descending), G padded to ``width``."""
+    """Greedy matching of the groups ``sel`` (sorted by detection count, descending), G padded to ``width``.
+
+    Each step turns a detection's IoUs into unique integer keys: the IoU's rank in its row (ties
+    ranked by column, so the later ground truth wins as in pycocotools), plus ``width`` for a
+    non-ignored ground truth (so those are preferred). One argmax over the available candidates
+    then gives pycocotools' choice without comparing floats twice.
+    """
     g_count = groups.g_count[sel]
     d_count = groups.d_count[sel]
     cols = np.arange(width)
     valid = cols[None, :] < g_count[:, None]  # (n, W) real ground truths
     gidx = groups.g_start[sel][:, None] + np.minimum(cols[None, :], g_count[:, None] - 1)
-    ig = np.where(valid[:, None, :], gt_ig[gidx].transpose(0, 2, 1), True)  # (n, A, W)
+    # Padding columns count as ignored; their IoU of -1 never passes a threshold anyway.
+    real_bonus = np.where(valid[:, None, :], ~gt_ig[gidx].transpose(0, 2, 1), False) * width  # (n, A, W)
+    real_bonus = real_bonus.astype(np.int32)
     crowd = gt_iscrowd[gidx] & valid  # (n, W)
     iou_base = groups.iou_off[sel][:, None] + np.minimum(cols[None, :], g_count[:, None] - 1)
-    n_a, n_t = gt_ig.shape[1], len(thr)
-    taken = np.zeros((len(sel), n_a, n_t, width), dtype=bool)
+    n_sel, n_a, n_t = len(sel), gt_ig.shape[1], len(thr)
+    avail = np.ones((n_sel, n_a, n_t, width), dtype=bool)  # not yet taken (crowd stays available)
+    ranks = np.broadcast_to(np.arange(width, dtype=np.int32), (n_sel, width))
     for d in range(int(d_count.max(initial=0))):
         k = int(np.count_nonzero(d_count > d))  # sorted descending: the first k groups have a d-th detection
         ious = np.where(valid[:k], groups.iou_flat[iou_base[:k] + d * g_count[:k, None]], -1.0)  # (k, W)
-        iou4 = ious[:, None, None, :]
-        ok = (iou4 >= thr[None, None, :, None]) & (~taken[:k] | crowd[:k, None, None, :])  # (k, A, T, W)
-        ig4 = ig[:k, :, None, :]
-        ok_real = ok & ~ig4
-        ok_ign = ok & ig4
-        best_real = _last_argmax(np.where(ok_real, iou4, -np.inf))
-        best_ign = _last_argmax(np.where(ok_ign, iou4, -np.inf))
-        match = np.where(ok_real.any(-1), best_real, np.where(ok_ign.any(-1), best_ign, -1))  # (k, A, T)
-        hit = match >= 0
+        key = np.empty((k, width), dtype=np.int32)
+        np.put_along_axis(key, np.argsort(ious, axis=1, kind="stable"), ranks[:k], axis=1)
+        passes = ious[:, None, :] >= thr[None, :, None]  # (k, T, W)
+        cand = np.where(passes[:, None, :, :], (key[:, None, :] + real_bonus[:k])[:, :, None, :], -1)
+        cand = np.where(avail[:k], cand, -1)  # (k, A, T, W)
+        match = np.argmax(cand, axis=-1)  # (k, A, T)
+        best = np.take_along_axis(cand, match[..., None], axis=-1)[..., 0]
+        hit = best >= 0
         det = groups.d_start[sel[:k]] + d
         dt_matched[det] = hit
-        ig_of_match = np.take_along_axis(
-            np.broadcast_to(ig4, ok.shape), np.maximum(match, 0)[..., None], axis=-1
-        )[..., 0]
-        dt_ignored[det] = hit & ig_of_match
-        taken[:k] |= cols[None, None, None, :] == match[..., None]
-        first = match[:, 0, 0]
+        dt_ignored[det] = hit & (best < width)
+        gk, ga, gt_ = np.nonzero(hit)
+        gm = match[gk, ga, gt_]
+        avail[gk, ga, gt_, gm] = crowd[gk, gm]
+        first = np.where(hit[:, 0, 0], match[:, 0, 0], -1)
         dt_gt[det] = np.where(first >= 0, groups.g_start[sel[:k]] + first, -1)

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from masklab.data.coco.records import CocoFile
 from masklab.data.coco.results import CocoDetection
-from masklab.data.coco.rle import ann_to_rle, rle_to_pycoco
+from masklab.data.coco.rle import ann_to_rle
 from masklab.errors import DataError
 from masklab.evaluation.coco.params import CocoEvalParams
 
@@ -83,7 +83,8 @@ class DetTable:
                 raise DataError(
                     f"{where}: result [{missing}] has no 'segmentation'; segm evaluation needs RLE masks (or use --iou-type bbox)"
                 )
-            geoms: list[dict] | np.ndarray = [rle_to_pycoco(d.segmentation) for d in dets]  # type: ignore[arg-type]
+            # pycocotools' C functions take ``str`` counts as they are: no per-detection copy.
+            geoms: list[dict] | np.ndarray = [d.segmentation for d in dets]  # type: ignore[misc]
         else:
             geoms = np.array([d.bbox for d in dets], dtype=np.float64).reshape(-1, 4)
         return cls(
@@ -193,14 +194,26 @@ def _fill_ious(
     iou_off: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """pycocotools' ``mask.iou`` per group (crowd: intersection over detection area)."""
+    """pycocotools' ``mask.iou`` per group (crowd: intersection over detection area).
+
+    One call per (category, image) group: batching whole images would make the C code compare
+    every cross-category pair too, which costs more than the calls save. The geometry lists are
+    put in group order once so that each call takes plain slices.
+    """
     boxes = isinstance(gt.geoms, np.ndarray)
-    for p in np.nonzero((g_count > 0) & (d_count > 0))[0]:
-        gs = g_sorted[g_start[p] : g_start[p] + g_count[p]]
-        ds = d_sorted[d_start[p] : d_start[p] + d_count[p]]
-        crowd = gt.iscrowd[gs].astype(np.uint8).tolist()
-        if boxes:
-            ious = mask_utils.iou(dt.geoms[ds], gt.geoms[gs], crowd)
-        else:
-            ious = mask_utils.iou([dt.geoms[i] for i in ds], [gt.geoms[i] for i in gs], crowd)
-        out[iou_off[p] : iou_off[p] + len(ds) * len(gs)] = np.asarray(ious, dtype=np.float64).reshape(-1)
+    if boxes:
+        g_geo, d_geo = gt.geoms[g_sorted], dt.geoms[d_sorted]  # type: ignore[index]
+    else:
+        g_geo = [gt.geoms[i] for i in g_sorted.tolist()]
+        d_geo = [dt.geoms[i] for i in d_sorted.tolist()]
+    crowd = gt.iscrowd[g_sorted].astype(np.uint8).tolist()
+    todo = np.nonzero((g_count > 0) & (d_count > 0))[0]
+    for gs, gn, ds, dn, off in zip(
+        g_start[todo].tolist(),
+        g_count[todo].tolist(),
+        d_start[todo].tolist(),
+        d_count[todo].tolist(),
+        iou_off[todo].tolist(),
+    ):
+        ious = mask_utils.iou(d_geo[ds : ds + dn], g_geo[gs : gs + gn], crowd[gs : gs + gn])
+        out[off : off + dn * gn] = np.asarray(ious, dtype=np.float64).reshape(-1)
