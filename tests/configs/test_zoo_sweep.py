@@ -18,7 +18,9 @@ from masklab.structures.batch import Batch
 from masklab.structures.sample import SampleMeta
 
 ROOT = Path(__file__).resolve().parents[2] / "configs"
-CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if "_base_" not in p.parts)
+ALL_CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if "_base_" not in p.parts)
+# This sweep covers the semantic zoo (EncoderDecoder); other families sweep their own configs.
+CONFIGS = [p for p in ALL_CONFIGS if load_config(p).get("model", {}).get("type") == "EncoderDecoder"]
 NAME = re.compile(r"^[a-z0-9+]+_[a-z0-9.-]+_\d+xb\d+-\d+[ki]?_[a-z0-9]+-\d+x\d+\.yaml$")
 DATASET_TYPES = {"CityscapesDataset", "ADE20KDataset", "VOCDataset", "SyntheticSemanticDataset"}
 META = DatasetMeta(classes=("a", "b", "c"))
