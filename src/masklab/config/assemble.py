@@ -129,7 +129,46 @@ def build_model(
             provided["class_names"] = tuple(meta.classes)
         if "dataset_meta" in params:
             provided["dataset_meta"] = meta
+        if "attributes" in params:
+            derived = _checked_attributes(rc, meta)
+            if derived is not None:
+                provided["attributes"] = derived
+    if "test_topk" in params:
+        provided["test_topk"] = _tied_topk(rc)
     return build_node(rc.model, path="model", source=rc.source, registry=registries.MODELS, **provided)
+
+
+def _checked_attributes(rc: ResolvedConfig, meta: Any) -> Any:
+    """Check ``model.attributes`` against the dataset's attributes (names, order, value counts).
+
+    Returns the specs derived from the metadata when the config leaves them out, else None (the
+    config's declaration is used as written once it agrees with the data).
+    """
+    from masklab.models.mask2former.attribute_spec import AttributeSpec
+
+    declared = rc.model.get("attributes") if rc.model is not None else None
+    data = [(a.name, len(a.values)) for a in getattr(meta, "attributes", ())]
+    if declared is None:
+        return [AttributeSpec(a.name, len(a.values), value_names=tuple(a.values)) for a in meta.attributes]
+    model_side = [(d.get("name"), d.get("num_values")) if hasattr(d, "get") else (d, None) for d in declared]
+    if model_side != data:
+
+        def show(pairs: list[tuple[Any, Any]]) -> str:
+            return ", ".join(f"{n}:{v}" for n, v in pairs) or "none"
+
+        raise ConfigError(
+            f"{rc.source}: model.attributes: config declares [{show(model_side)}] but the dataset "
+            f"metadata has [{show(data)}] (name:num_values, in order)"
+        )
+    return None
+
+
+def _tied_topk(rc: ResolvedConfig) -> Any:
+    """``model.test_topk`` and the evaluator's ``maxDets`` are one setting: ``evaluate.max_dets``."""
+    from masklab.config.build import Derived
+
+    n = rc.evaluate.max_dets
+    return Derived(n, f"evaluate.max_dets is {n} (top-k per image and COCO maxDets are one setting)")
 
 
 def _derived_num_classes(rc: ResolvedConfig, meta: Any) -> Any:
@@ -158,7 +197,7 @@ def build_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
 
 
 def _instance_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
-    from masklab.evaluation.coco import CocoEvaluator
+    from masklab.evaluation.coco.evaluator import CocoEvaluator
 
     meta = dataset_meta(dataset)
     return CocoEvaluator(

@@ -186,9 +186,9 @@ class Inferencer:
                 )
             write_rgb_png(out_dir / "vis" / f"{item.name}.png", vis)
         if results and isinstance(results[0][1], InstancePrediction):
-            from masklab.data.coco.results import write_coco_results
+            from masklab.data.coco.results import write_prediction_results
 
-            write_coco_results(
+            write_prediction_results(
                 out_dir / "pred" / "instances.json",
                 [p for _, p in results],
                 self.meta.category_ids,

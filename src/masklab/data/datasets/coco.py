@@ -37,6 +37,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         attributes_required: every annotation must label every attribute.
         on_bad: ``"error"`` or ``"skip"`` for malformed annotations (see :func:`load_coco`).
         filter_empty: drop images without any non-crowd annotation (usual for training).
+        root: optional folder that relative ``ann_file`` and ``img_dir`` are resolved against
+            (the config's ``dataset.root``).
     """
 
     def __init__(
@@ -48,7 +50,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         attributes_required: bool = False,
         on_bad: OnBad = "error",
         filter_empty: bool = False,
+        root: str | None = None,
     ) -> None:
+        if root is not None:
+            ann_file, img_dir = str(Path(root) / ann_file), str(Path(root) / img_dir)
         self.coco: CocoFile = load_coco(ann_file, attributes_required=attributes_required, on_bad=on_bad)
         self.img_dir = Path(img_dir)
         self.pipeline = list(pipeline)
