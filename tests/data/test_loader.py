@@ -102,3 +102,12 @@ def test_build_dataloader_infinite_resume_and_finite() -> None:
     assert [[m.image_id for m in b.metas] for b in finite] == [[0, 1], [2, 3]]
     with pytest.raises(DataError, match="empty"):
         build_dataloader(_ListDataset(0), batch_size=2)
+
+
+def test_shard_sampler_covers_each_index_once_across_ranks() -> None:
+    from masklab.data.samplers import ShardSampler
+
+    shards = [list(ShardSampler(7, rank=r, world_size=3)) for r in range(3)]
+    flat = sorted(i for shard in shards for i in shard)
+    assert flat == list(range(7))  # no repeats, nothing missing (DistributedSampler would pad to 9)
+    assert shards[0] == [0, 3, 6]

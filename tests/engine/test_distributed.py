@@ -118,3 +118,72 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path: Path) -> Non
     wa, wb = load_checkpoint(find_latest(one))["model"], load_checkpoint(find_latest(two))["model"]
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     assert load_checkpoint(find_latest(two))["meta"]["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_evaluate_and_infer_shard_across_two_processes(tmp_path: Path) -> None:
+    """Under torchrun, evaluate and infer split the images between ranks without repeats and write
+    what one process writes: the same metrics and the same prediction files."""
+    from masklab.cli.main import main
+    from masklab.data.synthetic import synthesize
+    from masklab.engine.checkpoint import find_latest
+
+    tiny = Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml"
+    root = tmp_path / "data"
+    synthesize(root, num_train=2, num_val=3, size=64, seed=1, max_objects=2)  # 3 images: uneven shards
+    common = [str(tiny), f"dataset.root={root}"]
+    assert (
+        main(["train", *common, "train.max_iters=1", "--work-dir", str(tmp_path / "run"), "--no-progress"])
+        == 0
+    )
+    ckpt = str(find_latest(tmp_path / "run"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "masklab",
+    ]
+    images = str(root / "images" / "val")
+    runs = {
+        "one": [sys.executable, "-m", "masklab"],
+        "two": torchrun,
+    }
+    for name, prefix in runs.items():
+        cmd = [
+            *prefix,
+            "evaluate",
+            common[0],
+            ckpt,
+            *common[1:],
+            "--out",
+            str(tmp_path / f"{name}.json"),
+            "--no-progress",
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        cmd = [
+            *prefix,
+            "infer",
+            *common[:1],
+            ckpt,
+            *common[1:],
+            "--input",
+            images,
+            "--out",
+            str(tmp_path / f"pred_{name}"),
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one.json").read_text())["metrics"]
+    two = json.loads((tmp_path / "two.json").read_text())["metrics"]
+    assert one == pytest.approx(two, abs=1e-9)
+    files_one = sorted(p.relative_to(tmp_path / "pred_one") for p in (tmp_path / "pred_one").rglob("*.png"))
+    files_two = sorted(p.relative_to(tmp_path / "pred_two") for p in (tmp_path / "pred_two").rglob("*.png"))
+    assert files_one == files_two and len(files_one) == 6  # 3 label PNGs + 3 overlays
+    for rel in files_one:
+        assert (tmp_path / "pred_one" / rel).read_bytes() == (tmp_path / "pred_two" / rel).read_bytes()

@@ -23,7 +23,7 @@ from torch.utils.data import (
 
 from masklab.data.collate import collate
 from masklab.data.preprocessor import IMAGENET_MEAN, IMAGENET_STD, DataPreprocessor
-from masklab.data.samplers import InfiniteSampler
+from masklab.data.samplers import InfiniteSampler, ShardSampler
 from masklab.errors import DataError
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "IMAGENET_STD",
     "DataPreprocessor",
     "InfiniteSampler",
+    "ShardSampler",
     "build_dataloader",
     "collate",
     "worker_seed",
@@ -96,7 +97,11 @@ def build_dataloader(
             size, shuffle, seed, rank, world, start_iter=start_iter, batch_size=batch_size
         )
     elif world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        if shuffle or drop_last:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        else:
+            # Evaluation: disjoint shards, no padding repeats (every image counted once).
+            sampler = ShardSampler(size, rank, world)
     elif shuffle:
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else:

@@ -68,3 +68,23 @@ class InfiniteSampler(Sampler[int]):
                 epoch, order = e, self._epoch_order(e)
             yield int(order[i])
             k += 1
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``world_size`` takes indices ``r, r + world_size, ...`` once, in order.
+
+    Unlike :class:`torch.utils.data.DistributedSampler` it never repeats samples to even out
+    the ranks, so evaluation over shards counts every image exactly once (metrics reduced across
+    ranks equal the single-process ones).
+    """
+
+    def __init__(self, dataset_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise DataError(f"ShardSampler: rank={rank} with world_size={world_size}; expected 0 <= rank < world_size")
+        self.indices = list(range(rank, dataset_size, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

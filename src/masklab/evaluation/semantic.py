@@ -193,6 +193,10 @@ class IoUMetric:
             for t in (stats.intersect, stats.union, stats.pred_area, stats.label_area):
                 dist.all_reduce(t)
         self._results = area_to_metrics(stats, self.metrics, self.beta, self.nan_to_num)
+        return self._summary()
+
+    def _summary(self) -> dict[str, float]:
+        assert self._results is not None
         summary = {"aAcc": float(self._results["aAcc"])}
         for key, values in self._results.items():
             if key != "aAcc":
@@ -210,8 +214,12 @@ class IoUMetric:
         }
 
     def format_report(self) -> str:
-        """A per-class table (values x100, NaN shown as 'nan') followed by the summary line."""
-        summary = self.compute()
+        """A per-class table (values x100, NaN shown as 'nan') followed by the summary line.
+
+        Uses the last :meth:`compute` when there is one: computing again would all-reduce again,
+        which under torchrun only rank 0 (the one printing) would enter.
+        """
+        summary = self._summary() if self._results is not None else self.compute()
         rows = self.per_class()
         keys = [k for k in self._results or {} if k != "aAcc"]
         width = max([5, *(len(n) for n in self.class_names)])

@@ -138,17 +138,39 @@ class Inferencer:
 
     @torch.no_grad()
     def predict(self, inputs: Any, batch_size: int = 1) -> list[tuple[InferenceInput, Prediction]]:
-        """Predictions at each input's original resolution, paired with the input."""
-        from masklab.data.loader import collate
+        """Predictions at each input's original resolution, paired with the input, in input order.
+
+        Under ``torchrun`` each rank predicts a disjoint share of the inputs and every rank gets
+        the merged list back (in input order, so the written files equal a single process's).
+        """
+        from masklab.engine.distributed import all_gather_object, get_info
 
         items = collect_inputs(inputs)
+        info = get_info()
+        indices = (
+            list(range(info.rank, len(items), info.world_size))
+            if info.is_distributed
+            else list(range(len(items)))
+        )
+        mine = self._predict_items([items[i] for i in indices], indices, batch_size)
+        if not info.is_distributed:
+            return mine
+        pairs = [(i, pred) for i, (_, pred) in zip(indices, mine)]
+        merged = sorted((p for shard in all_gather_object(pairs) for p in shard), key=lambda p: p[0])
+        return [(items[i], pred) for i, pred in merged]
+
+    def _predict_items(
+        self, items: list[InferenceInput], ids: list[int], batch_size: int
+    ) -> list[tuple[InferenceInput, Prediction]]:
+        from masklab.data.loader import collate
+
         results: list[tuple[InferenceInput, Prediction]] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            samples = [self._sample(item, start + i) for i, item in enumerate(chunk)]
+            samples = [self._sample(item, ids[start + i]) for i, item in enumerate(chunk)]
             batch = self.model.data_preprocessor(collate(samples), training=False)
             preds = self.model(batch, mode="predict")
-            results.extend(zip(chunk, preds))
+            results.extend(zip(chunk, [_to_cpu(p) for p in preds]))
         return results
 
     def __call__(
@@ -158,9 +180,11 @@ class Inferencer:
         opacity: float | None = None,
         batch_size: int = 1,
     ) -> list[Prediction]:
-        """Predict, and when ``out_dir`` is given write ``pred/`` and ``vis/`` there."""
+        """Predict, and when ``out_dir`` is given write ``pred/`` and ``vis/`` there (rank 0 only)."""
+        from masklab.engine.distributed import is_main_process
+
         results = self.predict(inputs, batch_size=batch_size)
-        if out_dir is not None:
+        if out_dir is not None and is_main_process():
             self.write(results, Path(out_dir), self.cfg.inference.opacity if opacity is None else opacity)
         return [pred for _, pred in results]
 
@@ -202,6 +226,18 @@ class Inferencer:
         for transform in self.pipeline:
             sample = transform(sample)
         return sample
+
+
+def _to_cpu(pred: Prediction) -> Prediction:
+    """Predictions leave the device as soon as they are made (memory, and gathering across ranks)."""
+    import dataclasses
+
+    changes = {
+        f.name: getattr(pred, f.name).cpu()
+        for f in dataclasses.fields(pred)
+        if isinstance(getattr(pred, f.name), torch.Tensor)
+    }
+    return dataclasses.replace(pred, **changes) if changes else pred
 
 
 def _load_payload(weights: str | Path) -> dict[str, Any]:
