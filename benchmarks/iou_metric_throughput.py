@@ -5,7 +5,9 @@ Run: ``.venv/bin/python benchmarks/iou_metric_throughput.py [--runs 5]``
 Both compute per-class intersection / union / prediction / label areas of 19-class 1024x2048 maps
 with 5 % ignored pixels (Cityscapes-sized), interleaved run by run in one process; the median per
 side is reported with the ratio masklab / NumPy in throughput (target >= 1.0). The results are
-checked equal first.
+checked equal first. Measured on the 2-core dev machine (loaded by a training run), 11 runs:
+masklab 97-99 MP/s, NumPy 58-69 MP/s, ratio 1.45-1.66 (it was 4.1 vs 25.5 MP/s, 0.16, before the
+single-histogram rewrite).
 """
 
 from __future__ import annotations

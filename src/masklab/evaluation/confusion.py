@@ -15,6 +15,7 @@ import torch
 
 from masklab.errors import DataError
 from masklab.evaluation.ground_truth import semantic_ground_truth
+from masklab.evaluation.semantic import pixel_pair_counts
 from masklab.structures.batch import Batch
 from masklab.structures.predictions import SemanticPrediction
 from masklab.structures.sample import SampleMeta
@@ -26,15 +27,10 @@ def confusion_counts(
     """(C, C) int64 counts of (ground truth, prediction) pairs over the pixels of one image.
 
     Ground-truth values outside ``[0, C)`` (ignore) and out-of-range predictions are not counted.
+    The same histogram as :func:`~masklab.evaluation.semantic.intersect_and_union`, without its
+    out-of-range row and column.
     """
-    if pred.shape != label.shape:
-        raise DataError(
-            f"prediction {tuple(pred.shape)} and ground truth {tuple(label.shape)} differ in size"
-        )
-    pred, label = pred.reshape(-1).long().cpu(), label.reshape(-1).long().cpu()
-    keep = (label != ignore_index) & (label >= 0) & (label < num_classes) & (pred >= 0) & (pred < num_classes)
-    flat = label[keep] * num_classes + pred[keep]
-    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return pixel_pair_counts(pred, label, num_classes, ignore_index)[:num_classes, :num_classes].clone()
 
 
 def ground_truth(meta: SampleMeta, batch: Batch | None, index: int) -> torch.Tensor:

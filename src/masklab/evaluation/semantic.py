@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from masklab.config.registries import EVALUATORS
@@ -47,29 +48,82 @@ class AreaStats:
         return self
 
 
-def intersect_and_union(
-    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
-) -> AreaStats:
-    """Counts of one (H, W) prediction against its (H, W) ground truth.
+# Ground-truth values up to this bound are histogrammed as rows directly; larger ones are folded first.
+_MAX_DIRECT_BINS = 1 << 24
 
-    Pixels labelled ``ignore_index`` are skipped; like MMSeg's histogram, values outside
-    ``[0, num_classes)`` are not counted.
+
+def pixel_pair_counts(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """(C+1, C+1) int64 counts of (ground truth, prediction) pairs over one image's non-ignored pixels.
+
+    Rows are ground truth, columns prediction; row / column ``C`` collects values outside
+    ``[0, C)``, so callers choose MMSeg's rules (:func:`intersect_and_union`) or drop them
+    (:func:`masklab.evaluation.confusion.confusion_counts`). One histogram of
+    ``label * (C+1) + pred`` serves every count: no per-class passes and no gather of the
+    non-ignored pixels. CPU maps are counted by NumPy on views of the tensors (``torch.bincount``
+    is several times slower there); other devices count in place and return the (small) result.
     """
     if pred.shape != label.shape:
         raise DataError(
             f"prediction {tuple(pred.shape)} and ground truth {tuple(label.shape)} differ in size"
         )
-    valid = label != ignore_index
-    pred = pred[valid].long().cpu()
-    label = label[valid].long().cpu()
+    n = num_classes
+    pred, label = _index_dtype(pred.reshape(-1)), _index_dtype(label.reshape(-1).to(pred.device))
+    if pred.dtype != label.dtype:
+        pred, label = pred.long(), label.long()
+    if pred.numel() == 0:
+        return torch.zeros(n + 1, n + 1, dtype=torch.int64)
+    on_cpu = pred.device.type == "cpu"
+    p, g = (pred.numpy(), label.numpy()) if on_cpu else (pred, label)
+    where = np.where if on_cpu else torch.where
 
-    def hist(values: torch.Tensor) -> torch.Tensor:
-        values = values[(values >= 0) & (values < num_classes)]
-        return torch.bincount(values, minlength=num_classes)
+    lo, hi = int(p.min()), int(p.max())
+    if lo < 0 or hi >= n:
+        p = where((p >= 0) & (p < n), p, n)
+    lo, hi = int(g.min()), int(g.max())
+    if lo >= 0 and (hi + 1) * (n + 1) <= _MAX_DIRECT_BINS:
+        rows, ignore_row = hi + 1, ignore_index if 0 <= ignore_index <= hi else None
+    else:  # negative or huge ground-truth values: fold them into row C first (ignore -> row C+1)
+        g = where(g == ignore_index, n + 1, where((g >= 0) & (g < n), g, n))
+        rows, ignore_row = n + 2, n + 1
+    flat = g * (n + 1)
+    flat += p
+    minlength = max(rows, n + 1) * (n + 1)
+    if on_cpu:
+        counts = torch.from_numpy(np.bincount(flat, minlength=minlength))
+    else:
+        counts = torch.bincount(flat, minlength=minlength).cpu()
+    counts = counts.to(torch.int64).reshape(-1, n + 1)
+    if ignore_row is not None:
+        counts[ignore_row] = 0
+    joint = torch.zeros(n + 1, n + 1, dtype=torch.int64)
+    joint[:n] = counts[:n]
+    joint[n] = counts[n:].sum(0)
+    return joint
 
-    intersect = hist(pred[pred == label])
-    pred_area = hist(pred)
-    label_area = hist(label)
+
+def _index_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as int32 / int64 (kept when already one), so ``label * (C+1) + pred`` cannot overflow."""
+    if t.dtype in (torch.int32, torch.int64):
+        return t
+    return t.long() if t.is_floating_point() else t.to(torch.int32)
+
+
+def intersect_and_union(
+    pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
+) -> AreaStats:
+    """Counts of one (H, W) prediction against its (H, W) ground truth.
+
+    Pixels labelled ``ignore_index`` are skipped. As in MMSeg's ``IoUMetric`` (which masks only
+    ``ignore_index`` and histograms each map over ``[0, C)``), a ground-truth value outside
+    ``[0, C)`` is absent from the label area and the intersection but its pixel still counts in
+    the predicted area, and an out-of-range prediction counts in the label area only.
+    """
+    joint = pixel_pair_counts(pred, label, num_classes, ignore_index)
+    intersect = joint.diagonal()[:num_classes].clone()
+    pred_area = joint[:, :num_classes].sum(0)
+    label_area = joint[:num_classes].sum(1)
     return AreaStats(intersect, pred_area + label_area - intersect, pred_area, label_area)
 
 
