@@ -1,4 +1,7 @@
-"""Helpers shared by the region losses: probabilities, one-hot targets and the valid-pixel mask."""
+"""Helpers shared by the region losses: probabilities, one-hot targets and the valid-pixel mask.
+
+Settings, the class-weight check and the reduction are in :mod:`masklab.models.losses.base`.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +28,3 @@ def probs_and_targets(
         probs = logits.softmax(dim=1)
         target = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     return probs, target, valid.unsqueeze(1).to(probs.dtype)
-
-
-def check_class_weight(class_weight: torch.Tensor | None, num_channels: int, where: str) -> None:
-    """Raise when ``class_weight`` does not have one entry per output channel."""
-    from masklab.errors import ModelError
-
-    if class_weight is not None and len(class_weight) != num_channels:
-        raise ModelError(
-            f"{where}.class_weight has {len(class_weight)} entries but the head predicts "
-            f"{num_channels} channels; give one weight per class"
-        )

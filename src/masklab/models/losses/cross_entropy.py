@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from masklab.config.registries import LOSSES
-from masklab.errors import ModelError
-
-# MMSeg adds float32 eps to the divisor so an all-ignored batch gives 0, not NaN.
-_EPS = torch.finfo(torch.float32).eps
-
-
-def reduce_pixel_loss(
-    loss: torch.Tensor, weight: torch.Tensor | None, avg_factor: float | None
-) -> torch.Tensor:
-    """Weight a per-element loss and average it: over all elements, or ``sum / avg_factor`` when given."""
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return loss.mean()
-    return loss.sum() / (avg_factor + _EPS)
+from masklab.models.losses.base import PixelLoss, reduce_pixel_loss
 
 
 @LOSSES.register()
-class CrossEntropyLoss(nn.Module):
+class CrossEntropyLoss(PixelLoss):
     """Softmax (or sigmoid) cross-entropy over pixels.
 
     Args:
@@ -54,30 +39,11 @@ class CrossEntropyLoss(nn.Module):
         loss_name: str = "loss_ce",
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
-        self.loss_weight = loss_weight
+        super().__init__(
+            loss_weight=loss_weight, class_weight=class_weight, loss_name=loss_name, ignore_index=ignore_index
+        )
         self.avg_non_ignore = avg_non_ignore
         self.use_sigmoid = use_sigmoid
-        self.loss_name = loss_name
-        self.ignore_index = ignore_index
-        self.class_weight: torch.Tensor | None
-        self.register_buffer(
-            "class_weight",
-            None if class_weight is None else torch.tensor(class_weight, dtype=torch.float32),
-            persistent=False,
-        )
-
-    def check_num_classes(self, num_channels: int, where: str = "loss_decode") -> None:
-        """Fail at build time when ``class_weight`` does not have one entry per output channel.
-
-        Raises:
-            ModelError: the lengths differ.
-        """
-        if self.class_weight is not None and len(self.class_weight) != num_channels:
-            raise ModelError(
-                f"{where}.class_weight has {len(self.class_weight)} entries but the head predicts "
-                f"{num_channels} channels; give one weight per class"
-            )
 
     def forward(
         self,
@@ -94,7 +60,7 @@ class CrossEntropyLoss(nn.Module):
             weight: optional (B, H, W) per-pixel weights (e.g. from an OHEM sampler).
             ignore_index: overrides the constructor's value.
         """
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self.resolve_ignore(ignore_index)
         if self.use_sigmoid:
             loss = self._sigmoid(logits, label, weight, ignore)
         else:

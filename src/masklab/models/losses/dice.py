@@ -8,14 +8,14 @@ Ignored pixels (and pixels a sampler weighted 0) are left out of every sum.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from masklab.config.registries import LOSSES
-from masklab.models.losses._common import check_class_weight, probs_and_targets
+from masklab.models.losses._common import probs_and_targets
+from masklab.models.losses.base import PixelLoss
 
 
 @LOSSES.register()
-class DiceLoss(nn.Module):
+class DiceLoss(PixelLoss):
     """Soft Dice loss.
 
     Args:
@@ -36,20 +36,11 @@ class DiceLoss(nn.Module):
         loss_name: str = "loss_dice",
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
-        self.loss_weight = loss_weight
+        super().__init__(
+            loss_weight=loss_weight, class_weight=class_weight, loss_name=loss_name, ignore_index=ignore_index
+        )
         self.smooth = smooth
         self.exponent = exponent
-        self.loss_name = loss_name
-        self.ignore_index = ignore_index
-        self.class_weight: torch.Tensor | None
-        self.register_buffer(
-            "class_weight", None if class_weight is None else torch.tensor(class_weight), persistent=False
-        )
-
-    def check_num_classes(self, num_channels: int, where: str = "loss_decode") -> None:
-        """Raise a ModelError when ``class_weight`` has the wrong length."""
-        check_class_weight(self.class_weight, num_channels, where)
 
     def forward(
         self,
@@ -59,7 +50,7 @@ class DiceLoss(nn.Module):
         ignore_index: int | None = None,
     ) -> torch.Tensor:
         """Scalar loss of (B, C, H, W) logits against (B, H, W) labels."""
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self.resolve_ignore(ignore_index)
         probs, target, valid = probs_and_targets(logits, label, ignore, weight)
         probs, target = (probs * valid).flatten(2), (target * valid).flatten(2)
         inter = (probs * target).sum(-1)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from masklab.config.registries import LOSSES
 from masklab.errors import ModelError
-from masklab.models.losses._common import check_class_weight
+from masklab.models.losses.base import PixelLoss
 
 
 @LOSSES.register()
-class FocalLoss(nn.Module):
+class FocalLoss(PixelLoss):
     """Focal loss.
 
     Args:
@@ -40,22 +39,13 @@ class FocalLoss(nn.Module):
         loss_name: str = "loss_focal",
         ignore_index: int = 255,
     ) -> None:
-        super().__init__()
         if gamma < 0 or not 0 <= alpha <= 1:
             raise ModelError(f"FocalLoss: need gamma >= 0 and 0 <= alpha <= 1, got {gamma} and {alpha}")
-        self.loss_weight = loss_weight
+        super().__init__(
+            loss_weight=loss_weight, class_weight=class_weight, loss_name=loss_name, ignore_index=ignore_index
+        )
         self.gamma = gamma
         self.alpha = alpha
-        self.loss_name = loss_name
-        self.ignore_index = ignore_index
-        self.class_weight: torch.Tensor | None
-        self.register_buffer(
-            "class_weight", None if class_weight is None else torch.tensor(class_weight), persistent=False
-        )
-
-    def check_num_classes(self, num_channels: int, where: str = "loss_decode") -> None:
-        """Raise a ModelError when ``class_weight`` has the wrong length."""
-        check_class_weight(self.class_weight, num_channels, where)
 
     def forward(
         self,
@@ -65,7 +55,7 @@ class FocalLoss(nn.Module):
         ignore_index: int | None = None,
     ) -> torch.Tensor:
         """Scalar loss of (B, C, H, W) logits against (B, H, W) labels."""
-        ignore = self.ignore_index if ignore_index is None else ignore_index
+        ignore = self.resolve_ignore(ignore_index)
         valid = label != ignore
         safe = torch.where(valid, label, torch.zeros_like(label))
         if logits.shape[1] == 1:
