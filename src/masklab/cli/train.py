@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed() if "LOCAL_RANK" in os.environ else None
     work_dir = prepare_work_dir(rc, args.work_dir)
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
+    main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
     try:
         if is_main_process():
             trainer.log(trainer.lr_message) if trainer.lr_message else None
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if info is not None and info.is_distributed:
             teardown(trainer.release_model())
-    if is_main_process():
+    if main_process:
         print(f"done: {trainer.iter} iterations; checkpoints in {work_dir / 'checkpoints'}")
     return 0
 

@@ -393,6 +393,11 @@ def build_trainer(
             t.max_epochs, len(train_set), t.batch_size, info.world_size, t.accumulate_steps
         )
     if info.is_distributed:
+        if rc.runtime.strategy == "fsdp" and t.ema is not None:
+            raise ConfigError(
+                f"{rc.source}: train.ema: not supported with runtime.strategy: fsdp (the average "
+                "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
+            )
         model = wrap_model(model, rc.runtime.strategy, device)
     optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters)
     val_loop = None

@@ -6,8 +6,10 @@ unconditionally. Multi-node runs use torchrun's rendezvous; nothing here parses 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,7 +115,8 @@ def wrap_model(model: nn.Module, strategy: Strategy = "ddp", device: torch.devic
 
     Args:
         model: the model, already on ``device``.
-        strategy: ``"ddp"`` (DistributedDataParallel) or ``"fsdp"`` (FullyShardedDataParallel).
+        strategy: ``"ddp"`` (DistributedDataParallel) or ``"fsdp"`` (FSDP2 ``fully_shard``, in
+            place; build the optimizer after wrapping).
         device: this rank's device.
     """
     if strategy not in ("ddp", "fsdp"):
@@ -130,19 +133,154 @@ def wrap_model(model: nn.Module, strategy: Strategy = "ddp", device: torch.devic
             else None
         )
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    from torch.distributed.fsdp import FullyShardedDataParallel
+    return _fully_shard(model, device)
 
-    return FullyShardedDataParallel(model, device_id=device if device.type == "cuda" else None)
+
+def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): each direct child holding parameters is one
+    shard unit (backbone, neck, heads), then the root takes whatever is left. Works on CPU with
+    gloo and on CUDA with nccl. The model keeps its class (plus ``FSDPModule``) and its parameter
+    names, so optimizers, param groups and state-dict keys are those of the bare model."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for child in model.children():
+        if any(p.requires_grad for p in child.parameters()):
+            fully_shard(child, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP (FSDP2 ``fully_shard`` or the FSDP1 wrapper)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - very old torch
+        FSDPModule = ()  # type: ignore[assignment]  # noqa: N806
+    return isinstance(model, FSDPModule) or type(model).__name__ == "FullyShardedDataParallel"
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's order (the order of its integer state keys)."""
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    try:
+        return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    except KeyError as exc:  # pragma: no cover - an optimizer over foreign tensors
+        raise ConfigError("optimizer holds a tensor that is not a parameter of the model") from exc
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The bare model's full state dict. Under FSDP every rank must call this (it gathers the
+    shards); rank 0 gets the full CPU tensors and the other ranks an empty dict."""
+    if not is_fsdp(model):
+        return unwrap(model).state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` in the usual integer-keyed layout, whatever the strategy.
+
+    Under FSDP the full state is gathered (collective; rank 0 gets it, the others an empty dict)
+    and re-keyed from parameter names to the optimizer's parameter order, so one checkpoint format
+    serves single-process, DDP and FSDP runs and resumes across them."""
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    full = get_optimizer_state_dict(model, optimizer, options=_full_options())
+    if not full:
+        return {}
+    index = {n: i for i, n in enumerate(_param_names(model, optimizer))}
+    return {
+        "state": {index[n]: v for n, v in full.get("state", {}).items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]],
+    }
+
+
+def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (bare-model) state dict; under FSDP each rank keeps its own shard."""
+    if not is_fsdp(model):
+        unwrap(model).load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load an integer-keyed optimizer state (as :func:`optimizer_state_dict` saves it)."""
+    if not is_fsdp(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _param_names(model, optimizer)
+    full = {
+        "state": {names[int(i)]: v for i, v in state.get("state", {}).items()},
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(
+        model, optimizer, optim_state_dict=full, options=StateDictOptions(full_state_dict=True)
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside a DDP/FSDP wrapper (the model itself otherwise)."""
+    """The bare model inside a DDP or FSDP1 wrapper (the model itself otherwise; FSDP2's
+    ``fully_shard`` shards in place, so the model is its own bare model)."""
     inner = getattr(model, "module", None)
     wrapped = (
         isinstance(model, nn.parallel.DistributedDataParallel)
         or type(model).__name__ == "FullyShardedDataParallel"
     )
     return inner if wrapped and isinstance(inner, nn.Module) else model
+
+
+@contextlib.contextmanager
+def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """The module to evaluate with, holding full (unsharded) parameters for the block.
+
+    DDP: the bare module (no gradient sync). FSDP2: every shard unit is all-gathered once on
+    entry (all ranks must enter together) and kept gathered, so forwards inside the block run no
+    collectives and ranks may evaluate different numbers of batches; on exit the shards return.
+    """
+    if not is_fsdp(model):
+        yield unwrap(model)
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):  # FSDP1 wrapper
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield model.module  # type: ignore[misc]
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    before = []
+    for m in units:
+        group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
+        before.append(bool(getattr(group, "_reshard_after_forward", True)))
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in units:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m, flag in zip(units, before):
+            m.reshard()
+            m.set_reshard_after_forward(flag, recurse=False)
 
 
 def teardown(wrapper: nn.Module | None = None) -> None:

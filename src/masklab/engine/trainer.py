@@ -29,7 +29,16 @@ from rich.console import Console
 from torch import nn
 
 from masklab.engine.checkpoint import find_latest, load_checkpoint
-from masklab.engine.distributed import get_info, is_initialized, is_main_process, unwrap
+from masklab.engine.distributed import (
+    get_info,
+    is_initialized,
+    is_main_process,
+    load_model_state_dict,
+    load_optimizer_state_dict,
+    model_state_dict,
+    optimizer_state_dict,
+    unwrap,
+)
 from masklab.engine.hooks.base import Hook
 from masklab.engine.precision import autocast, check_precision, make_scaler
 from masklab.engine.progress import make_progress
@@ -249,7 +258,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         if self.clip_grad is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.clip_grad))
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+            # FSDP: the norm of sharded gradients is a DTensor; its full value is the global norm.
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             if not math.isfinite(grad_norm) and self.scaler is None:
                 return grad_norm  # caller skips the step
         if self.scaler is not None:
@@ -285,8 +296,9 @@ class Trainer:
             else:
                 hooks_state[type(hook).__name__] = state
         payload.update(
-            model=unwrap(self.model).state_dict(),
-            optimizer=self.optimizer.state_dict(),
+            # Full, bare-model layout whatever the strategy (FSDP gathers it; rank 0 holds it).
+            model=model_state_dict(self.model),
+            optimizer=optimizer_state_dict(self.model, self.optimizer),
             scheduler=self.scheduler.state_dict() if self.scheduler else None,
             scaler=self.scaler.state_dict() if self.scaler else None,
             iteration=self.iter,
@@ -296,6 +308,8 @@ class Trainer:
                 "hooks": hooks_state,
                 "torch": str(torch.__version__),
                 "world_size": self.dist.world_size,
+                "batch_size": self._per_rank_batch(self.config),
+                "accumulate_steps": self.accumulate_steps,
                 "time": time.time(),
             },
         )
@@ -317,10 +331,16 @@ class Trainer:
         missing = [k for k in ("model", "optimizer", "iteration", "rng") if k not in payload]
         if missing:
             raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)}")
-        unwrap(self.model).load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        load_model_state_dict(self.model, payload["model"])
+        load_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"])
+        changed = self._layout_change(payload)
         if self.scheduler is not None and payload.get("scheduler") is not None:
+            fresh = list(getattr(self.scheduler, "base_lrs", []))
             self.scheduler.load_state_dict(payload["scheduler"])
+            if changed and fresh and hasattr(self.scheduler, "base_lrs"):
+                # The effective batch changed: keep the LR this run's config scales for it.
+                self.scheduler.base_lrs = fresh
+                self.scheduler.load_state_dict(self.scheduler.state_dict())
         if self.scaler is not None and payload.get("scaler") is not None:
             self.scaler.load_state_dict(payload["scaler"])
         hooks_state = (payload.get("meta") or {}).get("hooks", {})
@@ -334,6 +354,39 @@ class Trainer:
         restore_rng(payload["rng"])
         self.log(f"resumed from {path} at iteration {self.iter}")
         return path
+
+    @staticmethod
+    def _per_rank_batch(config: dict[str, Any] | None) -> int | None:
+        train = (config or {}).get("train") or {}
+        value = train.get("batch_size") if isinstance(train, dict) else None
+        return int(value) if isinstance(value, int) else None
+
+    def _layout_change(self, payload: dict[str, Any]) -> str | None:
+        """Compare the checkpoint's process layout with this run's; warn when the effective batch
+        differs (returns the message then). Equal effective batches resume with the same math: the
+        sampler's global order maps positions across world sizes (docs/distributed.md)."""
+        meta = payload.get("meta") or {}
+        old_world = int(meta.get("world_size", 1))
+        old_batch = meta.get("batch_size") or self._per_rank_batch(payload.get("config"))
+        old_accum = int(
+            meta.get("accumulate_steps")
+            or ((payload.get("config") or {}).get("train") or {}).get("accumulate_steps")
+            or 1
+        )
+        new_batch = self._per_rank_batch(self.config)
+        if old_batch is None or new_batch is None:
+            return None
+        old = old_world * int(old_batch) * old_accum
+        new = self.dist.world_size * new_batch * self.accumulate_steps
+        if old == new:
+            return None
+        message = (
+            f"warning: resume changes the effective batch from {old} ({old_world} proc x {old_batch} x "
+            f"{old_accum} accum) to {new} ({self.dist.world_size} x {new_batch} x {self.accumulate_steps}): "
+            f"the LR follows this run's scaling and the data order differs from an uninterrupted run"
+        )
+        self.log(message)
+        return message
 
     def release_model(self) -> nn.Module:
         """Hand over the (wrapped) model and drop the trainer's references, for ``teardown``."""

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from masklab.engine.distributed import unwrap
+from masklab.engine.distributed import full_parameters, unwrap
 from masklab.engine.precision import autocast, check_precision
 from masklab.engine.progress import make_progress
 from masklab.structures import Batch
@@ -28,7 +28,8 @@ class ValLoop:
     """Runs ``model(batch, mode="predict")`` over ``loader`` and returns the evaluator's metrics.
 
     Args:
-        model: the (possibly wrapped) model; the bare model is used so DDP does not sync.
+        model: the (possibly wrapped) model; DDP's bare module is used (no sync), and an FSDP
+            model is evaluated with its parameters gathered (``full_parameters``).
         loader: a finite iterable of :class:`Batch` (each rank its own shard).
         evaluator: reset / process / compute (compute reduces across ranks).
         precision: autocast for evaluation (``fp16`` needs CUDA).
@@ -56,12 +57,11 @@ class ValLoop:
     @torch.no_grad()
     def run(self, progress: bool = True, console: Console | None = None) -> dict[str, float]:
         """Evaluate once; the model is left in eval mode (the trainer switches it back)."""
-        model = unwrap(self.model)
-        model.eval()
+        self.model.eval()
         self.evaluator.reset()
         total = len(self.loader) if hasattr(self.loader, "__len__") else None  # type: ignore[arg-type]
         bar = make_progress(progress, console or Console(highlight=False))
-        with bar if bar is not None else contextlib.nullcontext():
+        with full_parameters(self.model) as model, bar if bar is not None else contextlib.nullcontext():
             task = bar.add_task("eval", total=total) if bar is not None else None
             for batch in self.loader:
                 batch = model.data_preprocessor(batch, training=False)
