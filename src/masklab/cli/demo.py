@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-DEMO_CONFIG = "configs/fcn/fcn_r18-d8_1xb8-1500i_synthetic-128x128.yaml"
+DEMO_CONFIG = "configs/fpn/fpn_r18_1xb8-800i_synthetic-128x128.yaml"
 
 
 def repo_root() -> Path:
