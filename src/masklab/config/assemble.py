@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from masklab.config import registries
-from masklab.config.build import build_node
+from masklab.config.build import build_node, node_factory
 from masklab.config.load import load_config
 from masklab.config.nodes import Config
 from masklab.config.schema import ResolvedConfig, resolve_sections
@@ -79,21 +79,19 @@ def build_dataset(rc: ResolvedConfig, split: str) -> Any:
     provided: dict[str, Any] = {}
     root = rc.dataset.get("root") if rc.dataset is not None else None
     if root is not None and "root" not in node:
-        factory = _factory(node, f"dataset.{split}", rc.source)
-        if factory is not None and "root" in inspect.signature(factory).parameters:
+        factory = node_factory(node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS)
+        if "root" in _parameters(factory):
             provided["root"] = root
     return build_node(
         node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS, **provided
     )
 
 
-def _factory(node: Any, path: str, source: str) -> Callable[..., Any] | None:
-    name = node.get("type") if hasattr(node, "get") else None
-    if not isinstance(name, str):
-        return None
-    if ":" in name:
-        return None
-    return registries.DATASETS.get(name, where=f"{source}: {path}.type")
+def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def dataset_meta(dataset: Any) -> Any:
@@ -116,12 +114,7 @@ def build_model(
     if rc.model is None:
         raise ConfigError(f"{rc.source}: model: missing section (a {{type: ...}} node)")
     provided: dict[str, Any] = {}
-    factory = (
-        registries.MODELS.get(str(rc.model.get("type")), where=f"{rc.source}: model.type")
-        if ":" not in str(rc.model.get("type"))
-        else None
-    )
-    params = inspect.signature(factory).parameters if factory is not None else {}
+    params = _parameters(node_factory(rc.model, path="model", source=rc.source, registry=registries.MODELS))
     if meta is not None:
         if "num_classes" in params:
             provided["num_classes"] = _derived_num_classes(rc, meta)

@@ -512,6 +512,20 @@ def build_node(
     return _two_pass(lambda c: _build_node(node, None, path, c, registry=registry, provided=provided), ctx)
 
 
+def node_factory(
+    node: Mapping[str, Any], *, path: str, source: str = "", registry: Registry | None = None
+) -> Callable[..., Any]:
+    """The class or function a ``{type: ...}`` node names (registered or ``pkg.module:Name``).
+
+    Lets a caller look at the signature before building, e.g. to pass derived values only to
+    constructors that accept them.
+    """
+    ctx = _Context(path, _origin_for(node, path, source))
+    factory = _resolve(node.get("type") if isinstance(node, Mapping) else None, path, ctx, registry, None)
+    ctx.raise_errors()
+    return factory
+
+
 def build_dataclass(
     cls: type, node: Mapping[str, Any], *, path: str, source: str = "", **provided: Any
 ) -> Any:
