@@ -13,7 +13,6 @@ from masklab.config.assemble import build_model, resolve
 from masklab.data.meta import DatasetMeta
 from masklab.engine.checkpoint import save_checkpoint
 from masklab.export import export_onnx, verify_onnx
-from masklab.inference.inferencer import meta_to_dict
 from tests.configs.test_zoo_sweep import ROOT, tiny_overrides
 
 META = DatasetMeta(classes=("a", "b", "c"))
@@ -67,7 +66,7 @@ def test_cli_exports_onnx_with_verify_and_safetensors(
 ) -> None:
     config, overrides, model = _tiny("fpn")
     ckpt = save_checkpoint(
-        tmp_path / "ckpt.pth", {"model": model.state_dict(), "dataset_meta": meta_to_dict(META)}
+        tmp_path / "ckpt.pth", {"model": model.state_dict(), "dataset_meta": META.to_json()}
     )
     onnx_path = tmp_path / "out" / "model.onnx"
     code = main(

@@ -101,9 +101,9 @@ def _meta(rc: Any, payload: dict[str, Any] | None, num_classes: int | None) -> D
     if num_classes is not None:
         return DatasetMeta(classes=tuple(f"class{i}" for i in range(num_classes)))
     if payload is not None and payload.get("dataset_meta"):
-        from masklab.inference.inferencer import meta_from_dict
+        from masklab.data.meta import DatasetMeta
 
-        return meta_from_dict(payload["dataset_meta"])
+        return DatasetMeta.from_json(payload["dataset_meta"], where="checkpoint dataset_meta")
     from masklab.config.assemble import build_dataset, dataset_meta
 
     split = "val" if rc.dataset is not None and "val" in rc.dataset else "train"

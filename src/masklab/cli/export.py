@@ -34,11 +34,11 @@ def run(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
     from masklab.config.assemble import build_model
     from masklab.engine.checkpoint import export_safetensors, load_model_weights
-    from masklab.inference.inferencer import _find_meta, _load_payload
+    from masklab.inference.inferencer import find_meta, load_payload
 
     rc = resolve_for_cli(args.config, args.overrides)
-    payload = _load_payload(args.checkpoint)
-    model = build_model(rc, _find_meta(rc, payload)).eval()
+    payload = load_payload(args.checkpoint)
+    model = build_model(rc, find_meta(rc, payload)).eval()
     load_model_weights(model, payload, strict=True)
     if args.format == "safetensors":
         print(f"weights -> {export_safetensors(model, args.out)}")

@@ -402,9 +402,8 @@ def build_trainer(
     hooks = build_hooks(rc, max_iters, val_loop is not None)
     if meta is not None:
         from masklab.engine.hooks.metadata import MetadataHook
-        from masklab.inference.inferencer import meta_to_dict
 
-        hooks.append(MetadataHook(meta_to_dict(meta)))
+        hooks.append(MetadataHook(meta.to_json()))
     trainer = Trainer(
         model,
         optimizer,

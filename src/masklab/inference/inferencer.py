@@ -22,7 +22,7 @@ from torch import nn
 from masklab.config import registries
 from masklab.config.build import build_node
 from masklab.config.schema import ResolvedConfig
-from masklab.data.meta import AttributeMeta, DatasetMeta
+from masklab.data.meta import DatasetMeta
 from masklab.errors import CheckpointError, DataError
 from masklab.structures import InstancePrediction, Sample, SampleMeta, SemanticPrediction
 
@@ -37,27 +37,6 @@ class InferenceInput:
     image: torch.Tensor  # (3, H, W) uint8
     name: str  # output file stem
     file_name: str = ""
-
-
-def meta_to_dict(meta: DatasetMeta) -> dict[str, Any]:
-    """Plain data for checkpoints (loads under ``weights_only``)."""
-    return {
-        "classes": list(meta.classes),
-        "palette": [list(p) for p in (meta.palette or ())],
-        "attributes": [{"name": a.name, "values": list(a.values)} for a in meta.attributes],
-        "ignore_index": meta.ignore_index,
-        "category_ids": list(meta.category_ids) if meta.category_ids is not None else None,
-    }
-
-
-def meta_from_dict(data: dict[str, Any]) -> DatasetMeta:
-    return DatasetMeta(
-        classes=tuple(data["classes"]),
-        palette=tuple(tuple(p) for p in data["palette"]) or None,
-        attributes=tuple(AttributeMeta(a["name"], tuple(a["values"])) for a in data.get("attributes", ())),
-        ignore_index=int(data.get("ignore_index", 255)),
-        category_ids=tuple(data["category_ids"]) if data.get("category_ids") is not None else None,
-    )
 
 
 def collect_inputs(inputs: Any) -> list[InferenceInput]:
@@ -113,8 +92,8 @@ class Inferencer:
         from masklab.config.assemble import apply_eval_settings, build_model, resolve, resolve_device
 
         self.cfg = resolve(config, overrides)
-        payload = _load_payload(weights) if weights is not None else None
-        meta = _find_meta(self.cfg, payload)
+        payload = load_payload(weights) if weights is not None else None
+        meta = find_meta(self.cfg, payload)
         if classes is not None or palette is not None:
             meta = DatasetMeta(
                 classes=tuple(classes) if classes is not None else meta.classes,
@@ -240,7 +219,7 @@ def _to_cpu(pred: Prediction) -> Prediction:
     return dataclasses.replace(pred, **changes) if changes else pred
 
 
-def _load_payload(weights: str | Path) -> dict[str, Any]:
+def load_payload(weights: str | Path) -> dict[str, Any]:
     from masklab.engine.checkpoint import load_checkpoint
 
     path = Path(weights)
@@ -249,11 +228,11 @@ def _load_payload(weights: str | Path) -> dict[str, Any]:
     return load_checkpoint(path)
 
 
-def _find_meta(cfg: ResolvedConfig, payload: dict[str, Any] | None) -> DatasetMeta:
+def find_meta(cfg: ResolvedConfig, payload: dict[str, Any] | None) -> DatasetMeta:
     """Class names and palette: from the checkpoint when it carries them, else the val dataset."""
     saved = (payload or {}).get("dataset_meta")
     if saved:
-        return meta_from_dict(saved)
+        return DatasetMeta.from_json(saved, where="checkpoint dataset_meta")
     from masklab.config.assemble import build_dataset, dataset_meta
 
     split = "val" if cfg.dataset is not None and "val" in cfg.dataset else "train"
