@@ -48,12 +48,17 @@ class ConfigDumper(yaml.SafeDumper):
     """SafeDumper that quotes strings the loader would read as floats (``'1e-3'``)."""
 
 
+# YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans, which turns
+# `auto_scale_lr: off` (a string option) into False behind the user's back.
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
 for _cls in (ConfigLoader, ConfigDumper):
     _cls.yaml_implicit_resolvers = {
-        k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+        k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
     _cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    _cls.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 
 
 def _represent_tuple(dumper: yaml.SafeDumper, data: tuple[Any, ...]) -> yaml.Node:
