@@ -161,3 +161,32 @@ def test_tiny_config_passes_every_check(synth_root: Path, make_ctx: Ctx) -> None
     found = run_checks(ctx)
     assert [f for f in found if f.status != "ok"] == []
     assert (ctx.work_dir / "train_pipeline.png").is_file()
+
+
+class _Gated(nn.Module):
+    """``gate * conv(x)``: with ``gate`` zero at init the conv gets no signal until the gate moves
+    (timm ResNets zero their last BatchNorm per block the same way); with ``dead`` the gate is a
+    constant buffer and the conv never learns."""
+
+    def __init__(self, dead: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        if dead:
+            self.register_buffer("gate", torch.zeros(()))
+        else:
+            self.gate = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(2))
+
+    def data_preprocessor(self, batch: Batch, training: bool = False) -> Batch:
+        return batch
+
+    def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor]:
+        out = self.gate * self.conv(batch.images) + self.bias[None, :, None, None]
+        return {"loss_fit": ((out - 1.0) ** 2).mean()}
+
+
+def test_zero_initialised_gate_is_not_a_missing_gradient() -> None:
+    batch = Batch(images=torch.rand(2, 3, 4, 4), metas=[SampleMeta(), SampleMeta()])
+    assert gradient_findings(_Gated(dead=False), batch)[0].status == "ok"
+    dead = gradient_findings(_Gated(dead=True), batch)[0]
+    assert dead.status == "error" and "conv.weight" in dead.evidence

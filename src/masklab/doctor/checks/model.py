@@ -7,6 +7,7 @@ Each ``*_findings`` function takes a model and a raw batch, so they test without
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any
@@ -61,27 +62,47 @@ def loss_findings(model: nn.Module, batch: Any, num_classes: int | None) -> list
     return out
 
 
-def gradient_findings(model: nn.Module, batch: Any) -> list[Finding]:
-    """Every trainable parameter gets a non-zero gradient from one backward of the total loss."""
-    model.train()
+def _zero_grad_names(model: nn.Module, batch: Any) -> tuple[list[str], list[str]]:
+    """(parameters with no gradient at all, parameters whose gradient is exactly zero)."""
     model.zero_grad(set_to_none=True)
     _total(_losses(model, batch)).backward()
-    none = [
-        n
-        for n, p in model.named_parameters()
-        if p.requires_grad and (p.grad is None or not bool(p.grad.abs().sum() > 0))
-    ]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in params if p.grad is None]
+    zero = [n for n, p in params if p.grad is not None and not bool(p.grad.abs().sum() > 0)]
+    return missing, zero
+
+
+def gradient_findings(model: nn.Module, batch: Any) -> list[Finding]:
+    """Every trainable parameter gets a non-zero gradient from the total loss.
+
+    A parameter outside the loss graph (no gradient) is an error at once. A parameter whose
+    gradient is exactly zero at initialisation may sit behind a zero-initialised gate (timm's
+    ResNets zero the last BatchNorm of each block, so a block's convs get no signal until its gate
+    moves): those are checked again after one SGD step on a copy of the model.
+    """
+    model.train()
+    missing, zero = _zero_grad_names(model, batch)
+    still_zero: list[str] = []
+    if zero and not missing:
+        trial = copy.deepcopy(model)
+        optimizer = torch.optim.SGD([p for p in trial.parameters() if p.requires_grad], lr=1e-2)
+        _total(_losses(trial, batch)).backward()
+        optimizer.step()
+        _, after = _zero_grad_names(trial, batch)
+        still_zero = [n for n in zero if n in set(after)]
+    bad = missing + (still_zero if not missing else zero)
     trainable = sum(p.requires_grad for p in model.parameters())
-    if none:
-        shown = ", ".join(none[:5]) + (f" (+{len(none) - 5} more)" if len(none) > 5 else "")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
         return [
             error(
                 "model.gradients",
-                f"{len(none)} of {trainable} trainable parameters get no gradient: {shown}",
+                f"{len(bad)} of {trainable} trainable parameters get no gradient: {shown}",
                 "a head or branch is not part of the loss: wire it in, or freeze it (requires_grad=False)",
             )
         ]
-    return [ok("model.gradients", f"all {trainable} trainable parameters receive a gradient")]
+    note = f" ({len(zero)} only after one step: zero-initialised gates)" if zero else ""
+    return [ok("model.gradients", f"all {trainable} trainable parameters receive a gradient{note}")]
 
 
 def _head_modules(model: nn.Module) -> dict[str, nn.Module]:
