@@ -63,3 +63,20 @@ def test_builds_the_tiny_model_with_tao_values() -> None:
     model = build_mal_model(rc)
     assert model.teacher.momentum == pytest.approx(0.9)
     assert model.crf_num_iter == 7 and model.labeling_network == "teacher"
+
+
+def test_stride8_tiny_arch_gives_crop_over_4_logits_from_a_finer_map() -> None:
+    """masklab-tiny-s8 (the 128 px CPU config): a 16x16 encoder map at 128 px, logits 32x32 = crop/4."""
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    cfg = CONFIG.with_name("mal_tiny-s8_synthetic-128.yaml")
+    rc = resolve(cfg)
+    model = build_mal_model(rc)
+    x = torch.zeros(2, 3, 128, 128)
+    assert model.student.backbone(x)[0].shape[-2:] == (16, 16)
+    assert model.student(x, torch.full((2,), 900.0)).shape == (2, 32, 32)
+    # The stride-16 tiny encoder on the same crop gives a 8x8 map.
+    rc16 = resolve(cfg, ["model.arch=masklab-tiny"])
+    assert build_mal_model(rc16).student.backbone(x)[0].shape[-2:] == (8, 8)

@@ -17,7 +17,7 @@ from masklab.data.datasets.box_crops import BoxCropDataset
 from masklab.errors import ConfigError
 from masklab.models.mal.config import (
     ARCHS,
-    TINY_ARCH,
+    TINY_ARCHS,
     MalEvaluateConfig,
     MalTrainConfig,
     mal_dataset_config,
@@ -62,9 +62,10 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
 
 def _backbone(rc: ResolvedConfig) -> nn.Module:
     m = mal_model_config(rc)
-    if m.arch == TINY_ARCH:
-        # Stride 16 like ViT/16, so the heads see the same geometry as the real encoder.
-        return MalTinyEncoder(channels=m.mask_head_hidden_channel, num_layers=4)
+    if m.arch in TINY_ARCHS:
+        # masklab-tiny: stride 16 like ViT/16 (the real encoder's geometry); masklab-tiny-s8: stride 8,
+        # so small CPU crops still give a usable feature map (a 64 px crop is only 4x4 at stride 16).
+        return MalTinyEncoder(channels=m.mask_head_hidden_channel, num_layers=TINY_ARCHS[m.arch])
     pretrained = mal_train_section(rc).pretrained_model_path
     return MalViTEncoder(
         ARCHS.get(m.arch, m.arch),

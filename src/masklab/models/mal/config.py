@@ -55,6 +55,9 @@ ARCHS: dict[str, str] = {
     "vit-mae-huge/14": "vit_huge_patch14_224.mae",
 }
 TINY_ARCH = "masklab-tiny"
+# masklab's tiny CPU encoders -> number of stride-2 layers: output stride 16 (ViT/16 geometry) or 8
+# (twice the feature resolution: a 128 px crop gives a 16x16 map and 32x32 logits at crop/4).
+TINY_ARCHS: dict[str, int] = {TINY_ARCH: 4, "masklab-tiny-s8": 3}
 
 
 @dataclass(kw_only=True)
@@ -75,7 +78,7 @@ class MalDatasetConfig:
 
 @dataclass(kw_only=True)
 class MalModelConfig:
-    """TAO ``model``. ``arch``: a TAO name, a timm ViT name, or ``masklab-tiny`` (CPU tests)."""
+    """TAO ``model``. ``arch``: a TAO name, a timm ViT name, or ``masklab-tiny`` / ``masklab-tiny-s8`` (CPU, stride 16 / 8)."""
 
     arch: str = "vit-mae-base/16"
     frozen_stages: list[int] = field(default_factory=lambda: [-1])
@@ -258,8 +261,8 @@ def check_mal_nodes(rc: ResolvedConfig) -> None:
     """Validate the TAO-shaped ``dataset`` and ``model`` sections (one ConfigError line each)."""
     mal_dataset_config(rc)
     model = mal_model_config(rc)
-    if model.arch != TINY_ARCH and "/" in model.arch and model.arch not in ARCHS:
+    if model.arch not in TINY_ARCHS and "/" in model.arch and model.arch not in ARCHS:
         raise ConfigError(
             f"{rc.config.source('model')}: model.arch: unknown {model.arch!r} (TAO names: {', '.join(ARCHS)}, "
-            f"{TINY_ARCH}, or a timm ViT name)"
+            f"{', '.join(TINY_ARCHS)}, or a timm ViT name)"
         )
