@@ -5,9 +5,9 @@ Run: ``nice -n 19 .venv/bin/python benchmarks/mal_vs_baselines.py [--config CFG]
 
 MAL trains on the train split's **boxes only** (``--config``, default
 ``configs/mal/mal_tiny-s8_synthetic-128.yaml``), then labels every val box with the student (the
-MAL row) and with the EMA teacher (``MAL (teacher)``, from the same checkpoint); GrabCut is initialised from the box (GC_INIT_WITH_RECT, 5 iterations) on a
-crop of the box plus 25 % per side (at least 8 px), as in the reference measurement; box-fill is
-the box itself. All three are scored by mask IoU against the val GT masks (visible parts), overall
+MAL row) and with the EMA teacher (``MAL (teacher)``, from the same checkpoint); GrabCut is
+initialised from the box (GC_INIT_WITH_RECT, 5 iterations) on a crop of the box plus 25 % per side
+(at least 8 px), as in the reference measurement; box-fill is the box itself. All three are scored by mask IoU against the val GT masks (visible parts), overall
 and per shape, with seconds per box (labeling only, MAL training time reported separately).
 """
 
@@ -99,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/tmp/mal_bench_data")
     ap.add_argument("--work-dir", default="/tmp/mal_bench_work")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=70)
     ap.add_argument(
         "--threads",
         type=int,
