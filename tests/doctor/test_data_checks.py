@@ -94,3 +94,12 @@ def test_coco_check_through_config(tmp_path: Path, synth_root: Path, make_ctx: C
     found = check_coco_annotations(ctx)
     assert worst(found) == "error"
     assert any(f.check == "data.coco[train].degenerate" and "zero area" in f.evidence for f in found)
+
+
+def test_coco_paths_resolve_against_dataset_root(synth_root: Path, make_ctx: Ctx) -> None:
+    # The instance configs write paths relative to dataset.root; the doctor must read the same files.
+    node = "{type: CocoInstanceDataset, ann_file: annotations/train.json, img_dir: images/train}"
+    ctx = make_ctx(synth_root, f"dataset.root={synth_root}", f"dataset.train={node}", f"dataset.val={node}")
+    found = check_coco_annotations(ctx)
+    assert found and all("not found" not in f.evidence for f in found)
+    assert any(f.status == "ok" and "annotations" in f.evidence for f in found)

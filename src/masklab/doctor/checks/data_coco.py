@@ -20,12 +20,16 @@ from masklab.errors import DataError
 def coco_files(ctx: DoctorContext) -> list[tuple[str, Path, Path | None]]:
     """``(split, ann_file, img_dir)`` for every split whose dataset node names an ``ann_file``."""
     out = []
+    shared_root = ctx.rc.dataset.get("root") if ctx.rc.dataset is not None else None
     for split in ctx.splits:
         node = ctx.rc.dataset[split]
         ann = node.get("ann_file") if hasattr(node, "get") else None
         if isinstance(ann, str):
             img_dir = node.get("img_dir")
-            out.append((split, Path(ann), Path(img_dir) if isinstance(img_dir, str) else None))
+            # Relative paths resolve against the split's ``root`` or ``dataset.root``, as the dataset does.
+            root = node.get("root", shared_root)
+            base = Path(root) if isinstance(root, str) else Path()
+            out.append((split, base / ann, base / img_dir if isinstance(img_dir, str) else None))
     return out
 
 
