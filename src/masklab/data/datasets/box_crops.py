@@ -98,23 +98,15 @@ def _read_box_file(path: str | Path) -> _BoxFile:
     )
 
 
-def _read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB image; missing or corrupt files are one-line DataErrors."""
-    return read_image(path)
-
-
 def _decode_segmentation(segm: object, height: int, width: int) -> torch.Tensor | None:
     """(H, W) bool mask of a COCO polygon / RLE segmentation, or None when absent."""
     from pycocotools import mask as mask_utils
 
+    from masklab.data.coco.rle import segmentation_to_rle
+
     if not segm:
         return None
-    if isinstance(segm, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segm, height, width)
-    else:
-        rle = segm
+    rle = segmentation_to_rle(segm, height, width)  # type: ignore[arg-type]
     return torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle))).bool()
 
 
@@ -390,7 +382,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         ann, box = self.entries[index]
         info = self.images[ann.image_id]
         path = self.img_dir / info.file_name
-        image = _read_image(path)
+        image = read_image(path)
         if tuple(image.shape[-2:]) != (info.height, info.width):
             raise DataError(
                 f"{path}: image is {image.shape[-1]}x{image.shape[-2]} but {self.ann_path} says {info.width}x{info.height}"
