@@ -220,7 +220,24 @@ def _parse_annotation(
     elif not isinstance(area, int | float) or isinstance(area, bool) or not math.isfinite(area) or area < 0:
         raise _Skip("bad_box", f"{here}: field 'area' is {area!r}; expected a non-negative number")
     values = parse_attribute_values(raw.get("attributes"), attrs, here, attributes_required)
-    return CocoAnnotation(aid, image_id, category_id, bbox, float(area), iscrowd, segm, values)
+    score = raw.get("score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score)
+    ):
+        raise _Skip(
+            "bad_box", f"{here}: field 'score' is {score!r}; expected a finite number (detector confidence)"
+        )
+    return CocoAnnotation(
+        aid,
+        image_id,
+        category_id,
+        bbox,
+        float(area),
+        iscrowd,
+        segm,
+        values,
+        None if score is None else float(score),
+    )
 
 
 def parse_attribute_values(

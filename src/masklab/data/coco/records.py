@@ -62,6 +62,7 @@ class CocoAnnotation:
         iscrowd: crowd region (evaluated as "ignore", matched by intersection over detection area).
         segmentation: polygons or RLE, or None for box-only annotations.
         attributes: attribute name -> value id; attributes the annotation does not label are absent.
+        score: detector confidence when the file holds detections (boxes used as prompts), else None.
     """
 
     id: int
@@ -72,6 +73,7 @@ class CocoAnnotation:
     iscrowd: bool = False
     segmentation: Segmentation | None = None
     attributes: dict[str, int] = field(default_factory=dict)
+    score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class CocoSkipCounts:
         unknown_category: ``category_id`` not among the categories.
         bad_attribute: attribute name or value not in the metadata, or missing while required.
         bad_segmentation: degenerate polygon (fewer than 3 points, odd length, non-finite) or malformed RLE.
-        bad_box: missing, non-finite, negative or zero-size box.
+        bad_box: missing, non-finite, negative or zero-size box, or a ``score`` that is not a finite number.
         duplicate_id: annotation id already used by an earlier annotation (the first one is kept).
     """
 
