@@ -46,3 +46,27 @@ def test_bad_level_range_is_an_error() -> None:
         FPN(in_channels=[4, 6], out_channels=5, start_level=2)
     with pytest.raises(ModelError, match="num_outs"):
         FPN(in_channels=[4, 6], out_channels=5, num_outs=1)
+
+
+def test_without_output_convs_returns_the_summed_laterals_and_has_no_fpn_convs() -> None:
+    neck = FPN(in_channels=[4, 6, 8, 10], out_channels=5, output_convs=False)
+    assert len(neck.fpn_convs) == 0
+    assert not any(k.startswith("fpn_convs") for k in neck.state_dict())
+    outs = neck(FEATS)
+    assert [tuple(o.shape) for o in outs] == [(1, 5, 16 >> i, 16 >> i) for i in range(4)]
+    with torch.no_grad():
+        top = neck.lateral_convs[3](FEATS[3])
+    torch.testing.assert_close(outs[3], top)
+
+
+def test_default_keeps_mmseg_checkpoint_keys() -> None:
+    keys = set(FPN(in_channels=[4, 6], out_channels=5).state_dict())
+    assert keys == {
+        f"{m}.{i}.0.{p}" for m in ("lateral_convs", "fpn_convs") for i in (0, 1) for p in ("weight", "bias")
+    }
+
+
+def test_gradients_reach_every_lateral_without_output_convs() -> None:
+    neck = FPN(in_channels=[4, 6, 8, 10], out_channels=5, output_convs=False)
+    sum(o.sum() for o in neck(FEATS)).backward()
+    assert all(p.grad is not None for p in neck.parameters())
