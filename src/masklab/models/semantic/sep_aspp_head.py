@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,8 @@ from masklab.models.layers.conv_module import ConvNormAct, NormType
 from masklab.models.semantic.aspp_head import ASPP
 from masklab.models.semantic.decode_head import DecodeHead
 
+SepASPPLayout = Literal["mmseg", "smp"]
+
 
 class SeparableConv(nn.Sequential):
     """Depthwise 3x3 conv-norm-ReLU followed by a pointwise 1x1 conv-norm-ReLU.
@@ -24,15 +26,33 @@ class SeparableConv(nn.Sequential):
         out_channels: output channels.
         dilation: dilation of the depthwise conv.
         norm: normalisation after each conv.
+        inner_norm_act: norm + ReLU after the depthwise conv (MMSeg's DepthwiseSeparableConvModule);
+            False = a bare bias-free depthwise conv straight into the pointwise one (smp's
+            SeparableConv2d + BatchNorm + ReLU).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, dilation: int = 1, norm: NormType | None = "bn"
+        self,
+        in_channels: int,
+        out_channels: int,
+        dilation: int = 1,
+        norm: NormType | None = "bn",
+        inner_norm_act: bool = True,
     ) -> None:
-        super().__init__(
-            ConvNormAct(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, norm=norm),
-            ConvNormAct(in_channels, out_channels, 1, norm=norm),
+        depthwise: nn.Module = (
+            ConvNormAct(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, norm=norm)
+            if inner_norm_act
+            else nn.Conv2d(
+                in_channels,
+                in_channels,
+                3,
+                padding=dilation,
+                dilation=dilation,
+                groups=in_channels,
+                bias=False,
+            )
         )
+        super().__init__(depthwise, ConvNormAct(in_channels, out_channels, 1, norm=norm))
 
 
 @HEADS.register()
@@ -43,10 +63,22 @@ class DepthwiseSeparableASPPHead(DecodeHead):
     1x1 conv, concatenated with the upsampled ASPP output and refined by two separable 3x3 convs.
     Its channel count comes from the backbone like every other input.
 
+    ``layout`` picks between two published layer layouts of the same architecture:
+
+    - ``"mmseg"`` (default, MMSeg's ``DepthwiseSeparableASPPHead``, its checkpoints load): ASPP
+      fused by a 3x3 conv; separable convs with norm + ReLU after the depthwise conv; two of them
+      after the concat.
+    - ``"smp"`` (segmentation_models_pytorch's ``DeepLabV3PlusDecoder``): ASPP projected by a 1x1
+      conv and refined by one separable conv (``aspp_refine``); separable convs without norm/ReLU
+      between depthwise and pointwise; one after the concat. With ``channels=256``,
+      ``c1_channels=48``, ``dilations=(1, 12, 24, 36)`` and no dropout it has exactly smp's
+      parameters and FLOPs (the ASPP concat order differs: image pool first here, last in smp).
+
     Args:
         dilations: ASPP dilations.
         c1_channels: width of the low-level projection (48 in the paper); 0 disables the branch.
         c1_index: which level feeds the low-level branch.
+        layout: "mmseg" or "smp", see above.
         **kwargs: :class:`DecodeHead` arguments.
     """
 
@@ -55,6 +87,7 @@ class DepthwiseSeparableASPPHead(DecodeHead):
         dilations: tuple[int, ...] = (1, 6, 12, 18),
         c1_channels: int = 48,
         c1_index: int = 0,
+        layout: SepASPPLayout = "mmseg",
         **kwargs: Any,
     ) -> None:
         all_channels = list(kwargs.get("in_channels", []))
@@ -70,24 +103,43 @@ class DepthwiseSeparableASPPHead(DecodeHead):
                 f"DepthwiseSeparableASPPHead.c1_index: {c1_index} is out of range for {len(all_channels)} levels"
             )
 
-        def separable(in_ch: int, out_ch: int, dilation: int, norm: NormType | None) -> nn.Module:
-            return SeparableConv(in_ch, out_ch, dilation, norm)
+        if layout not in ("mmseg", "smp"):
+            raise ModelError(f"DepthwiseSeparableASPPHead.layout: unknown {layout!r}; expected mmseg or smp")
+        mmseg = layout == "mmseg"
 
-        self.aspp = ASPP(self.in_channels, self.channels, dilations, self.norm, self.align_corners, separable)
+        def separable(
+            in_ch: int, out_ch: int, dilation: int = 1, norm: NormType | None = self.norm
+        ) -> nn.Module:
+            return SeparableConv(in_ch, out_ch, dilation, norm, inner_norm_act=mmseg)
+
+        self.layout = layout
+        self.aspp = ASPP(
+            self.in_channels,
+            self.channels,
+            dilations,
+            self.norm,
+            self.align_corners,
+            separable,
+            fusion_kernel=3 if mmseg else 1,
+        )
+        # smp refines the 1x1-projected ASPP output once more before upsampling it.
+        self.aspp_refine = None if mmseg else separable(self.channels, self.channels)
         self.c1_index = c1_index
         self.c1_bottleneck = (
             ConvNormAct(all_channels[c1_index], c1_channels, 1, norm=self.norm) if c1_channels else None
         )
-        self.sep_bottleneck = nn.Sequential(
-            SeparableConv(self.channels + c1_channels, self.channels, norm=self.norm),
-            SeparableConv(self.channels, self.channels, norm=self.norm),
-        )
+        fuse = [separable(self.channels + c1_channels, self.channels)]
+        if mmseg:
+            fuse.append(separable(self.channels, self.channels))
+        self.sep_bottleneck = nn.Sequential(*fuse)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, h, w) logits at the low-level map's resolution (or the deep one without it)."""
         x = self.transform_inputs(features)
         assert isinstance(x, torch.Tensor)
         out = self.aspp(x)
+        if self.aspp_refine is not None:
+            out = self.aspp_refine(out)
         if self.c1_bottleneck is not None:
             c1 = self.c1_bottleneck(features[self.c1_index])
             out = F.interpolate(out, size=c1.shape[-2:], mode="bilinear", align_corners=self.align_corners)
