@@ -177,7 +177,10 @@ class DecodeHead(nn.Module):
         """(B, C, H, W) logits -> (B, H, W) int64 labels: argmax, or sigmoid > threshold in binary mode."""
         if self.binary:
             return (logits[:, 0].sigmoid() > self.threshold).long()
-        return logits.argmax(dim=1)
+        # Same indices as argmax (the first of tied maxima), but torch's CPU argmax over the channel
+        # dim of an NCHW map is ~4x slower than max's: 0.27 s vs 0.06 s for the accuracy of one
+        # 2x19x512x512 training batch on 2 cores.
+        return logits.max(dim=1).indices
 
     def loss(self, logits: torch.Tensor, seg_label: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses (under each ``loss_name``) and ``acc_seg`` (a fraction of non-ignored pixels).

@@ -60,11 +60,13 @@ class FPNHead(DecodeHead):
         inputs = self.transform_inputs(features)
         assert isinstance(inputs, list)
         out = self.scale_heads[0](inputs[0])
-        for head, x in zip(self.scale_heads[1:], inputs[1:], strict=True):
+        for i, (head, x) in enumerate(zip(self.scale_heads[1:], inputs[1:], strict=True)):
             y = head(x)
             if y.shape[-2:] != out.shape[-2:]:  # odd input sizes: crop/pad to the finest map
                 y = nn.functional.interpolate(
                     y, size=out.shape[-2:], mode="bilinear", align_corners=self.align_corners
                 )
-            out = out + y
+            # The first sum is a new tensor (ReLU's backward reads the level-0 output); later ones
+            # accumulate into it in place, saving a full-resolution buffer per level.
+            out = out + y if i == 0 else out.add_(y)
         return self.cls_seg(out)
