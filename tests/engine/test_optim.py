@@ -90,3 +90,23 @@ def test_build_optimizer_kinds() -> None:
     assert isinstance(build_optimizer("AdamW", Net().parameters(), lr=1e-3), torch.optim.AdamW)
     with pytest.raises(ConfigError, match="Lion"):
         build_optimizer("Lion", groups, lr=0.1)
+
+
+def test_fused_step_by_default_and_same_update() -> None:
+    torch.manual_seed(0)
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer("AdamW", build_param_groups(a, 1e-2, 0.05), lr=1e-2, weight_decay=0.05)
+    loop = build_optimizer("AdamW", build_param_groups(b, 1e-2, 0.05), lr=1e-2, weight_decay=0.05, foreach=False)
+    assert all(g["fused"] for g in fused.param_groups)
+    assert not any(g.get("fused") for g in loop.param_groups)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in a.parameters()]
+        for net, opt in ((a, fused), (b, loop)):
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = None if not p.requires_grad else g.clone()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    # an explicit choice wins
+    assert not build_optimizer("SGD", Net().parameters(), lr=0.1, fused=False).param_groups[0]["fused"]
