@@ -16,18 +16,29 @@ from masklab.models.mask2former.point_sampling import point_sample
 from masklab.models.mask2former.targets import Mask2FormerTargets
 
 
-def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def pairwise_sigmoid_bce(
+    logits: torch.Tensor, targets: torch.Tensor, softplus_sum: torch.Tensor | None = None
+) -> torch.Tensor:
     """(Q, P) logits vs (G, P) targets -> (Q, G) mean BCE, without a (Q, G, P) tensor.
 
     BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus and one matmul.
+    ``softplus_sum`` is ``softplus(logits).sum(-1, keepdim=True)`` when the caller has it already.
     """
     num_points = logits.shape[1]
-    return (F.softplus(logits).sum(-1, keepdim=True) - logits @ targets.T) / num_points
+    if softplus_sum is None:
+        softplus_sum = F.softplus(logits).sum(-1, keepdim=True)
+    return (softplus_sum - logits @ targets.T) / num_points
 
 
-def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(Q, P) logits vs (G, P) targets -> (Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``."""
-    probs = logits.sigmoid()
+def pairwise_dice(
+    logits: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(Q, P) logits vs (G, P) targets -> (Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``.
+
+    ``probs`` is ``logits.sigmoid()`` when the caller has it already.
+    """
+    if probs is None:
+        probs = logits.sigmoid()
     numerator = 2 * probs @ targets.T
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -67,19 +78,55 @@ class Mask2FormerMatcher:
         self, output: Mask2FormerLayerOutput, index: int, target: Mask2FormerTargets
     ) -> dict[str, torch.Tensor]:
         """The weighted (Q, G) cost terms of image ``index``, by name (``class``, ``mask``, ``dice``, ``attr_<name>``)."""
-        logits = output.class_logits[index].float()
-        terms = {"class": -self.class_weight * logits.softmax(-1)[:, target.labels]}
-        coords = torch.rand(1, self.num_points, 2, device=logits.device)
-        pred = point_sample(output.mask_logits[index].float().unsqueeze(0), coords)[0]  # (Q, P)
-        tgt = point_sample(target.masks.float().unsqueeze(0).to(pred.device), coords)[0]  # (G, P)
-        terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred, tgt)
-        terms["dice"] = self.dice_weight * pairwise_dice(pred, tgt)
-        for spec in self.attributes:
-            values = target.attributes[spec.name]
-            probs = output.attribute_logits[spec.name][index].float().softmax(-1)
-            labelled = (values >= 0).to(probs.dtype)
-            terms[f"attr_{spec.name}"] = -spec.cost_weight * probs[:, values.clamp(min=0)] * labelled[None, :]
-        return terms
+        return self.batch_cost_terms(output, [index], [target])[0]
+
+    def batch_cost_terms(
+        self,
+        output: Mask2FormerLayerOutput,
+        indices: Sequence[int],
+        targets: Sequence[Mask2FormerTargets],
+    ) -> list[dict[str, torch.Tensor]]:
+        """:meth:`cost_terms` of several images, with the per-query work done once for all of them.
+
+        Softmaxes, the point sampling of the (Q, H, W) mask logits and the element-wise softplus / sigmoid
+        over (Q, P) points run batched; only the (Q, P) x (P, G) products are per image, since G varies.
+        Each image draws its own ``num_points`` uniform points, in image order (the same random stream
+        as one draw per image).
+        """
+        indices = list(indices)
+        device = output.class_logits.device
+        if indices == list(range(output.class_logits.shape[0])):  # every image: no gather copies
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t.float()
+        else:
+            sel = torch.as_tensor(indices, dtype=torch.long, device=device)
+
+            def pick(t: torch.Tensor) -> torch.Tensor:
+                return t[sel].float()
+
+        probs = pick(output.class_logits).softmax(-1)
+        coords = torch.empty(len(indices), self.num_points, 2, device=device)
+        for row in coords:
+            row.uniform_()
+        pred = point_sample(pick(output.mask_logits), coords)  # (N, Q, P)
+        softplus_sum = F.softplus(pred).sum(-1, keepdim=True)
+        pred_probs = pred.sigmoid()
+        attr_probs = {s.name: pick(output.attribute_logits[s.name]).softmax(-1) for s in self.attributes}
+        result = []
+        for i, target in enumerate(targets):
+            terms = {"class": -self.class_weight * probs[i][:, target.labels]}
+            masks = target.masks.float().unsqueeze(0).to(pred.device)
+            tgt = point_sample(masks, coords[i : i + 1])[0]  # (G, P)
+            terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred[i], tgt, softplus_sum[i])
+            terms["dice"] = self.dice_weight * pairwise_dice(pred[i], tgt, pred_probs[i])
+            for spec in self.attributes:
+                values = target.attributes[spec.name]
+                p = attr_probs[spec.name][i]
+                labelled = (values >= 0).to(p.dtype)
+                terms[f"attr_{spec.name}"] = -spec.cost_weight * p[:, values.clamp(min=0)] * labelled[None, :]
+            result.append(terms)
+        return result
 
     @torch.no_grad()
     def __call__(
@@ -99,14 +146,14 @@ class Mask2FormerMatcher:
             TrainingError: if a cost is NaN or infinite (usually a diverging run: LR too high, fp16 overflow).
         """
         device_type = output.class_logits.device.type
-        result = []
+        empty = torch.zeros(0, dtype=torch.int64)
+        result = [(empty, empty.clone()) for _ in targets]
+        present = [b for b, target in enumerate(targets) if len(target) > 0]
+        if not present:
+            return result
         with torch.autocast(device_type=device_type, enabled=False):
-            for b, target in enumerate(targets):
-                if len(target) == 0:
-                    empty = torch.zeros(0, dtype=torch.int64)
-                    result.append((empty, empty.clone()))
-                    continue
-                terms = self.cost_terms(output, b, target)
+            all_terms = self.batch_cost_terms(output, present, [targets[b] for b in present])
+            for b, terms in zip(present, all_terms):
                 cost = sum(terms.values())
                 assert isinstance(cost, torch.Tensor)
                 if not torch.isfinite(cost).all():
@@ -119,10 +166,8 @@ class Mask2FormerMatcher:
                         "the run is diverging (check the learning rate, grad clipping, fp16)"
                     )
                 rows, cols = linear_sum_assignment(cost.cpu().numpy())
-                result.append(
-                    (
-                        torch.as_tensor(rows, dtype=torch.int64),
-                        torch.as_tensor(np.asarray(cols), dtype=torch.int64),
-                    )
+                result[b] = (
+                    torch.as_tensor(rows, dtype=torch.int64),
+                    torch.as_tensor(np.asarray(cols), dtype=torch.int64),
                 )
         return result
