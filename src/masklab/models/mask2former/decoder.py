@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,42 @@ from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.heads import Mask2FormerHeads
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput, Mask2FormerOutput
+from masklab.models.mask2former.position_cache import TensorCache, sine_position_tokens
+
+
+def multihead_attention(
+    attn: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``attn(query, key, value, need_weights=False)[0]`` computed batch-first, with ``attn``'s parameters.
+
+    ``nn.MultiheadAttention`` transposes batch-first inputs to sequence-first, so every projection
+    copies its input, and it wants a mask repeated for every head. This path projects in place and takes
+    an additive bias broadcast over heads; the arithmetic (chunked in-projection, SDPA with an additive
+    ``-inf`` mask, out-projection) is the module's own.
+
+    Args:
+        attn: a batch-first module (only its parameters, head count and dropout are used).
+        query: (B, Lq, E).
+        key: (B, S, E).
+        value: (B, S, E).
+        attn_bias: optional additive mask broadcastable to (B, heads, Lq, S), ``-inf`` where blocked.
+
+    Returns:
+        (B, Lq, E).
+    """
+    e, heads = attn.embed_dim, attn.num_heads
+    (w_q, w_k, w_v), (b_q, b_k, b_v) = attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)
+    bsz, lq, _ = query.shape
+    q = F.linear(query, w_q, b_q).view(bsz, lq, heads, e // heads).transpose(1, 2)
+    k = F.linear(key, w_k, b_k).view(bsz, -1, heads, e // heads).transpose(1, 2)
+    v = F.linear(value, w_v, b_v).view(bsz, -1, heads, e // heads).transpose(1, 2)
+    dropout = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
+    return attn.out_proj(out.transpose(1, 2).reshape(bsz, lq, e))
 
 
 class _AttentionBlock(nn.Module):
@@ -30,14 +67,19 @@ class _AttentionBlock(nn.Module):
         self,
         tgt: torch.Tensor,
         query_pos: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor | None,
-        attn_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None,
+        memory_key: torch.Tensor | None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Cross-attention to ``memory`` (keys ``memory_key`` = memory + its position embedding, computed
+        once per level by the caller), or self-attention when ``memory`` is None."""
         q_in = self.norm(tgt) if self.pre_norm else tgt
-        mem = q_in if memory is tgt else memory
-        key = mem if memory_pos is None else mem + memory_pos
-        out = self.attn(q_in + query_pos, key, mem, attn_mask=attn_mask, need_weights=False)[0]
+        query = q_in + query_pos
+        if memory is None:  # self-attention: keys are the queries, values the un-embedded queries
+            out = multihead_attention(self.attn, query, query, q_in)
+        else:
+            assert memory_key is not None
+            out = multihead_attention(self.attn, query, memory_key, memory, attn_bias)
         tgt = tgt + self.dropout(out)
         return tgt if self.pre_norm else self.norm(tgt)
 
@@ -73,11 +115,12 @@ class Mask2FormerDecoderLayer(nn.Module):
         queries: torch.Tensor,
         query_pos: torch.Tensor,
         memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        attn_mask: torch.Tensor,
+        memory_key: torch.Tensor,
+        attn_bias: torch.Tensor,
     ) -> torch.Tensor:
-        queries = self.cross_attn(queries, query_pos, memory, memory_pos, attn_mask)
-        queries = self.self_attn(queries, query_pos, queries, query_pos)
+        """(B, Q, d) queries; memory and keys (B, S, d); ``attn_bias`` (B, 1, Q, S), ``-inf`` = blocked."""
+        queries = self.cross_attn(queries, query_pos, memory, memory_key, attn_bias)
+        queries = self.self_attn(queries, query_pos, None, None)
         return self.ffn(queries)
 
 
@@ -128,6 +171,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         self.num_levels = num_levels
         self.num_queries = num_queries
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.position_tokens = TensorCache(functools.partial(sine_position_tokens, self.pe_layer))
         self.level_embed = nn.Embedding(num_levels, hidden_dim)
         self.input_proj = nn.ModuleList(
             nn.Identity() if in_channels == hidden_dim else nn.Conv2d(in_channels, hidden_dim, 1)
@@ -151,10 +195,17 @@ class Mask2FormerTransformerDecoder(nn.Module):
         self.heads = Mask2FormerHeads(hidden_dim, mask_dim, num_classes, attributes)
 
     def _predict(
-        self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int]
-    ) -> tuple[Mask2FormerLayerOutput, torch.Tensor]:
-        """Heads on the normalised queries, plus the attention mask for the next layer's level."""
+        self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int] | None
+    ) -> tuple[Mask2FormerLayerOutput, torch.Tensor | None]:
+        """Heads on the normalised queries, plus the next layer's attention mask (None without a next layer).
+
+        The mask is (B, Q, H_l * W_l) bool, True = this query may not attend that position; it is shared
+        by all heads (:func:`multihead_attention` broadcasts it), not repeated per head.
+        """
         class_logits, mask_logits, attrs = self.heads(self.decoder_norm(queries), mask_features)
+        pred = Mask2FormerLayerOutput(class_logits, mask_logits, attrs)
+        if mask_size is None:
+            return pred, None
         with torch.no_grad():
             resized = F.interpolate(
                 mask_logits.detach(), size=mask_size, mode="bilinear", align_corners=False
@@ -163,8 +214,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
             blocked = resized.flatten(2) < 0
             # A query blocked everywhere would softmax over an empty set (NaN): let it attend everywhere.
             blocked &= ~blocked.all(-1, keepdim=True)
-            attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)
-        return Mask2FormerLayerOutput(class_logits, mask_logits, attrs), attn_mask
+        return pred, blocked
 
     def forward(
         self, multi_scale_features: Sequence[torch.Tensor], mask_features: torch.Tensor
@@ -180,20 +230,27 @@ class Mask2FormerTransformerDecoder(nn.Module):
         """
         self.heads.validate()
         assert len(multi_scale_features) == self.num_levels
-        memories, positions, sizes = [], [], []
+        memories, keys, positions, sizes = [], [], [], []
         for lvl, feat in enumerate(multi_scale_features):
-            sizes.append((int(feat.shape[-2]), int(feat.shape[-1])))
-            positions.append(self.pe_layer(feat).flatten(2).transpose(1, 2))
+            h, w = int(feat.shape[-2]), int(feat.shape[-1])
+            sizes.append((h, w))
+            positions.append(self.position_tokens(h, w, feat.dtype, feat.device))
             mem = self.input_proj[lvl](feat).flatten(2).transpose(1, 2)
             memories.append(mem + self.level_embed.weight[lvl].view(1, 1, -1))
+            keys.append(memories[-1] + positions[-1])  # attention keys, shared by the level's layers
         b = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         queries = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-        pred, attn_mask = self._predict(queries, mask_features, sizes[0])
+        pred, blocked = self._predict(queries, mask_features, sizes[0])
         outputs = [pred]
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             lvl = i % self.num_levels
-            queries = layer(queries, query_pos, memories[lvl], positions[lvl], attn_mask)
-            pred, attn_mask = self._predict(queries, mask_features, sizes[(i + 1) % self.num_levels])
+            assert blocked is not None
+            bias = torch.zeros(blocked.shape, dtype=queries.dtype, device=blocked.device)
+            bias = bias.masked_fill_(blocked, float("-inf")).unsqueeze(1)  # (B, 1, Q, S): all heads
+            queries = layer(queries, query_pos, memories[lvl], keys[lvl], bias)
+            next_size = None if i == last else sizes[(i + 1) % self.num_levels]
+            pred, blocked = self._predict(queries, mask_features, next_size)
             outputs.append(pred)
         return Mask2FormerOutput(layers=outputs)

@@ -5,6 +5,7 @@ Input channels come from the backbone's ``feature_info`` (passed in by the model
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.ms_deform_attn import MSDeformAttn
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
+from masklab.models.mask2former.position_cache import (
+    TensorCache,
+    level_reference_points,
+    sine_position_tokens,
+)
 
 
 @dataclass
@@ -123,19 +129,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         nn.init.xavier_uniform_(self.mask_features.weight)
         nn.init.zeros_(self.mask_features.bias)
-
-    @staticmethod
-    def _reference_points(
-        shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """(S, 2) pixel-centre (x, y) of every token, normalised per level."""
-        points = []
-        for h, w in shapes:
-            ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
-            xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
-            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            points.append(torch.stack([xx.flatten(), yy.flatten()], -1))
-        return torch.cat(points, 0)
+        self.position_tokens = TensorCache(functools.partial(sine_position_tokens, self.pe_layer))
+        self.reference_points = TensorCache(level_reference_points)
 
     def forward(self, features: Sequence[torch.Tensor]) -> PixelDecoderOutput:
         """Backbone maps (strides 4, 8, 16, 32) -> mask features and three multi-scale maps."""
@@ -143,12 +138,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
         srcs, pos, shapes = [], [], []
         for lvl, feat in enumerate(reversed(features[1:])):
             x = self.input_proj[lvl](feat)
-            shapes.append((int(x.shape[-2]), int(x.shape[-1])))
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            shapes.append((h, w))
             srcs.append(x.flatten(2).transpose(1, 2))
-            pos.append(self.pe_layer(x).flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
+            sine = self.position_tokens(h, w, x.dtype, x.device).expand(x.shape[0], -1, -1)
+            pos.append(sine + self.level_embed[lvl].view(1, 1, -1))
         src = torch.cat(srcs, 1)
         pos_all = torch.cat(pos, 1)
-        ref = self._reference_points(shapes, src.device, src.dtype)
+        ref = self.reference_points(tuple(shapes), src.dtype, src.device)
         for layer in self.layers:
             src = layer(src, pos_all, ref, shapes)
         b = src.shape[0]

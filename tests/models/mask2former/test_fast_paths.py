@@ -1,0 +1,140 @@
+"""The speed-ups of issue #6 compute what the plain code computes: caches, batch-first attention, batched matching."""
+
+import torch
+from torch import nn
+
+from masklab.models.layers.position_encoding import PositionEmbeddingSine
+from masklab.models.mask2former.decoder import multihead_attention
+from masklab.models.mask2former.matcher import Mask2FormerMatcher
+from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
+from masklab.models.mask2former.position_cache import (
+    TensorCache,
+    level_reference_points,
+    sine_position_tokens,
+)
+from masklab.models.mask2former.targets import Mask2FormerTargets
+
+from .m2f_tiny import build_tiny
+
+
+def test_cached_position_tokens_equal_a_fresh_computation_per_size() -> None:
+    pe = PositionEmbeddingSine(16, normalize=True)
+    cache = TensorCache(lambda h, w, dtype, device: sine_position_tokens(pe, h, w, dtype, device))
+    for h, w in [(4, 6), (8, 8), (4, 6)]:
+        fresh = pe(torch.zeros(2, 3, h, w)).flatten(2).transpose(1, 2)
+        cached = cache(h, w, torch.float32, torch.device("cpu"))
+        assert cached.shape == (1, h * w, 32)
+        assert torch.equal(cached.expand(2, -1, -1), fresh)
+    assert list(cache.entries) == [
+        (8, 8, torch.float32, torch.device("cpu")),
+        (4, 6, torch.float32, torch.device("cpu")),
+    ]
+    assert cache(4, 6, torch.float32, torch.device("cpu")) is cache(4, 6, torch.float32, torch.device("cpu"))
+
+
+def test_cache_is_bounded_and_drops_the_oldest() -> None:
+    calls = []
+    cache = TensorCache(lambda n: calls.append(n) or torch.full((1,), float(n)), max_entries=2)
+    for n in (1, 2, 1, 3):
+        assert cache(n).item() == n
+    assert list(cache.entries) == [(1,), (3,)]  # 2 was least recently used
+    assert calls == [1, 2, 3]
+
+
+def test_entry_made_in_inference_mode_serves_a_training_step() -> None:
+    torch.manual_seed(0)
+    model = build_tiny()
+    x = torch.randn(1, 3, 64, 64)
+    model.eval()
+    with torch.inference_mode():
+        model.predict_outputs(x)
+    model.train()
+    out = model.predict_outputs(x)  # the cached tokens must not be inference tensors
+    out.last.mask_logits.sum().backward()
+    assert model.pixel_decoder.level_embed.grad is not None
+
+
+def test_different_input_sizes_get_their_own_entries() -> None:
+    torch.manual_seed(0)
+    model = build_tiny().eval()
+    with torch.no_grad():
+        model.predict_outputs(torch.randn(1, 3, 64, 64))
+        model.predict_outputs(torch.randn(1, 3, 96, 64))
+    sizes = {key[:2] for key in model.pixel_decoder.position_tokens.entries}
+    assert sizes == {(2, 2), (4, 4), (8, 8), (3, 2), (6, 4), (12, 8)}
+    shapes = {key[0] for key in model.pixel_decoder.reference_points.entries}
+    assert shapes == {((2, 2), (4, 4), (8, 8)), ((3, 2), (6, 4), (12, 8))}
+    assert {key[:2] for key in model.decoder.position_tokens.entries} == sizes
+    ref = model.pixel_decoder.reference_points(((3, 2), (6, 4), (12, 8)), torch.float32, torch.device("cpu"))
+    assert torch.equal(
+        ref, level_reference_points(((3, 2), (6, 4), (12, 8)), torch.float32, torch.device("cpu"))
+    )
+    assert ref.shape == (6 + 24 + 96, 2)
+
+
+def test_cached_model_output_equals_uncached_model_output() -> None:
+    torch.manual_seed(0)
+    model = build_tiny().eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        first = model.predict_outputs(x).last.mask_logits
+        model.pixel_decoder.position_tokens.clear()
+        model.pixel_decoder.reference_points.clear()
+        model.decoder.position_tokens.clear()
+        again = model.predict_outputs(x).last.mask_logits
+    assert torch.equal(first, again)
+
+
+def test_batch_first_attention_equals_multihead_attention_module() -> None:
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, batch_first=True)
+    q = torch.randn(2, 5, 32, requires_grad=True)
+    k = torch.randn(2, 7, 32)
+    v = torch.randn(2, 7, 32)
+    blocked = torch.rand(2, 5, 7) > 0.5
+    blocked[:, :, 0] = False  # no fully blocked row
+    ref = attn(q, k, v, attn_mask=blocked.repeat_interleave(4, 0), need_weights=False)[0]
+    (grad_ref,) = torch.autograd.grad(ref.square().sum(), q)
+    bias = torch.zeros(2, 1, 5, 7).masked_fill_(blocked.unsqueeze(1), float("-inf"))
+    out = multihead_attention(attn, q, k, v, bias)
+    (grad,) = torch.autograd.grad(out.square().sum(), q)
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(grad, grad_ref)
+
+
+def _layer_output(b: int, q: int) -> Mask2FormerLayerOutput:
+    g = torch.Generator().manual_seed(3)
+    return Mask2FormerLayerOutput(
+        torch.randn(b, q, 4, generator=g),
+        torch.randn(b, q, 16, 16, generator=g),
+        {"color": torch.randn(b, q, 3, generator=g)},
+    )
+
+
+def test_batched_cost_terms_equal_per_image_cost_terms() -> None:
+    from masklab.models.mask2former.attribute_spec import AttributeSpec
+
+    out = _layer_output(3, 6)
+    targets = [
+        Mask2FormerTargets(
+            labels=torch.tensor(labels),
+            masks=(torch.rand(len(labels), 64, 64, generator=torch.Generator().manual_seed(i)) > 0.5).float(),
+            attributes={"color": torch.tensor(colors)},
+        )
+        for i, (labels, colors) in enumerate([([0, 2], [1, -1]), ([1], [0]), ([2, 1, 0], [0, 1, 1])])
+    ]
+    matcher = Mask2FormerMatcher(attributes=(AttributeSpec("color", 2),), num_points=50)
+    torch.manual_seed(7)
+    one_by_one = [matcher.cost_terms(out, i, t) for i, t in enumerate(targets)]
+    torch.manual_seed(7)
+    batched = matcher.batch_cost_terms(out, [0, 1, 2], targets)
+    torch.manual_seed(7)
+    subset = matcher.batch_cost_terms(out, [2], targets[2:])
+    for a, b in zip(one_by_one, batched):
+        assert a.keys() == b.keys() == {"class", "mask", "dice", "attr_color"}
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    torch.manual_seed(7)
+    first = matcher.cost_terms(out, 2, targets[2])
+    for name in first:
+        assert torch.equal(first[name], subset[0][name]), name
