@@ -96,9 +96,9 @@ def _image(raw):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (_zero, "zero size"),
+        (_zero, "expected positive width and height"),
         (_outside, "outside its"),
-        (_category, "not in 'categories'"),
+        (_category, "not among the categories"),
         (_image, "not found"),
     ],
 )

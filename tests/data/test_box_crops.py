@@ -93,7 +93,14 @@ def test_training_skips_are_counted_and_gt_masks_are_never_loaded(tmp_path: Path
         str(path), str(tmp_path), training=True, crop_size=32, min_obj_size=100, load_mask=True
     )
     assert len(ds) == 1
-    assert ds.skipped == {"crowd": 1, "empty": 1, "outside_image": 1, "too_small": 1, "too_large": 0}
+    assert ds.skipped == {
+        "crowd": 1,
+        "empty": 1,
+        "malformed": 0,
+        "outside_image": 1,
+        "too_small": 1,
+        "too_large": 0,
+    }
     crop = ds[0]
     assert crop.gt_mask is None  # load_mask is ignored while training
     assert crop.student_image is not None and crop.student_image.shape == crop.image.shape
@@ -127,15 +134,36 @@ def test_labeling_keeps_every_box_loads_gt_and_carries_scores(tmp_path: Path) ->
     ("anns", "match"),
     [
         ([_ann(1, [200, 200, 10, 10])], "lies outside"),
-        ([_ann(1, [5, 5, 0, 10])], "zero size"),
-        ([{**_ann(1, [5, 5, 10, 10]), "category_id": 99}], "category_id 99 is not in 'categories'"),
-        ([{**_ann(1, [5, 5, 10, 10]), "image_id": 5}], "image_id 5 is not in 'images'"),
+        ([_ann(1, [5, 5, 0, 10])], "expected positive width and height"),
+        ([_ann(1, [5, 5, 10, 10], score="high")], "field 'score'"),
+        (
+            [{**_ann(1, [5, 5, 10, 10]), "category_id": 99}],
+            "'category_id' is 99, which is not among the categories",
+        ),
+        ([{**_ann(1, [5, 5, 10, 10]), "image_id": 5}], "'image_id' is 5, which is not among the images"),
     ],
 )
 def test_labeling_bad_boxes_are_one_line_errors(tmp_path: Path, anns: list[dict], match: str) -> None:
+    # The annotation file is read by masklab.data.coco.load_coco: its one-line errors name the box.
     with pytest.raises(DataError, match=match) as info:
         BoxCropDataset(str(_write(tmp_path, anns)), str(tmp_path), training=False, crop_size=16)
-    assert "\n" not in str(info.value) and "annotation id 1" in str(info.value)
+    assert "\n" not in str(info.value) and "annotation id=1" in str(info.value)
+
+
+def test_training_refuses_boxes_of_unknown_images_or_categories(tmp_path: Path) -> None:
+    anns = [_ann(1, [5, 5, 20, 20]), {**_ann(2, [5, 5, 20, 20]), "category_id": 99}]
+    with pytest.raises(DataError, match="0 annotations have an image_id and 1 a category_id") as info:
+        BoxCropDataset(str(_write(tmp_path, anns)), str(tmp_path), training=True, crop_size=16)
+    assert "\n" not in str(info.value)
+
+
+def test_decoded_images_are_cached_and_crops_do_not_change(tmp_path: Path) -> None:
+    path = _write(tmp_path, [_ann(1, [5, 5, 20, 20]), _ann(2, [30, 10, 20, 20])])
+    cached = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=16)
+    plain = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=16, image_cache_size=0)
+    assert cached.read_image(1) is cached.read_image(1) and len(plain._image_cache) == 0
+    for i in range(2):
+        assert cached[i].image.equal(plain[i].image)
 
 
 def test_missing_image_is_reported_at_construction(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ affinities then follow. Ground-truth masks are read only in labeling/evaluation 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,83 +18,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from masklab.config.registries import DATASETS
+from masklab.data.coco.load import load_coco
+from masklab.data.coco.records import CocoAnnotation
 from masklab.data.io import read_image
 from masklab.errors import DataError
 from masklab.structures.box_crops import BoxCrop, CropWindow, MalBatch, rasterize_boxes
-
-
-# --------------------------------------------------------------------------------------------------
-# COCO adapter: the one place that reads the annotation file. masklab.data.coco.load_coco does not
-# carry detector ``score`` yet (needed for labeling detections), so this stays until it does.
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _ImageEntry:
-    id: int
-    file_name: str
-    height: int
-    width: int
-
-
-@dataclass(frozen=True)
-class _BoxEntry:
-    id: int
-    image_id: int
-    category_id: int
-    bbox: tuple[float, float, float, float]  # COCO x, y, w, h
-    iscrowd: bool
-    segmentation: object | None
-    score: float | None
-
-
-@dataclass(frozen=True)
-class _BoxFile:
-    images: dict[int, _ImageEntry]
-    annotations: list[_BoxEntry]
-    category_ids: tuple[int, ...]
-    category_names: tuple[str, ...]
-
-
-def _read_box_file(path: str | Path) -> _BoxFile:
-    """Read the images, boxes and categories of a COCO instances file."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read COCO JSON ({err})") from None
-    if not isinstance(raw, dict) or not {"images", "annotations", "categories"} <= raw.keys():
-        raise DataError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories'")
-    images: dict[int, _ImageEntry] = {}
-    for img in raw["images"]:
-        if "width" not in img or "height" not in img:
-            raise DataError(f"{path}: image id {img.get('id')} has no 'width'/'height'")
-        images[int(img["id"])] = _ImageEntry(
-            int(img["id"]), str(img["file_name"]), int(img["height"]), int(img["width"])
-        )
-    anns = []
-    for ann in raw["annotations"]:
-        if "bbox" not in ann or len(ann["bbox"]) != 4:
-            raise DataError(
-                f"{path}: annotation id {ann.get('id')} has no 4-number 'bbox' (expected [x, y, w, h])"
-            )
-        score = ann.get("score")
-        anns.append(
-            _BoxEntry(
-                id=int(ann["id"]),
-                image_id=int(ann["image_id"]),
-                category_id=int(ann["category_id"]),
-                bbox=tuple(float(v) for v in ann["bbox"]),  # type: ignore[arg-type]
-                iscrowd=bool(ann.get("iscrowd", 0)),
-                segmentation=ann.get("segmentation"),
-                score=None if score is None else float(score),
-            )
-        )
-    # Ascending ids, as CocoFile.category_ids: contiguous label i is the i-th smallest id everywhere.
-    cats = sorted(raw["categories"], key=lambda c: int(c["id"]))
-    return _BoxFile(
-        images, anns, tuple(int(c["id"]) for c in cats), tuple(str(c.get("name", c["id"])) for c in cats)
-    )
 
 
 def _decode_segmentation(segm: object, height: int, width: int) -> torch.Tensor | None:
@@ -252,15 +179,20 @@ class BoxCropDataset(Dataset[BoxCrop]):
     """One :class:`BoxCrop` per box of a COCO file, for MAL training or labeling.
 
     Which boxes are kept:
-        * training: crowd boxes, boxes with w or h <= 0 (``empty``), fully outside the image
-          (``outside_image``), with w or h <= 2 or area <= ``min_obj_size`` (``too_small``) or area
-          > ``max_obj_size`` (``too_large``) are skipped and counted in :attr:`skipped`.
+        * training: crowd boxes, boxes with w or h <= 0 or non-finite (``empty``), annotations
+          load_coco finds malformed otherwise (bad segmentation or attributes, duplicate id:
+          ``malformed``), boxes fully outside the image (``outside_image``), with w or h <= 2 or
+          area <= ``min_obj_size`` (``too_small``) or area > ``max_obj_size`` (``too_large``) are
+          skipped and counted in :attr:`skipped`.
         * labeling (``training=False``): every box is kept, because the output must carry one mask
-          per input box; an empty box or one fully outside its image is a :class:`DataError`.
+          per input box; a malformed annotation (zero-size box, bad score, ...) or a box fully
+          outside its image is a one-line :class:`DataError` naming the annotation id.
+        In both modes an image_id or category_id missing from the file is a :class:`DataError`.
         Boxes partly outside the image are clipped to it in both modes.
 
     Args:
-        ann_path: COCO JSON with images, boxes (``bbox`` x, y, w, h; optional ``score``) and categories.
+        ann_path: COCO JSON with images, boxes (``bbox`` x, y, w, h; optional ``score``) and
+            categories, read by :func:`masklab.data.coco.load_coco`.
         img_dir: folder the images' ``file_name`` are relative to.
         training: random context, flip and a photometrically augmented student view when True.
         crop_size: side of the square crops.
@@ -271,6 +203,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         load_mask: decode ground-truth masks for evaluation; ignored in training mode, where no
             ground-truth mask may reach the loss.
         flip_prob: horizontal flip probability (training only).
+        image_cache_size: decoded images kept in memory (LRU; 0 disables).
     """
 
     collate_fn = staticmethod(collate_box_crops)
@@ -288,6 +221,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         max_obj_size: float = 1e10,
         load_mask: bool = False,
         flip_prob: float = 0.5,
+        image_cache_size: int = 256,
     ) -> None:
         for key, rate in (("margin_rate", margin_rate), ("test_margin_rate", test_margin_rate)):
             if len(rate) != 2 or rate[0] > rate[1] or rate[0] < 0:
@@ -306,45 +240,49 @@ class BoxCropDataset(Dataset[BoxCrop]):
         self.max_obj_size = float(max_obj_size)
         self.load_mask = bool(load_mask) and not training
         self.flip_prob = float(flip_prob)
+        self.image_cache_size = int(image_cache_size)
 
-        coco = _read_box_file(self.ann_path)
-        self.images = coco.images
-        self.classes = coco.category_names
+        # Labeling must keep every box, so any malformed annotation is a one-line error naming it;
+        # training drops what it cannot use and counts it, but a box pointing at an image or
+        # category missing from the file is still an error (the file, not the box, is wrong).
+        coco = load_coco(self.ann_path, on_bad="skip" if training else "error")
+        bad_refs = coco.skipped.dangling_image + coco.skipped.unknown_category
+        if bad_refs:
+            raise DataError(
+                f"{self.ann_path}: {coco.skipped.dangling_image} annotations have an image_id and "
+                f"{coco.skipped.unknown_category} a category_id that is not in the file"
+            )
+        self.images = coco.image_by_id()
         self.category_ids = coco.category_ids
+        names = {c.id: c.name for c in coco.categories}
+        self.classes = tuple(names[cid] for cid in coco.category_ids)
         self._label_of = {cid: i for i, cid in enumerate(coco.category_ids)}
         self.skipped: dict[str, int] = {
             "crowd": 0,
-            "empty": 0,
+            "empty": coco.skipped.bad_box,  # zero-size or non-finite boxes (load_coco's bad_box)
+            "malformed": coco.skipped.bad_segmentation
+            + coco.skipped.bad_attribute
+            + coco.skipped.duplicate_id,
             "outside_image": 0,
             "too_small": 0,
             "too_large": 0,
         }
-        self.entries: list[tuple[_BoxEntry, torch.Tensor]] = []
+        self.entries: list[tuple[CocoAnnotation, torch.Tensor]] = []
         for ann in coco.annotations:
             clipped = self._check(ann)
             if clipped is not None:
                 self.entries.append((ann, clipped))
         self._check_images_exist()
+        self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
-    def _check(self, ann: _BoxEntry) -> torch.Tensor | None:
+    def _check(self, ann: CocoAnnotation) -> torch.Tensor | None:
         """The box clipped to its image, or None when training skips it (counted)."""
-        where = f"{self.ann_path}: annotation id {ann.id}"
-        if ann.category_id not in self._label_of:
-            raise DataError(
-                f"{where}: category_id {ann.category_id} is not in 'categories' (known: {list(self.category_ids)})"
-            )
-        img = self.images.get(ann.image_id)
-        if img is None:
-            raise DataError(f"{where}: image_id {ann.image_id} is not in 'images'")
-        x, y, w, h = ann.bbox
+        where = f"{self.ann_path}: annotation id={ann.id}"
+        img = self.images[ann.image_id]
+        x, y, w, h = ann.bbox  # load_coco guarantees w, h > 0
         if self.training and ann.iscrowd:
             self.skipped["crowd"] += 1
             return None
-        if w <= 0 or h <= 0:
-            if self.training:
-                self.skipped["empty"] += 1
-                return None
-            raise DataError(f"{where}: bbox {list(ann.bbox)} has zero size (expected w > 0 and h > 0)")
         box = torch.tensor([max(x, 0.0), max(y, 0.0), min(x + w, img.width), min(y + h, img.height)])
         if box[2] <= box[0] or box[3] <= box[1]:
             if self.training:
@@ -375,6 +313,29 @@ class BoxCropDataset(Dataset[BoxCrop]):
                 f"{missing[0]}: image file not found ({len(missing)} of {len(needed)} images referenced by {self.ann_path} are missing)"
             )
 
+    def read_image(self, image_id: int) -> torch.Tensor:
+        """(3, H, W) uint8 image, decoded once and kept in a small LRU cache.
+
+        Every box of an image is one sample, so the same file is read many times per epoch; the
+        cache holds the last ``image_cache_size`` images (all of them for a small set).
+        """
+        cached = self._image_cache.get(image_id)
+        if cached is not None:
+            self._image_cache.move_to_end(image_id)
+            return cached
+        info = self.images[image_id]
+        path = self.img_dir / info.file_name
+        image = read_image(path)
+        if tuple(image.shape[-2:]) != (info.height, info.width):
+            raise DataError(
+                f"{path}: image is {image.shape[-1]}x{image.shape[-2]} but {self.ann_path} says {info.width}x{info.height}"
+            )
+        if self.image_cache_size > 0:
+            self._image_cache[image_id] = image
+            if len(self._image_cache) > self.image_cache_size:
+                self._image_cache.popitem(last=False)
+        return image
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -382,11 +343,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         ann, box = self.entries[index]
         info = self.images[ann.image_id]
         path = self.img_dir / info.file_name
-        image = read_image(path)
-        if tuple(image.shape[-2:]) != (info.height, info.width):
-            raise DataError(
-                f"{path}: image is {image.shape[-1]}x{image.shape[-2]} but {self.ann_path} says {info.width}x{info.height}"
-            )
+        image = self.read_image(ann.image_id)
         if self.training:
             margins = sample_train_margins(self.margin_rate)
             flip = bool(torch.rand(()) < self.flip_prob)
