@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from masklab.errors import ConfigError, DataError
 
@@ -25,15 +24,19 @@ from masklab.errors import ConfigError, DataError
 def label_boxes(
     rc: Any, checkpoint: str | Path, boxes: str | Path, images: str | Path, *, device: str = "auto"
 ) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
-    """Label every box of ``boxes``: the output COCO dict and annotation id -> (H, W) bool mask."""
+    """Label every box of ``boxes``: the output COCO dict and annotation id -> (H, W) bool mask.
+
+    Crops of whole images are batched ``inference.batch_size`` at a time (see
+    :func:`masklab.models.mal.labeling.label_dataset`).
+    """
     from masklab.config.assemble import resolve_device
     from masklab.data.coco.load import read_json
     from masklab.data.coco.rle import encode_masks
     from masklab.data.datasets.box_crops import BoxCropDataset
-    from masklab.data.loader import build_dataloader
     from masklab.engine.checkpoint import load_model_weights
     from masklab.models.mal.build import build_mal_model, mal_train_section
     from masklab.models.mal.config import mal_dataset_config
+    from masklab.models.mal.labeling import label_dataset
 
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
@@ -48,19 +51,12 @@ def label_boxes(
         training=False,
         crop_size=mal_dataset_config(rc).crop_size,
         test_margin_rate=(t.test_margin_rate[0], t.test_margin_rate[1]),
+        image_cache_size=0,  # labeling decodes each image once
     )
     model = build_mal_model(rc)
     load_model_weights(model, ckpt, strict=True)
     dev = resolve_device(device if device != "auto" else rc.runtime.device)
-    model.to(dev).eval()
-    masks: dict[int, np.ndarray] = {}
-    if len(dataset):
-        loader = build_dataloader(dataset, batch_size=rc.inference.batch_size, shuffle=False)
-        with torch.no_grad():
-            for batch in loader:
-                for pred in model(model.data_preprocessor(batch, training=False), mode="predict"):
-                    for ann_id, mask in zip(pred.source_ids.tolist(), pred.masks, strict=True):
-                        masks[int(ann_id)] = mask.numpy().astype(bool)
+    masks = label_dataset(model.to(dev), dataset, batch_size=rc.inference.batch_size)
     out_anns = []
     for ann in raw["annotations"]:
         mask = masks.get(int(ann["id"]))

@@ -10,8 +10,8 @@ from torch import nn
 
 from masklab.config.registries import MODELS
 from masklab.errors import ConfigError
-from masklab.inference.paste_back import paste_masks
 from masklab.models.mal.crf import color_affinities, mean_field_target
+from masklab.models.mal.labeling import paste_thresholded
 from masklab.models.mal.losses import crf_self_training_loss, mil_projection_loss
 from masklab.models.mal.network import MalNetwork
 from masklab.models.mal.preprocess import MalDataPreprocessor
@@ -209,10 +209,24 @@ class MALModel(nn.Module):
             self.iteration += 1
         return out
 
-    @torch.no_grad()
-    def predict(self, batch: MalBatch) -> list[InstancePrediction]:
-        """One prediction per source image in the batch (first-appearance order), masks at image resolution."""
-        probs = self._label_probs(batch.images, self._box_areas(batch)).float().cpu()
+    @torch.inference_mode()
+    def predict(self, batch: MalBatch, *, chunk_size: int | None = None) -> list[InstancePrediction]:
+        """One prediction per source image in the batch (first-appearance order), masks at image resolution.
+
+        Args:
+            batch: preprocessed crops (several images may share the batch).
+            chunk_size: at most this many crops per forward (None: the whole batch at once).
+        """
+        if len(batch) == 0:
+            return []
+        areas = self._box_areas(batch)
+        step = chunk_size or len(batch)
+        probs = torch.cat(
+            [
+                self._label_probs(batch.images[i : i + step], areas[i : i + step]).float().cpu()
+                for i in range(0, len(batch), step)
+            ]
+        )
         groups: dict[int, list[int]] = {}
         for i, crop in enumerate(batch.crops):
             groups.setdefault(crop.image_id, []).append(i)
@@ -220,7 +234,9 @@ class MALModel(nn.Module):
         for image_id, idx in groups.items():
             crops = [batch.crops[i] for i in idx]
             image_boxes = torch.stack([c.image_box for c in crops]).float()
-            masks, pasted = paste_masks(probs[idx], [c.window for c in crops], image_boxes, self.mask_thres)
+            masks, pasted = paste_thresholded(
+                probs[idx], [c.window for c in crops], image_boxes, self.mask_thres
+            )
             # Ranking score: the detector's score when boxes came from one, else the mean mask probability.
             mean_prob = (pasted * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1)
             scores = torch.tensor(
