@@ -80,3 +80,18 @@ def test_stride8_tiny_arch_gives_crop_over_4_logits_from_a_finer_map() -> None:
     # The stride-16 tiny encoder on the same crop gives a 8x8 map.
     rc16 = resolve(cfg, ["model.arch=masklab-tiny"])
     assert build_mal_model(rc16).student.backbone(x)[0].shape[-2:] == (8, 8)
+
+
+def test_patch_stem_arch_keeps_stride_8_with_fewer_layers() -> None:
+    """masklab-tiny-p4s8 (faster labeling): a 4x4 stride-4 stem, the same 16x16 map and 32x32 logits."""
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(CONFIG.with_name("mal_tiny-s8_synthetic-128.yaml"), ["model.arch=masklab-tiny-p4s8"])
+    model = build_mal_model(rc)
+    x = torch.zeros(2, 3, 128, 128)
+    assert model.student.backbone(x)[0].shape[-2:] == (16, 16)
+    assert model.student(x, torch.full((2,), 900.0)).shape == (2, 32, 32)
+    convs = [m for m in model.student.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].stride == (4, 4) and len(convs) == 3  # stem, one stride-2 conv, one 3x3

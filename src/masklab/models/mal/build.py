@@ -63,9 +63,9 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
 def _backbone(rc: ResolvedConfig) -> nn.Module:
     m = mal_model_config(rc)
     if m.arch in TINY_ARCHS:
-        # masklab-tiny: stride 16 like ViT/16 (the real encoder's geometry); masklab-tiny-s8: stride 8,
-        # so small CPU crops still give a usable feature map (a 64 px crop is only 4x4 at stride 16).
-        return MalTinyEncoder(channels=m.mask_head_hidden_channel, num_layers=TINY_ARCHS[m.arch])
+        # masklab-tiny: stride 16 like ViT/16 (the real encoder's geometry); masklab-tiny-s8 / -p4s8:
+        # stride 8, so small CPU crops still give a usable feature map (64 px is 4x4 at stride 16).
+        return MalTinyEncoder(channels=m.mask_head_hidden_channel, **TINY_ARCHS[m.arch])
     pretrained = mal_train_section(rc).pretrained_model_path
     return MalViTEncoder(
         ARCHS.get(m.arch, m.arch),

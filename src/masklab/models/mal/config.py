@@ -55,9 +55,14 @@ ARCHS: dict[str, str] = {
     "vit-mae-huge/14": "vit_huge_patch14_224.mae",
 }
 TINY_ARCH = "masklab-tiny"
-# masklab's tiny CPU encoders -> number of stride-2 layers: output stride 16 (ViT/16 geometry) or 8
-# (twice the feature resolution: a 128 px crop gives a 16x16 map and 32x32 logits at crop/4).
-TINY_ARCHS: dict[str, int] = {TINY_ARCH: 4, "masklab-tiny-s8": 3}
+# masklab's tiny CPU encoders -> MalTinyEncoder arguments: output stride 16 (ViT/16 geometry) or 8
+# (twice the feature resolution: a 128 px crop gives a 16x16 map and 32x32 logits at crop/4);
+# "-p4s8": stride 8 through a 4x4 stride-4 patch stem (fewer multiply-adds: faster labeling).
+TINY_ARCHS: dict[str, dict[str, Any]] = {
+    TINY_ARCH: {"num_layers": 4},
+    "masklab-tiny-s8": {"num_layers": 3},
+    "masklab-tiny-p4s8": {"num_layers": 3, "patch_stem": True},
+}
 
 
 @dataclass(kw_only=True)

@@ -100,20 +100,29 @@ class MalViTEncoder(nn.Module):
 
 @BACKBONES.register()
 class MalTinyEncoder(nn.Module):
-    """A few strided 3x3 conv + ReLU layers: a fast stand-in encoder for CPU tests and demos.
+    """A few strided conv + ReLU layers: a fast stand-in encoder for CPU tests and demos.
 
     Args:
         channels: width of every layer.
         num_layers: stride-2 layers (output stride ``2 ** num_layers``).
+        patch_stem: replace the first two stride-2 3x3 convs by one 4x4 stride-4 "patchify" conv
+            (a ViT-style patch embedding): same output stride, about a third of the encoder's
+            multiply-adds at 128 px, which is what CPU labeling speed is made of.
     """
 
-    def __init__(self, channels: int = 32, num_layers: int = 3) -> None:
+    def __init__(self, channels: int = 32, num_layers: int = 3, *, patch_stem: bool = False) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ConfigError(f"model.backbone.num_layers: expected >= 1, got {num_layers}")
+        if num_layers < 1 or (patch_stem and num_layers < 2):
+            raise ConfigError(
+                f"model.backbone.num_layers: expected >= {2 if patch_stem else 1}, got {num_layers}"
+            )
         layers: list[nn.Module] = []
         in_ch = 3
-        for _ in range(num_layers):
+        strided = num_layers
+        if patch_stem:
+            layers += [nn.Conv2d(3, channels, 4, stride=4), nn.ReLU(inplace=True)]
+            in_ch, strided = channels, num_layers - 2
+        for _ in range(strided):
             layers += [nn.Conv2d(in_ch, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             in_ch = channels
         layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
