@@ -69,8 +69,6 @@ def test_matched_models_have_smp_parameters_and_flops(name: str) -> None:
         sys.path.pop(0)
     ours, theirs = masklab_models(19, matched=True)[name], smp_models(19)[name]
     assert num_params(ours) == num_params(theirs)
-    default = masklab_models(19, matched=False)[name]
-    assert num_params(default) > num_params(theirs)
     ours.eval(), theirs.eval()
     images = torch.randn(1, 3, 64, 64)
     assert _flops(lambda: ours.encode_decode(images)) == _flops(lambda: theirs(images))
