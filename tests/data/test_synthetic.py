@@ -22,8 +22,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_bytes(tmp_path: Path) -> None:
-    a = synthesize(tmp_path / "a", num_train=4, num_val=2, size=64, seed=5)
-    synthesize(tmp_path / "b", num_train=4, num_val=2, size=64, seed=5)
+    a = synthesize(tmp_path / "a", num_train=4, num_val=2, size=64, seed=5, workers=1)
+    synthesize(tmp_path / "b", num_train=4, num_val=2, size=64, seed=5, workers=2)  # processes: same bytes
     synthesize(tmp_path / "c", num_train=4, num_val=2, size=64, seed=6)
     fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
     assert not a.skipped and len(fa) == 4 + 4 + 2 + 2 + 2 + 2  # images, labels, 2 json, meta, synth

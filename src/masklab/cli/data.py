@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--num-val", type=int, default=50, help="validation images (default 50)")
     synth.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    synth.add_argument(
+        "--workers", type=int, default=None, help="processes drawing images (default: the CPUs; same bytes for any number)"
+    )
     synth.add_argument("--max-objects", type=int, default=5, help="objects per image at most (default 5)")
 
 
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         max_objects=args.max_objects,
+        workers=args.workers,
     )
     print(report)
     return 0

@@ -15,7 +15,9 @@ and renamed into place, so an interrupted run never leaves a half-written split 
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -156,19 +158,33 @@ def _coco_annotation(obj: _Object, ann_id: int, image_id: int) -> dict[str, obje
     }
 
 
-def _write_split(params: SynthParams, split: str, count: int, tmp: Path) -> int:
-    """Write one split into ``tmp`` (images/, labels/, annotations.json); return the instance count."""
-    images, annotations = [], []
-    ann_id = 1
-    for i in range(count):
-        image, label, objects = _draw_image(params, split, i)
-        name = f"{i:06d}.png"
-        write_png_atomic(tmp / "images" / name, image)
-        write_png_atomic(tmp / "labels" / name, label)
-        images.append({"id": i + 1, "width": params.size, "height": params.size, "file_name": name})
-        for obj in objects:
-            annotations.append(_coco_annotation(obj, ann_id, i + 1))
-            ann_id += 1
+def _write_image(params: SynthParams, split: str, tmp: Path, i: int) -> list[dict[str, object]]:
+    """Draw and write image ``i`` of ``split``; return its annotations (ids filled in later)."""
+    image, label, objects = _draw_image(params, split, i)
+    name = f"{i:06d}.png"
+    write_png_atomic(tmp / "images" / name, image)
+    write_png_atomic(tmp / "labels" / name, label)
+    return [_coco_annotation(obj, 0, i + 1) for obj in objects]
+
+
+def _write_split(params: SynthParams, split: str, count: int, tmp: Path, workers: int) -> int:
+    """Write one split into ``tmp`` (images/, labels/, annotations.json); return the instance count.
+
+    Every image comes from its own seed, so ``workers`` processes write the same bytes as one."""
+    draw = functools.partial(_write_image, params, split, tmp)
+    if workers > 1 and count > 1:
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+        with context.Pool(workers) as pool:
+            per_image = pool.map(draw, range(count), chunksize=max(1, count // (4 * workers)))
+    else:
+        per_image = [draw(i) for i in range(count)]
+    images = [
+        {"id": i + 1, "width": params.size, "height": params.size, "file_name": f"{i:06d}.png"}
+        for i in range(count)
+    ]
+    annotations = [ann for anns in per_image for ann in anns]
+    for ann_id, ann in enumerate(annotations, start=1):
+        ann["id"] = ann_id
     coco = {
         "info": {"description": f"masklab synthetic shapes ({split})", "version": str(_FORMAT_VERSION)},
         "images": images,
@@ -222,6 +238,7 @@ def synthesize(
     min_objects: int = 1,
     max_objects: int = 5,
     min_visible: int = 30,
+    workers: int | None = None,
 ) -> SynthReport:
     """Write the synthetic dataset under ``out_dir`` (see the module docstring for the layout).
 
@@ -234,6 +251,8 @@ def synthesize(
         min_objects: fewest objects attempted per image.
         max_objects: most objects attempted per image.
         min_visible: smallest visible area (pixels) an instance may have.
+        workers: processes drawing images (default: the CPUs available, at most 8); the files
+            are the same for any number.
 
     Returns:
         A :class:`SynthReport`; ``skipped`` is True when an identical complete dataset was found.
@@ -261,10 +280,11 @@ def synthesize(
     # The marker goes first so that a dataset half-replaced by this run is never taken as complete.
     (out / "synth.json").unlink(missing_ok=True)
     report = SynthReport(out, False, counts)
+    n_workers = workers if workers is not None else min(8, len(os.sched_getaffinity(0)))
     for split in SPLITS:
         tmp = Path(tempfile.mkdtemp(prefix=f".synth-tmp-{split}-", dir=out))
         try:
-            report.num_instances[split] = _write_split(params, split, counts[split], tmp)
+            report.num_instances[split] = _write_split(params, split, counts[split], tmp, n_workers)
             _replace(tmp / "images", out / "images" / split)
             _replace(tmp / "labels", out / "labels" / split)
             _replace(tmp / "annotations.json", out / "annotations" / f"{split}.json")
