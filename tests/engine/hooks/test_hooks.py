@@ -97,7 +97,8 @@ def test_logger_writes_jsonl_tensorboard_and_metrics(
     train = [r for r in records if r["mode"] == "train"]
     evals = [r for r in records if r["mode"] == "val"]
     assert [r["iteration"] for r in train] == [2, 4] and [r["iteration"] for r in evals] == [2, 4]
-    assert {"loss", "loss_ce", "loss_reg", "acc_seg", "lr", "time", "data_time"} <= set(train[0])
+    assert {"loss", "loss_ce", "loss_reg", "acc_seg", "lr", "time", "data_time", "train_cpu_s"} <= set(train[0])
+    assert 0 < train[0]["train_cpu_s"] <= train[1]["train_cpu_s"]  # cumulative CPU seconds
     assert "aAcc" in evals[0]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     out = capsys.readouterr().out
@@ -161,3 +162,32 @@ def test_eval_hook_without_val_loop_fails_before_training(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="no validation loop"):
         trainer.train()
     assert trainer.iter == 0
+
+
+def test_timer_charges_training_cpu_not_evaluation() -> None:
+    import time
+
+    from masklab.engine.hooks.timer import TimerHook
+
+    def burn(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    class _State:
+        iter_time = 0.0
+        data_time = 0.0
+
+    class _Trainer:
+        state = _State()
+
+    timer, trainer = TimerHook(), _Trainer()
+    timer.before_run(trainer)  # type: ignore[arg-type]
+    burn(0.05)
+    timer.after_train_iter(trainer)  # type: ignore[arg-type]
+    timer.before_val(trainer)  # type: ignore[arg-type]
+    burn(0.2)  # evaluation: not charged
+    timer.after_val(trainer, {})  # type: ignore[arg-type]
+    burn(0.05)
+    timer.after_train_iter(trainer)  # type: ignore[arg-type]
+    assert 0.1 <= timer.train_cpu_seconds < 0.2

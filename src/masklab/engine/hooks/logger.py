@@ -77,6 +77,8 @@ class LoggerHook(Hook):
         )
         record: dict[str, Any] = {"mode": "train", "iteration": trainer.iter, "lr": state.lr, **means}
         record.update(time=iter_time, data_time=data_time)
+        if isinstance(timer, TimerHook):
+            record["train_cpu_s"] = timer.train_cpu_seconds
         if state.grad_norm is not None:
             record["grad_norm"] = state.grad_norm
         self._append(trainer, record)
