@@ -2,7 +2,13 @@
 
 Same configuration on both sides (ResNet-18 backbone, hidden 256, 100 queries, 9 decoder layers, 6 encoder
 layers, 80 classes), same input (batch 2, 256x256, 3 rectangular instances per image), random weights.
-Prints medians after warm-up and the masklab / HF ratios (target: train step <= 0.7, forward <= 0.6).
+Prints medians after warm-up and the masklab / HF ratios (target: train step <= 0.7, forward <= 0.6),
+with the 1-minute load average before and after: on a shared machine the ratio moves with the load
+(per-op thread hand-offs cost more when other processes hold the cores), so quote both.
+
+Train step = forward + matching + losses of every prediction point + backward on both sides; forward =
+``predict_outputs`` (masklab) and ``model(pixel_values)`` (HF), each computing the class and mask logits
+of every decoder layer (HF returns the last layer's and the auxiliary ones).
 
     MALLOC_MMAP_MAX_=0 .venv/bin/python benchmarks/mask2former_vs_hf.py --runs 5 --threads 2
 """
@@ -10,6 +16,7 @@ Prints medians after warm-up and the masklab / HF ratios (target: train step <= 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -124,12 +131,14 @@ def main() -> None:
         with torch.inference_mode():
             hf(pixel_values=batch.images)
 
+    load_before = os.getloadavg()[0]
     results = {
         "train": _paired_medians(ours_train, hf_train, args.runs, args.warmup),
         "forward": _paired_medians(ours_forward, hf_forward, args.runs, args.warmup),
     }
     params = (sum(p.numel() for p in ours.parameters()) / 1e6, sum(p.numel() for p in hf.parameters()) / 1e6)
     print(f"params (M): masklab {params[0]:.2f}  hf {params[1]:.2f}")
+    print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     for name, (t_ours, t_hf) in results.items():
         print(f"{name:8s} masklab {t_ours:.3f}s  hf {t_hf:.3f}s  ratio {t_ours / t_hf:.2f}")
 
