@@ -100,6 +100,8 @@ def test_report_lists_every_class_and_says_how() -> None:
     _run(metric, _pred([[0, 1]], [[0, 1]]))
     report = metric.format_report()
     assert "road" in report and "sky" in report and "fractions" in metric.metric_description
+    # the printed table is in percent and says so (the metrics themselves stay fractions)
+    assert "IoU (%)" in report and "summary (%): aAcc 100.00" in report
 
 
 def test_compute_reduces_across_ranks_when_a_group_exists(tmp_path) -> None:

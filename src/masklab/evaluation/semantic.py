@@ -268,7 +268,8 @@ class IoUMetric:
         }
 
     def format_report(self) -> str:
-        """A per-class table (values x100, NaN shown as 'nan') followed by the summary line.
+        """A per-class table in percent (values x100, as MMSeg prints them, and labelled so;
+        NaN shown as 'nan') followed by the summary line.
 
         Uses the last :meth:`compute` when there is one: computing again would all-reduce again,
         which under torchrun only rank 0 (the one printing) would enter.
@@ -277,10 +278,10 @@ class IoUMetric:
         rows = self.per_class()
         keys = [k for k in self._results or {} if k != "aAcc"]
         width = max([5, *(len(n) for n in self.class_names)])
-        lines = [f"{'Class':<{width}} | " + " | ".join(f"{k:>9}" for k in keys)]
+        lines = [f"{'Class':<{width}} | " + " | ".join(f"{k + ' (%)':>9}" for k in keys)]
         lines.append("-" * len(lines[0]))
         for name, values in rows.items():
             lines.append(f"{name:<{width}} | " + " | ".join(f"{values[k] * 100:>9.2f}" for k in keys))
-        lines.append("summary: " + ", ".join(f"{k} {v * 100:.2f}" for k, v in summary.items()))
-        lines.append(self.metric_description)
+        lines.append("summary (%): " + ", ".join(f"{k} {v * 100:.2f}" for k, v in summary.items()))
+        lines.append(f"{self.metric_description} (the table above x100; logs and metrics.json hold fractions)")
         return "\n".join(lines)
