@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from masklab.config.registries import DATASETS
+from masklab.data.coco.images import read_coco_image
 from masklab.data.coco.load import load_coco
 from masklab.data.coco.records import CocoAnnotation
-from masklab.data.io import read_image
 from masklab.errors import DataError
 from masklab.structures.box_crops import BoxCrop, CropWindow, MalBatch, rasterize_boxes
 
@@ -323,13 +323,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         if cached is not None:
             self._image_cache.move_to_end(image_id)
             return cached
-        info = self.images[image_id]
-        path = self.img_dir / info.file_name
-        image = read_image(path)
-        if tuple(image.shape[-2:]) != (info.height, info.width):
-            raise DataError(
-                f"{path}: image is {image.shape[-1]}x{image.shape[-2]} but {self.ann_path} says {info.width}x{info.height}"
-            )
+        image = read_coco_image(self.img_dir, self.images[image_id], self.ann_path)
         if self.image_cache_size > 0:
             self._image_cache[image_id] = image
             if len(self._image_cache) > self.image_cache_size:

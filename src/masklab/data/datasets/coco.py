@@ -10,12 +10,11 @@ import torch
 from pycocotools import mask as mask_utils
 
 from masklab.config.registries import DATASETS
+from masklab.data.coco.images import read_coco_image
 from masklab.data.coco.load import OnBad, load_coco
 from masklab.data.coco.records import CocoAnnotation, CocoFile, CocoImage
 from masklab.data.coco.rle import ann_to_rle
-from masklab.data.io import read_image
 from masklab.data.meta import DatasetMeta
-from masklab.errors import DataError
 from masklab.structures import Instances, Sample, SampleMeta
 
 Transform = Callable[[Sample], Sample]
@@ -75,16 +74,10 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image = self.images[index]
-        path = self.img_dir / image.file_name
-        pixels = read_image(path)
-        if tuple(pixels.shape[-2:]) != (image.height, image.width):
-            raise DataError(
-                f"{path}: image is {pixels.shape[-2]}x{pixels.shape[-1]} but {self.coco.path} says "
-                f"image id={image.id} is {image.height}x{image.width}"
-            )
+        pixels = read_coco_image(self.img_dir, image, self.coco.path)
         meta = SampleMeta(
             image_id=image.id,
-            file_name=str(path),
+            file_name=str(self.img_dir / image.file_name),
             ori_shape=(image.height, image.width),
             img_shape=(image.height, image.width),
         )
