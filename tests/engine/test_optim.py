@@ -97,7 +97,9 @@ def test_fused_step_by_default_and_same_update() -> None:
     a, b = Net(), Net()
     b.load_state_dict(a.state_dict())
     fused = build_optimizer("AdamW", build_param_groups(a, 1e-2, 0.05), lr=1e-2, weight_decay=0.05)
-    loop = build_optimizer("AdamW", build_param_groups(b, 1e-2, 0.05), lr=1e-2, weight_decay=0.05, foreach=False)
+    loop = build_optimizer(
+        "AdamW", build_param_groups(b, 1e-2, 0.05), lr=1e-2, weight_decay=0.05, foreach=False
+    )
     assert all(g["fused"] for g in fused.param_groups)
     assert not any(g.get("fused") for g in loop.param_groups)
     for _ in range(3):

@@ -14,7 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     synth.add_argument(
-        "--workers", type=int, default=None, help="processes drawing images (default: the CPUs; same bytes for any number)"
+        "--workers",
+        type=int,
+        default=None,
+        help="processes drawing images (default: the CPUs; same bytes for any number)",
     )
     synth.add_argument("--max-objects", type=int, default=5, help="objects per image at most (default 5)")
 

@@ -80,7 +80,9 @@ class ShardSampler(Sampler[int]):
 
     def __init__(self, dataset_size: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
-            raise DataError(f"ShardSampler: rank={rank} with world_size={world_size}; expected 0 <= rank < world_size")
+            raise DataError(
+                f"ShardSampler: rank={rank} with world_size={world_size}; expected 0 <= rank < world_size"
+            )
         self.indices = list(range(rank, dataset_size, world_size))
 
     def __iter__(self) -> Iterator[int]:

@@ -283,5 +283,7 @@ class IoUMetric:
         for name, values in rows.items():
             lines.append(f"{name:<{width}} | " + " | ".join(f"{values[k] * 100:>9.2f}" for k in keys))
         lines.append("summary (%): " + ", ".join(f"{k} {v * 100:.2f}" for k, v in summary.items()))
-        lines.append(f"{self.metric_description} (the table above x100; logs and metrics.json hold fractions)")
+        lines.append(
+            f"{self.metric_description} (the table above x100; logs and metrics.json hold fractions)"
+        )
         return "\n".join(lines)

@@ -36,11 +36,15 @@ class Instances:
             self.ignore = torch.zeros(n, dtype=torch.bool, device=self.labels.device)
         if self.ids is None:
             self.ids = torch.full((n,), -1, dtype=torch.int64, device=self.labels.device)
-        assert self.masks.ndim == 3 and self.masks.shape[0] == n, f"masks {tuple(self.masks.shape)} vs {n} labels"
+        assert self.masks.ndim == 3 and self.masks.shape[0] == n, (
+            f"masks {tuple(self.masks.shape)} vs {n} labels"
+        )
         assert self.boxes.shape == (n, 4), f"boxes {tuple(self.boxes.shape)} vs {n} labels"
         assert self.ignore.shape == (n,) and self.ids.shape == (n,)
         for name, values in self.attributes.items():
-            assert values.shape == (n,), f"attribute {name!r} has shape {tuple(values.shape)}, expected ({n},)"
+            assert values.shape == (n,), (
+                f"attribute {name!r} has shape {tuple(values.shape)}, expected ({n},)"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -52,9 +52,13 @@ class Sample:
     instances: Instances | None = None
 
     def __post_init__(self) -> None:
-        assert self.image.ndim == 3 and self.image.shape[0] == 3, f"image must be (3,H,W), got {tuple(self.image.shape)}"
+        assert self.image.ndim == 3 and self.image.shape[0] == 3, (
+            f"image must be (3,H,W), got {tuple(self.image.shape)}"
+        )
         h, w = self.image.shape[-2:]
         if self.semantic is not None:
-            assert tuple(self.semantic.shape) == (h, w), f"semantic {tuple(self.semantic.shape)} vs image {(h, w)}"
+            assert tuple(self.semantic.shape) == (h, w), (
+                f"semantic {tuple(self.semantic.shape)} vs image {(h, w)}"
+            )
         if self.instances is not None and len(self.instances):
             assert self.instances.image_size == (h, w), f"masks {self.instances.image_size} vs image {(h, w)}"

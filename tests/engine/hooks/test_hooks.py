@@ -97,7 +97,9 @@ def test_logger_writes_jsonl_tensorboard_and_metrics(
     train = [r for r in records if r["mode"] == "train"]
     evals = [r for r in records if r["mode"] == "val"]
     assert [r["iteration"] for r in train] == [2, 4] and [r["iteration"] for r in evals] == [2, 4]
-    assert {"loss", "loss_ce", "loss_reg", "acc_seg", "lr", "time", "data_time", "train_cpu_s"} <= set(train[0])
+    assert {"loss", "loss_ce", "loss_reg", "acc_seg", "lr", "time", "data_time", "train_cpu_s"} <= set(
+        train[0]
+    )
     assert 0 < train[0]["train_cpu_s"] <= train[1]["train_cpu_s"]  # cumulative CPU seconds
     assert "aAcc" in evals[0]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
