@@ -87,3 +87,24 @@ def test_hollow_and_thin_shapes_exist(synth_root: Path) -> None:
         if ann["category_id"] == bar:
             thin += int(ndimage.distance_transform_edt(m).max() <= 4)
     assert hollow >= 1 and thin >= 1
+
+
+def _synth_in_daemon(root: str, queue) -> None:  # noqa: ANN001 - multiprocessing queue
+    try:
+        synthesize(root, num_train=3, num_val=1, size=48, seed=1, workers=2)
+        queue.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        queue.put(repr(exc))
+
+
+def test_workers_fall_back_to_one_process_inside_a_daemon(tmp_path: Path) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_synth_in_daemon, args=(str(tmp_path / "d"), queue), daemon=True)
+    proc.start()
+    result = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert result == "ok"
+    assert len(list((tmp_path / "d" / "images" / "train").glob("*.png"))) == 3

@@ -172,7 +172,7 @@ def _write_split(params: SynthParams, split: str, count: int, tmp: Path, workers
 
     Every image comes from its own seed, so ``workers`` processes write the same bytes as one."""
     draw = functools.partial(_write_image, params, split, tmp)
-    if workers > 1 and count > 1:
+    if workers > 1 and count > 1 and not mp.current_process().daemon:  # a daemon may not fork
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
         with context.Pool(workers) as pool:
             per_image = pool.map(draw, range(count), chunksize=max(1, count // (4 * workers)))
