@@ -133,3 +133,11 @@ def test_show_config_is_resolved_yaml_that_loads_back(write, tmp_path):
     assert again.train == resolve_sections(load_config(top)).train
     assert again.model.to_dict() == {"type": "M", "depth": 2}
     assert "log_interval: 50" in text  # defaults are filled in
+
+
+@pytest.mark.parametrize("key", ["inference.batch_size", "evaluate.max_dets"])
+def test_inference_counts_must_be_positive(write, key):
+    top = write("x.yaml", "evaluate: {mode: whole}\ninference: {mode: whole}\n")
+    name = key.split(".")[1]
+    with pytest.raises(ConfigError, match=rf"{name} must be >= 1, got 0"):
+        resolve_sections(load_config(top, [f"{key}=0"]))

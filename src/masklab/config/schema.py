@@ -173,6 +173,9 @@ class InferenceModeConfig:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("max_dets", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
             raise ValueError("mode 'slide' needs crop_size and stride, both [height, width]")
 
