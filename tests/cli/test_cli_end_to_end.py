@@ -74,3 +74,19 @@ def test_train_evaluate_infer_resume(
     assert payload["iteration"] == 5
     assert payload["dataset_meta"]["classes"][0] == "background"
     assert "resumed from" in capsys.readouterr().out
+
+
+def test_runtime_channels_last_builds_an_nhwc_trainer(tiny_synth: Path, tmp_path: Path) -> None:
+    """``runtime.channels_last=true``: conv weights NHWC, the trainer feeds NHWC images, and it trains."""
+    import torch
+
+    from masklab.config.assemble import build_trainer, resolve
+
+    overrides = [f"dataset.root={tiny_synth}", *TINY, "runtime.channels_last=true", "train.max_iters=1"]
+    rc = resolve(DEMO_CONFIG, overrides)
+    trainer = build_trainer(rc, work_dir=tmp_path / "w", progress=False, with_val=False)
+    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert trainer.channels_last
+    trainer.train()
+    assert trainer.iter == 1

@@ -223,3 +223,35 @@ def test_fp16_with_grad_scaler_on_cuda(tmp_path: Path) -> None:
     trainer.train()
     assert model.logits_dtype == torch.float16 and trainer.scaler is not None
     assert "scale" in trainer.checkpoint_payload()["scaler"]
+
+
+def test_channels_last_trains_like_nchw_and_feeds_nhwc(tmp_path: Path) -> None:
+    """``channels_last``: the model sees NHWC images and the run equals the NCHW one up to float order."""
+    seen: list[bool] = []
+
+    def run(channels_last: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model, rec = ToyModel(dropout=0.0), Record()
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            original = model.logits
+
+            def logits(images: torch.Tensor) -> torch.Tensor:
+                seen.append(images.is_contiguous(memory_format=torch.channels_last))
+                return original(images)
+
+            model.logits = logits  # type: ignore[method-assign]
+        trainer = Trainer(
+            model, sgd(model), toy_loader(), 4, hooks=[rec], work_dir=tmp_path / str(channels_last),
+            progress=False, channels_last=channels_last,
+        )
+        trainer.train()
+        return [s.losses["loss"] for s in rec.states], {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    losses_ref, weights_ref = run(False)
+    losses_cl, weights_cl = run(True)
+    assert seen and all(seen)
+    assert losses_cl == pytest.approx(losses_ref, rel=1e-5, abs=1e-6)
+    for name, ref in weights_ref.items():
+        torch.testing.assert_close(weights_cl[name], ref, rtol=1e-5, atol=1e-6)
+    assert weights_cl["conv.weight"].is_contiguous(memory_format=torch.channels_last)

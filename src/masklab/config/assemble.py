@@ -378,6 +378,8 @@ def build_trainer(
         print(report.message(t.load_from))
     apply_eval_settings(model, rc)
     model.to(device)
+    if rc.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
     info = get_info()
     if t.max_iters is not None:
         max_iters = t.max_iters
@@ -413,6 +415,7 @@ def build_trainer(
         hooks=hooks,
         work_dir=work_dir,
         precision=rc.runtime.precision,
+        channels_last=rc.runtime.channels_last,
         accumulate_steps=t.accumulate_steps,
         clip_grad=t.clip_grad,
         device=device,

@@ -21,6 +21,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ class Trainer:
         hooks: hooks, run in ascending ``priority``.
         work_dir: run folder (checkpoints, logs); created on rank 0.
         precision: ``fp32``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a GradScaler).
+        channels_last: feed the model NHWC images (pair it with a model moved to
+            ``torch.channels_last``, as the config builder does for ``runtime.channels_last``).
         accumulate_steps: micro-batches per optimiser step; each loss is divided by it.
         clip_grad: max global gradient norm, or None for no clipping.
         device: where the model runs.
@@ -104,6 +107,7 @@ class Trainer:
         hooks: Sequence[Hook] = (),
         work_dir: str | Path,
         precision: str = "fp32",
+        channels_last: bool = False,
         accumulate_steps: int = 1,
         clip_grad: float | None = None,
         device: str | torch.device = "cpu",
@@ -132,6 +136,7 @@ class Trainer:
         self.hooks: list[Hook] = sorted(hooks, key=lambda h: h.priority)
         self.work_dir = Path(work_dir)
         self.precision = precision
+        self.channels_last = channels_last
         self.accumulate_steps = int(accumulate_steps)
         self.clip_grad = clip_grad
         self.val_loop = val_loop
@@ -206,6 +211,8 @@ class Trainer:
             batch = next(batches)
             data_time += time.perf_counter() - t
             batch = unwrap(self.model).data_preprocessor(batch, training=True)
+            if self.channels_last:
+                batch = replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
             # DDP: only the last micro-step all-reduces gradients.
             last = micro == self.accumulate_steps - 1
             sync = (
