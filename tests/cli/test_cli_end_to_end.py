@@ -85,7 +85,11 @@ def test_runtime_channels_last_builds_an_nhwc_trainer(tiny_synth: Path, tmp_path
     overrides = [f"dataset.root={tiny_synth}", *TINY, "runtime.channels_last=true", "train.max_iters=1"]
     rc = resolve(DEMO_CONFIG, overrides)
     trainer = build_trainer(rc, work_dir=tmp_path / "w", progress=False, with_val=False)
-    convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    convs = [
+        m.weight
+        for m in trainer.model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+    ]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert trainer.channels_last
     trainer.train()

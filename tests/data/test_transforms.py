@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision import tv_tensors
 
 from masklab.config.registries import TRANSFORMS
 from masklab.data.transforms import (
@@ -12,8 +13,10 @@ from masklab.data.transforms import (
     RandomCrop,
     RandomFlip,
     RandomResize,
+    RandomRotate90,
     Resize,
 )
+from masklab.data.transforms.crop_pad import _rot90_op
 from masklab.errors import ConfigError
 from masklab.structures import Instances, Sample, SampleMeta
 from masklab.structures.instances import masks_to_boxes
@@ -62,6 +65,7 @@ GEOMETRIC = [
     lambda: RandomCrop(crop_size=20, cat_max_ratio=0.75),
     lambda: RandomFlip(prob=1.0),
     lambda: RandomFlip(prob=1.0, direction="vertical"),
+    lambda: RandomRotate90(prob=1.0),
     lambda: Pad(size_divisor=16),
     lambda: LargeScaleJitter(output_size=(32, 40), min_scale=0.3, max_scale=2.0),
 ]
@@ -98,6 +102,29 @@ def test_flip_moves_square_and_sets_meta() -> None:
     assert torch.equal(out.image, s.image.flip(-1)) and torch.equal(out.semantic, s.semantic.flip(-1))
     assert torch.equal(out.instances.masks, s.instances.masks.flip(-1)) and out.meta.flip
     assert not RandomFlip(prob=1.0)(out).meta.flip
+
+
+def test_rotate90_turns_everything_exactly() -> None:
+    s = make_sample(8, 13, n=2, seed=4)
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = RandomRotate90(prob=1.0)(s)
+        k = out.meta.extra["rot90"]
+        seen.add(k)
+        assert torch.equal(out.image, torch.rot90(s.image, k, dims=(-2, -1)))
+        assert torch.equal(out.semantic, torch.rot90(s.semantic, k, dims=(-2, -1)))
+        assert torch.equal(out.instances.masks, torch.rot90(s.instances.masks, k, dims=(-2, -1)))
+        assert out.meta.img_shape == ((13, 8) if k % 2 else (8, 13))
+        # the boxes are turned geometrically (not only recomputed): check the op on its own
+        boxes = tv_tensors.BoundingBoxes(s.instances.boxes, format="XYXY", canvas_size=(8, 13))
+        turned = _rot90_op(k)(boxes)
+        torch.testing.assert_close(turned.as_subclass(torch.Tensor), masks_to_boxes(out.instances.masks))
+    assert seen == {1, 2, 3}
+    torch.manual_seed(0)
+    assert RandomRotate90(prob=0.0)(s) is s
+    with pytest.raises(ConfigError, match="RandomRotate90.prob"):
+        RandomRotate90(prob=2)
 
 
 def test_resize_is_nearest_for_labels_and_updates_meta() -> None:
@@ -175,6 +202,7 @@ def test_registered_and_bad_config() -> None:
         "RandomResize",
         "RandomCrop",
         "RandomFlip",
+        "RandomRotate90",
         "PhotoMetricDistortion",
         "Pad",
         "LargeScaleJitter",

@@ -242,11 +242,19 @@ def test_channels_last_trains_like_nchw_and_feeds_nhwc(tmp_path: Path) -> None:
 
             model.logits = logits  # type: ignore[method-assign]
         trainer = Trainer(
-            model, sgd(model), toy_loader(), 4, hooks=[rec], work_dir=tmp_path / str(channels_last),
-            progress=False, channels_last=channels_last,
+            model,
+            sgd(model),
+            toy_loader(),
+            4,
+            hooks=[rec],
+            work_dir=tmp_path / str(channels_last),
+            progress=False,
+            channels_last=channels_last,
         )
         trainer.train()
-        return [s.losses["loss"] for s in rec.states], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return [s.losses["loss"] for s in rec.states], {
+            k: v.detach().clone() for k, v in model.state_dict().items()
+        }
 
     losses_ref, weights_ref = run(False)
     losses_cl, weights_cl = run(True)

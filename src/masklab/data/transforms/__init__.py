@@ -1,7 +1,7 @@
 """Joint image / semantic map / instance transforms (``Sample -> Sample``); importing registers them."""
 
 from masklab.data.transforms.base import Compose, apply_geometric, finalize_instances
-from masklab.data.transforms.crop_pad import Pad, RandomCrop, RandomFlip, pad_to
+from masklab.data.transforms.crop_pad import Pad, RandomCrop, RandomFlip, RandomRotate90, pad_to
 from masklab.data.transforms.photometric import PhotoMetricDistortion
 from masklab.data.transforms.resize import LargeScaleJitter, RandomResize, Resize, rescale_size, resize_to
 
@@ -13,6 +13,7 @@ __all__ = [
     "RandomCrop",
     "RandomFlip",
     "RandomResize",
+    "RandomRotate90",
     "Resize",
     "apply_geometric",
     "finalize_instances",
