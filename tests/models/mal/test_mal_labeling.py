@@ -144,3 +144,61 @@ def test_box_axis_matches_rasterize_boxes_for_thin_and_fractional_boxes() -> Non
         & _box_axis(boxes[:, 0], boxes[:, 2], W)[:, None, :]
     )
     assert got.equal(ref)
+
+
+def test_box_region_masks_equal_full_image_paste() -> None:
+    """``label_masks`` (paste over each box only) == ``paste_thresholded`` (whole-image tensors)."""
+    from masklab.models.mal.labeling import label_masks, paste_thresholded
+
+    gen = torch.Generator().manual_seed(2)
+    probs = torch.rand(len(BOXES), 8, 8, generator=gen)
+    boxes = torch.cat([BOXES[:4], torch.tensor([[7.2, 3.1, 7.4, 3.3]])])  # + a sub-pixel box
+    windows = [
+        CropWindow(-3, -2, 20, 18, S, (H, W)),
+        CropWindow(15, 10, 50, 40, S, (H, W)),
+        CropWindow(0, 0, 6, 5, S, (H, W)),
+        CropWindow(38, -4, 7, 40, S, (H, W), flipped=True),
+        CropWindow(5, 1, 6, 6, S, (H, W)),
+    ]
+    for thres in ((0.5,), (0.3, 0.5, 0.7), (0.0,)):
+        ref, _ = paste_thresholded(probs, windows, boxes, thres)
+        got = label_masks(probs, windows, boxes, thres)
+        assert len(got) == len(boxes)
+        for k in range(len(boxes)):
+            assert got[k].shape == (H, W) and got[k].dtype == bool
+            assert np.array_equal(got[k], ref[k].numpy())
+        assert any(m.any() for m in got)
+
+
+def test_box_spans_match_box_axis() -> None:
+    from masklab.models.mal.labeling import _box_axis, _box_spans
+
+    boxes = torch.cat(
+        [BOXES, torch.tensor([[7.2, 3.1, 7.4, 3.3], [0.0, 39.6, 55.9, 40.0], [0.4, 0.5, 0.6, 1.5]])]
+    )
+    for lo, hi, size in ((boxes[:, 1], boxes[:, 3], H), (boxes[:, 0], boxes[:, 2], W)):
+        axis = _box_axis(lo, hi, size)
+        spans = _box_spans(lo, hi, torch.full((len(boxes),), size))
+        for k, (first, count) in enumerate(spans.tolist()):
+            ref = torch.zeros(size, dtype=torch.bool)
+            ref[first : first + count] = True
+            assert ref.equal(axis[k])
+
+
+def test_box_region_masks_across_images_of_different_sizes() -> None:
+    """One ``label_masks`` call over crops of two images == ``paste_thresholded`` per image."""
+    from masklab.models.mal.labeling import label_masks, paste_thresholded
+
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.rand(3, 8, 8, generator=gen)
+    boxes = torch.tensor([[20.0, 14.0, 56.0, 40.0], [2.0, 3.0, 9.0, 20.0], [1.0, 1.0, 5.0, 4.0]])
+    windows = [
+        CropWindow(15, 10, 50, 40, S, (H, W)),
+        CropWindow(-1, 0, 12, 24, S, (24, 12)),
+        CropWindow(0, -1, 6, 6, S, (24, 12)),
+    ]
+    got = label_masks(probs, windows, boxes, (0.5,))
+    ref_a, _ = paste_thresholded(probs[:1], windows[:1], boxes[:1], (0.5,))
+    ref_b, _ = paste_thresholded(probs[1:], windows[1:], boxes[1:], (0.5,))
+    for g, r in zip(got, [*ref_a, *ref_b], strict=True):
+        assert np.array_equal(g, r.numpy())

@@ -26,21 +26,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masklab.data.datasets.box_crops import BoxCropDataset, crop_window, labeling_margins, reflect_indices
+from masklab.data.datasets.box_crops import BoxCropDataset, crop_window, labeling_margins
 from masklab.inference.paste_back import threshold_for_area
 from masklab.structures.box_crops import CropWindow
 
 if TYPE_CHECKING:
     from masklab.models.mal.model import MALModel
 
-__all__ = ["crop_boxes", "label_dataset", "paste_probs", "paste_thresholded"]
+__all__ = [
+    "crop_boxes",
+    "label_dataset",
+    "label_masks",
+    "paste_box_regions",
+    "paste_probs",
+    "paste_thresholded",
+]
 
 
-def _interp_matrix(starts: torch.Tensor, lengths: torch.Tensor, src: int, out: int) -> torch.Tensor:
+def _interp_matrix(
+    starts: torch.Tensor, lengths: torch.Tensor, src: int, out: int, first: torch.Tensor | None = None
+) -> torch.Tensor:
     """(K, out, src) weights of ``F.interpolate(bilinear, align_corners=False)`` from ``src`` samples
-    to a window of ``lengths`` pixels starting at ``starts`` on an ``out``-pixel image axis; image
-    pixels outside the window get all-zero rows (clipping happens here)."""
+    to a window of ``lengths`` pixels starting at ``starts``, for the ``out`` image pixels from
+    ``first`` on (0: the whole axis of an ``out``-pixel image); pixels outside the window get
+    all-zero rows (clipping happens here)."""
     pos = torch.arange(out, dtype=torch.float32)[None] - starts[:, None].float()  # window coordinate
+    if first is not None:
+        pos = pos + first[:, None].float()
     valid = (pos >= 0) & (pos < lengths[:, None])
     # PyTorch's source index for align_corners=False: (dst + 0.5) * in / out - 0.5, clamped at 0.
     scale = src / lengths.float()
@@ -109,6 +121,71 @@ def paste_thresholded(
     return pasted > thres[:, None, None], pasted
 
 
+def _box_spans(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """(K, 2) ``(first, count)`` of the pixels of one axis inside ``[lo, hi)`` by their centre, on
+    axes of ``size`` pixels each: the run that :func:`_box_axis` marks, computed without the axis."""
+    lo, hi = lo.double(), hi.double()
+    # centre i + 0.5 >= lo  <=>  i >= ceil(lo - 0.5);  i + 0.5 < hi  <=>  i < ceil(hi - 0.5).
+    first = torch.maximum(torch.ceil(lo - 0.5), torch.zeros_like(lo))
+    end = torch.minimum(torch.ceil(hi - 0.5), size.double())
+    empty = end <= first  # thinner than a pixel: the pixel holding the centre
+    mid = torch.minimum(torch.floor((lo + hi) / 2).clamp(min=0), size.double() - 1)
+    first = torch.where(empty, mid, first)
+    count = torch.where(empty, torch.ones_like(lo), end - first)
+    return torch.stack([first, count], 1).long()
+
+
+def paste_box_regions(
+    probs: torch.Tensor, windows: Sequence[CropWindow], image_boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`paste_probs` restricted to each box: the same values, without the zeros around it.
+
+    The crops may come from different images (each window knows its image's size), so one call
+    serves a whole labeling batch.
+
+    Returns:
+        (K, Hb, Wb) probabilities of the box pixels (box k covers image rows ``rows[k, 0] ..
+        rows[k, 0] + rows[k, 1]`` and likewise ``cols``; the rest of its slot is 0; Hb, Wb: the
+        tallest / widest box), ``rows`` and ``cols`` (K, 2) as ``(first, count)``.
+    """
+    _, h, w = probs.shape
+    probs = probs.float().cpu()
+    flipped = torch.tensor([win.flipped for win in windows])
+    if flipped.any():
+        probs = torch.where(flipped[:, None, None], probs.flip(-1), probs)
+    boxes = image_boxes.float().cpu()
+    geometry = torch.tensor([[win.y0, win.height, win.x0, win.width, *win.image_size] for win in windows])
+    rows = _box_spans(boxes[:, 1], boxes[:, 3], geometry[:, 4])
+    cols = _box_spans(boxes[:, 0], boxes[:, 2], geometry[:, 5])
+    ry = _interp_matrix(geometry[:, 0], geometry[:, 1], h, int(rows[:, 1].max()), rows[:, 0])
+    rx = _interp_matrix(geometry[:, 2], geometry[:, 3], w, int(cols[:, 1].max()), cols[:, 0])
+    # Rows / columns past a box's own extent (a shorter box in the padded slot) are zeroed.
+    ry = ry * (torch.arange(ry.shape[1])[None] < rows[:, 1:])[..., None]
+    rx = rx * (torch.arange(rx.shape[1])[None] < cols[:, 1:])[..., None]
+    return torch.bmm(torch.bmm(ry, probs), rx.transpose(1, 2)), rows, cols
+
+
+def label_masks(
+    probs: torch.Tensor, windows: Sequence[CropWindow], image_boxes: torch.Tensor, mask_thres: Sequence[float]
+) -> list[np.ndarray]:
+    """K (H, W) bool masks of K crops (of any images): :func:`paste_thresholded`'s masks, computed
+    only over each box (the only place a mask can be non-zero)."""
+    if len(windows) == 0:
+        return []
+    region, rows, cols = paste_box_regions(probs, windows, image_boxes)
+    boxes = image_boxes.float().cpu()
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+    thres = torch.tensor([threshold_for_area(mask_thres, a) for a in areas], dtype=region.dtype)
+    # ">" so that a zero threshold still leaves pixels outside the box (probability 0) empty.
+    fg = (region > thres[:, None, None]).numpy()
+    masks = []
+    for k, ((r0, nr), (c0, nc)) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        mask = np.zeros(windows[k].image_size, dtype=bool)
+        mask[r0 : r0 + nr, c0 : c0 + nc] = fg[k, :nr, :nc]
+        masks.append(mask)
+    return masks
+
+
 @functools.lru_cache(maxsize=1024)
 def _resize_weights(length: int, size: int) -> torch.Tensor:
     """(size, length) weights of ``F.interpolate(bilinear, align_corners=False, antialias=True)``
@@ -117,24 +194,35 @@ def _resize_weights(length: int, size: int) -> torch.Tensor:
     return F.interpolate(eye, size=(size, length), mode="bilinear", align_corners=False, antialias=True)[0, 0]
 
 
+@functools.lru_cache(maxsize=4096)
+def _padded_resize_weights(length: int, size: int, longest: int) -> torch.Tensor:
+    """:func:`_resize_weights` with zero columns up to ``longest`` source pixels."""
+    return F.pad(_resize_weights(length, size), (0, longest - length))
+
+
 def _axis_weights(
     starts: list[int], lengths: list[int], size: int, extent: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source indices (K, L) into an image axis of ``extent`` (reflected like :func:`reflect_indices`)
+    """Source indices (K, L) into an image axis of ``extent`` (reflected like
+    :func:`~masklab.data.datasets.box_crops.reflect_indices`)
     and (K, size, L) resize weights of K windows; L is the longest window, padding has weight 0."""
     longest = max(lengths)
-    index = torch.zeros((len(starts), longest), dtype=torch.long)
-    weights = torch.zeros((len(starts), size, longest), dtype=torch.float32)
-    for k, (start, length) in enumerate(zip(starts, lengths, strict=True)):
-        index[k, :length] = reflect_indices(start, length, extent)
-        weights[k, :, :length] = _resize_weights(length, size)
+    index = torch.tensor(starts)[:, None] + torch.arange(longest)[None]
+    if extent == 1:
+        index = torch.zeros_like(index)
+    else:  # reflect_indices for all windows at once (past a window's end: any valid index, weight 0)
+        period = 2 * (extent - 1)
+        index = index.remainder(period)
+        index = torch.where(index >= extent, period - index, index)
+    weights = torch.stack([_padded_resize_weights(n, size, longest) for n in lengths])
     return index, weights
 
 
 def crop_boxes(
     image: torch.Tensor, image_boxes: torch.Tensor, margins: tuple[float, float, float, float], crop_size: int
 ) -> tuple[torch.Tensor, list[CropWindow]]:
-    """(K, 3, S, S) float crops (0..255, rounded) of K boxes of one (3, H, W) uint8 image, and their windows.
+    """(K, 3, S, S) float crops (0..255, rounded; channels_last) of K boxes of one (3, H, W) uint8
+    image, and their windows.
 
     The same crops as :func:`~masklab.data.datasets.box_crops.make_box_crop` (reflect padding,
     antialiased bilinear resize; equal up to float rounding, tested) in one batched product
@@ -145,8 +233,10 @@ def crop_boxes(
     rows, wy = _axis_weights([w.y0 for w in windows], [w.height for w in windows], crop_size, int(height))
     cols, wx = _axis_weights([w.x0 for w in windows], [w.width for w in windows], crop_size, int(width))
     region = image.float()[:, rows[:, :, None], cols[:, None, :]]  # (3, K, Ly, Lx)
-    crops = torch.einsum("ksy,ckyx,ktx->kcst", wy, region, wx)
-    return crops.round_().clamp_(0, 255), windows
+    # Columns first, then rows into (K, S, S, 3): the crops come out in channels_last layout,
+    # which the forward wants (no copy later).
+    crops = torch.einsum("ksy,kcyt->kstc", wy, torch.einsum("ckyx,ktx->kcyt", region, wx))
+    return crops.permute(0, 3, 1, 2).round_().clamp_(0, 255), windows
 
 
 def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int = 64) -> dict[int, np.ndarray]:
@@ -154,7 +244,8 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
 
     Each image is decoded once and all its boxes are cropped together (:func:`crop_boxes`); whole
     images are packed into forwards of up to ``batch_size`` crops (an image with more boxes runs
-    in ``batch_size`` chunks); masks are pasted per image (:func:`paste_thresholded`). The model is
+    in ``batch_size`` chunks); the masks of a whole batch are pasted in one product over the box
+    pixels only (:func:`label_masks`, equal to :func:`paste_thresholded`). The model is
     put in eval mode and ``channels_last`` layout (it stays so). Every box of the dataset gets a
     mask: the dataset already refused the boxes it cannot label.
     """
@@ -183,13 +274,9 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
                 for i in range(0, len(images), batch_size)
             ]
         )
-        start = 0
-        for ids, _, windows, image_boxes in pending:
-            got, _ = paste_thresholded(
-                probs[start : start + len(ids)], windows, image_boxes, model.mask_thres
-            )
-            masks.update(zip(ids, got.numpy(), strict=True))
-            start += len(ids)
+        windows = [win for p in pending for win in p[2]]
+        got = label_masks(probs, windows, boxes, model.mask_thres)
+        masks.update(zip([i for p in pending for i in p[0]], got, strict=True))
         pending.clear()
 
     with torch.inference_mode():

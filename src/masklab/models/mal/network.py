@@ -46,7 +46,7 @@ class MalPixelHead(nn.Module):
         for i, conv in enumerate(self.convs):
             if i == len(self.convs) - 1 and self.scale_ratio != 1.0:
                 x = F.interpolate(x, scale_factor=self.scale_ratio, mode="bilinear", align_corners=False)
-            x = F.relu(conv(x))
+            x = F.relu(conv(x), inplace=True)
         return x
 
 
@@ -107,9 +107,7 @@ class MalNetwork(nn.Module):
                 sub = F.interpolate(sub, size=size, mode="bilinear", align_corners=False)
             pix = self.pixel_head(sub)
             dots = torch.einsum("bc,bchw->bhw", kernel[idx], pix)
-            logits = logits.index_copy(
-                0,
-                idx,
-                F.interpolate(dots[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0],
-            )
+            if dots.shape[-2:] != out_size:
+                dots = F.interpolate(dots[:, None], size=out_size, mode="bilinear", align_corners=False)[:, 0]
+            logits = logits.index_copy(0, idx, dots)
         return logits
