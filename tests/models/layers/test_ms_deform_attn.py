@@ -1,6 +1,11 @@
+import pytest
 import torch
 
-from masklab.models.layers.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from masklab.models.layers.ms_deform_attn import (
+    MSDeformAttn,
+    ms_deform_attn_core,
+    ms_deform_attn_core_grid_sample,
+)
 
 
 def _bilinear(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -35,19 +40,62 @@ def _slow_reference(value, shapes, locations, weights):
     return out.reshape(b, lq, m * ch)
 
 
-def test_core_matches_slow_reference() -> None:
-    g = torch.Generator().manual_seed(0)
+def _inputs(dtype: torch.dtype = torch.float64, spread: float = 1.4, seed: int = 0):  # noqa: ANN202
+    g = torch.Generator().manual_seed(seed)
     shapes = [(3, 4), (2, 3), (5, 2)]
     b, m, ch, lq, p = 2, 2, 3, 4, 3
     s = sum(h * w for h, w in shapes)
-    value = torch.randn(b, s, m, ch, generator=g, dtype=torch.float64)
+    value = torch.randn(b, s, m, ch, generator=g, dtype=dtype)
     # Some locations fall outside [0, 1] to exercise zero padding.
-    locations = torch.rand(b, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
-    weights = torch.rand(b, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
-    fast = ms_deform_attn_core(value, shapes, locations, weights)
+    locations = torch.rand(b, lq, m, len(shapes), p, 2, generator=g, dtype=dtype) * spread + (1 - spread) / 2
+    weights = torch.rand(b, lq, m, len(shapes), p, generator=g, dtype=dtype)
+    return value, shapes, locations, weights
+
+
+@pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_core_grid_sample])
+def test_core_matches_slow_reference(core) -> None:  # noqa: ANN001
+    value, shapes, locations, weights = _inputs()
+    fast = core(value, shapes, locations, weights)
     slow = _slow_reference(value, shapes, locations, weights)
-    assert fast.shape == (b, lq, m * ch)
+    assert fast.shape == (2, 4, 2 * 3)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spread", [1.4, 4.0])  # 4.0: many points wholly off the map (clamped)
+def test_gather_core_gradients_match_grid_sample(spread: float) -> None:
+    value, shapes, locations, weights = _inputs(spread=spread)
+    for t in (value, locations, weights):
+        t.requires_grad_()
+    grad_out = torch.randn(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(
+        ms_deform_attn_core(value, shapes, locations, weights), (value, locations, weights), grad_out
+    )
+    ref = torch.autograd.grad(
+        ms_deform_attn_core_grid_sample(value, shapes, locations, weights),
+        (value, locations, weights),
+        grad_out,
+    )
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_gather_core_gradcheck() -> None:
+    value, shapes, locations, weights = _inputs(seed=2)
+    args = (value.requires_grad_(), shapes, locations.requires_grad_(), weights.requires_grad_())
+    assert torch.autograd.gradcheck(ms_deform_attn_core, args, fast_mode=True)
+
+
+def test_gather_core_float32_and_inference_mode_match_grid_sample() -> None:
+    g = torch.Generator().manual_seed(3)
+    shapes = [(4, 4), (8, 8), (16, 16)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 8, 32, generator=g)
+    locations = torch.rand(2, 50, 8, 3, 4, 2, generator=g) * 1.2 - 0.1
+    weights = torch.rand(2, 50, 8, 3, 4, generator=g).softmax(-1)
+    ref = ms_deform_attn_core_grid_sample(value, shapes, locations, weights)
+    with torch.inference_mode():
+        got = ms_deform_attn_core(value, shapes, locations, weights)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_module_shapes_and_gradients() -> None:

@@ -1,17 +1,122 @@
 """Multi-scale deformable attention (Deformable DETR) in pure PyTorch.
 
-One ``grid_sample`` per level over all batch items and heads at once, (B*heads, C_head, H, W), bilinear,
-zeros padding, ``align_corners=False``: the same arithmetic as the reference CUDA kernel, with no compiled
-op to build and no Python loop over heads or points. This is the CPU hot spot of Mask2Former.
+The core reads each sampling point's four bilinear corners from a table of all value rows (every batch
+item, level and head) with ``F.embedding_bag`` (fbgemm on CPU), the corner weights already multiplied by
+the attention weights, so that one fused gather-and-sum replaces ``grid_sample`` per level followed by a
+weighted sum over points. Each level's map carries a one-pixel zero border and points are clamped into it,
+which reproduces ``grid_sample``'s zeros padding (``align_corners=False``) without validity masks.
+Gradients come from a sampled dense-dense product (per-corner weight gradients) and a sort-based
+transposed gather (value gradients): ``embedding_bag``'s own backward sorts with int64 keys and gathers
+the per-sample-weight gradient row by row, measured several times slower. This is the CPU hot spot of
+Mask2Former; :func:`ms_deform_attn_core_grid_sample` is the straightforward version, kept as reference.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def ms_deform_attn_core_grid_sample(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ms_deform_attn_core` as one ``grid_sample`` per level plus a weighted sum (the reference)."""
+    b, s, m, ch = value.shape
+    _, lq, _, num_levels, p, _ = sampling_locations.shape
+    assert sum(h * w for h, w in spatial_shapes) == s, "spatial shapes do not cover the value sequence"
+    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 4, 1, 5).reshape(b * m, num_levels, p, lq, 2)
+    weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(b * m, num_levels, p, lq)
+    out: torch.Tensor | None = None
+    levels = value.split([h * w for h, w in spatial_shapes], dim=1)
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        value_l = levels[lvl].permute(0, 2, 3, 1).reshape(b * m, ch, h, w)
+        sampled = F.grid_sample(
+            value_l, grids[:, lvl], mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        contrib = (sampled * weights[:, lvl].unsqueeze(1)).sum(2)  # (B*M, Ch, Lq)
+        out = contrib if out is None else out + contrib
+    assert out is not None
+    return out.reshape(b, m * ch, lq).transpose(1, 2)
+
+
+class _WeightedGather(torch.autograd.Function):
+    """``out[n] = sum_{j, k} weights[j, n, k] * table[index[j, n, k]]``: (R, C) table -> (N, C)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        table: torch.Tensor,
+        weights: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        out: torch.Tensor | None = None
+        for j in range(index.shape[0]):
+            part = F.embedding_bag(index[j], table, per_sample_weights=weights[j], mode="sum")
+            out = part if out is None else out.add_(part)
+        assert out is not None
+        ctx.save_for_backward(table, weights, index)
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        table, weights, index = ctx.saved_tensors  # type: ignore[attr-defined]
+        groups, n, k = index.shape
+        grad_out = grad_out.contiguous()
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            # d out / d weights[j, n, k] = grad_out[n] . table[index[j, n, k]]: a sampled matrix product.
+            crow = torch.arange(0, n * k + 1, k, dtype=index.dtype, device=index.device)
+            zeros = weights.new_zeros(n * k)
+            table_t = table.t()
+            parts = []
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+                for j in range(groups):
+                    pattern = torch.sparse_csr_tensor(
+                        crow, index[j].reshape(-1), zeros, (n, table.shape[0]), check_invariants=False
+                    )
+                    parts.append(torch.sparse.sampled_addmm(pattern, grad_out, table_t).values())
+            grad_weights = torch.stack(parts).view(groups, n, k)
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            # The transposed gather: sort the entries by table row, then one bag per row over grad_out.
+            flat = index.reshape(-1)
+            order = torch.sort(flat, stable=True).indices
+            offsets = torch.bincount(flat, minlength=table.shape[0]).cumsum_(0).roll(1)
+            offsets[0] = 0
+            bags = torch.remainder(torch.div(order, k, rounding_mode="floor"), n)
+            grad_table = F.embedding_bag(
+                bags,
+                grad_out,
+                offsets,
+                per_sample_weights=weights.reshape(-1).index_select(0, order),
+                mode="sum",
+            )
+        return grad_table, grad_weights, None
+
+
+def _bordered_table(value: torch.Tensor, spatial_shapes: list[tuple[int, int]]) -> tuple[torch.Tensor, int]:
+    """(B*S'*M + tail, Ch) rows of every level's (H+2, W+2) zero-bordered map, and S' (rows per item / M).
+
+    The tail of zero rows is read, with weight 0, by corners one row past the last level's border.
+    """
+    b, _, m, ch = value.shape
+    maps = value.split([h * w for h, w in spatial_shapes], dim=1)
+    bordered = [
+        F.pad(v.reshape(b, h, w, m * ch), (0, 0, 1, 1, 1, 1)).view(b, -1, m, ch)
+        for v, (h, w) in zip(maps, spatial_shapes)
+    ]
+    rows_per_item = sum((h + 2) * (w + 2) for h, w in spatial_shapes)
+    tail = value.new_zeros((max(w for _, w in spatial_shapes) + 3) * m, ch)
+    return torch.cat([torch.cat(bordered, 1).view(-1, ch), tail]), rows_per_item
 
 
 def ms_deform_attn_core(
@@ -34,24 +139,42 @@ def ms_deform_attn_core(
     b, s, m, ch = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     assert sum(h * w for h, w in spatial_shapes) == s, "spatial shapes do not cover the value sequence"
-    # Points before queries: (B, Lq, M, L, P, 2) -> (B*M, L, P, Lq, 2), so that grid_sample returns
-    # (B*M, Ch, P, Lq) and the weighted sum over P reduces a non-innermost axis: contiguous rows of Lq,
-    # measured 3x faster on CPU than reducing a trailing axis of size P.
-    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 4, 1, 5).reshape(b * m, num_levels, p, lq, 2)
-    weights = attention_weights.permute(0, 2, 3, 4, 1).reshape(b * m, num_levels, p, lq)
-    out: torch.Tensor | None = None
-    levels = value.split([h * w for h, w in spatial_shapes], dim=1)
-    for lvl, (h, w) in enumerate(spatial_shapes):
-        # A contiguous (B*M, Ch, H, W) copy per level: grid_sample's CPU kernels (backward above all)
-        # are several times slower on a strided view.
-        value_l = levels[lvl].permute(0, 2, 3, 1).reshape(b * m, ch, h, w)
-        sampled = F.grid_sample(
-            value_l, grids[:, lvl], mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-        contrib = (sampled * weights[:, lvl].unsqueeze(1)).sum(2)  # (B*M, Ch, Lq)
-        out = contrib if out is None else out + contrib
-    assert out is not None
-    return out.reshape(b, m * ch, lq).transpose(1, 2)
+    table, rows_per_item = _bordered_table(value, spatial_shapes)
+    device, dtype = value.device, sampling_locations.dtype
+    # Work level-major, x and y planes apart: (2, L, B, Lq, M, P), so that every per-level constant
+    # broadcasts over one contiguous block (a trailing size-2 or size-P broadcast is several times slower).
+    wh = torch.tensor([[w for _, w in spatial_shapes], [h for h, _ in spatial_shapes]], dtype=dtype)
+    wh = wh.to(device).view(2, num_levels, 1, 1, 1, 1)
+    # Pixel coordinates in the bordered map (grid_sample's x * W - 0.5, plus 1), clamped to [0, W + 1]:
+    # a point beyond the border reads only zeros either way, and gets no gradient either way.
+    pos = sampling_locations.permute(5, 3, 0, 1, 2, 4).contiguous() * wh + 0.5
+    pos = torch.clamp(pos.clamp(min=0.0), max=wh + 1)
+    with torch.no_grad():
+        corner0 = pos.floor()
+        xy = corner0.to(torch.int32)
+        row_stride = [(w + 2) * m for _, w in spatial_shapes]
+        int32 = {"dtype": torch.int32, "device": device}
+        strides = torch.tensor(row_stride, **int32).view(num_levels, 1, 1, 1, 1)
+        starts = torch.tensor([0] + [(h + 2) * (w + 2) for h, w in spatial_shapes[:-1]], **int32)
+        base = (
+            torch.arange(b, **int32).view(1, b, 1) * rows_per_item
+            + starts.cumsum(0, dtype=torch.int32).view(-1, 1, 1)
+        ) * m + torch.arange(m, **int32).view(1, 1, m)
+        # Materialised (L, B, 1, M, P) so that it broadcasts over Lq as one contiguous block of M * P.
+        base = base.view(num_levels, b, 1, m, 1).expand(-1, -1, -1, -1, p).contiguous()
+        row = (xy[1] * strides).add_(xy[0], alpha=m).add_(base)
+        # Corners (y, x) in {0, 1}^2 are constant row offsets: 0, M, (W+2)*M, (W+2)*M + M.
+        offsets = torch.tensor([[0, m, rs, rs + m] for rs in row_stride], **int32)
+        index = row.unsqueeze(1) + offsets.view(num_levels, 4, 1, 1, 1, 1)  # (L, 4, B, Lq, M, P)
+    frac = pos - corner0
+    fx, fy = frac[0], frac[1]
+    attn = attention_weights.permute(3, 0, 1, 2, 4).contiguous()  # (L, B, Lq, M, P)
+    wy1 = fy * attn
+    wy = torch.stack([attn - wy1, wy1], 1)  # (L, 2, B, Lq, M, P)
+    wx = torch.stack([1.0 - fx, fx], 1)
+    weights = (wy.unsqueeze(2) * wx.unsqueeze(1)).view(num_levels * 4, b * lq * m, p)
+    out = _WeightedGather.apply(table, weights, index.view(num_levels * 4, b * lq * m, p))
+    return out.view(b, lq, m * ch)
 
 
 class MSDeformAttn(nn.Module):
