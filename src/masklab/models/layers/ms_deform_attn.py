@@ -136,6 +136,8 @@ def ms_deform_attn_core(
     Returns:
         (B, Lq, M * Ch).
     """
+    if value.device.type != "cpu":  # the gather path was written and measured for CPU only
+        return ms_deform_attn_core_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
     b, s, m, ch = value.shape
     _, lq, _, num_levels, p, _ = sampling_locations.shape
     assert sum(h * w for h, w in spatial_shapes) == s, "spatial shapes do not cover the value sequence"
@@ -172,7 +174,7 @@ def ms_deform_attn_core(
     wy1 = fy * attn
     wy = torch.stack([attn - wy1, wy1], 1)  # (L, 2, B, Lq, M, P)
     wx = torch.stack([1.0 - fx, fx], 1)
-    weights = (wy.unsqueeze(2) * wx.unsqueeze(1)).view(num_levels * 4, b * lq * m, p)
+    weights = (wy.unsqueeze(2) * wx.unsqueeze(1)).view(num_levels * 4, b * lq * m, p).to(table.dtype)
     out = _WeightedGather.apply(table, weights, index.view(num_levels * 4, b * lq * m, p))
     return out.view(b, lq, m * ch)
 

@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from masklab.errors import TrainingError
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
-from masklab.models.mask2former.point_sampling import point_sample
+from masklab.models.mask2former.point_sampling import point_sample, point_sample_channels
 from masklab.models.mask2former.targets import Mask2FormerTargets
 
 
@@ -109,7 +109,7 @@ class Mask2FormerMatcher:
         coords = torch.empty(len(indices), self.num_points, 2, device=device)
         for row in coords:
             row.uniform_()
-        pred = point_sample(pick(output.mask_logits), coords)  # (N, Q, P)
+        pred = point_sample_channels(pick(output.mask_logits), coords)  # (N, Q, P)
         softplus_sum = F.softplus(pred).sum(-1, keepdim=True)
         pred_probs = pred.sigmoid()
         attr_probs = {s.name: pick(output.attribute_logits[s.name]).softmax(-1) for s in self.attributes}

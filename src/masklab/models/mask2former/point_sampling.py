@@ -24,6 +24,46 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(3)
 
 
+@torch.no_grad()
+def point_sample_channels(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """:func:`point_sample` without autograd, for maps of many channels (the matcher's (B, Q, h, w) logits).
+
+    ``grid_sample`` reads the four corners once per channel; here each point is one ``embedding_bag`` of
+    its four corner rows of a channels-last table (fbgemm on CPU): 20-24 -> 9 ms for (2, 100, 64, 64) maps
+    at 12544 points (1 thread). Same bilinear weights: the maps get a one-pixel zero border and points are
+    clamped into it, which reads zeros exactly where ``grid_sample``'s zeros padding does.
+
+    Args:
+        maps: (N, C, H, W).
+        coords: (N, P, 2) normalised (x, y) in [0, 1].
+
+    Returns:
+        (N, C, P), a transposed view of an (N, P, C) tensor.
+    """
+    n, c, h, w = maps.shape
+    p = coords.shape[1]
+    block = (h + 2) * (w + 2)
+    # A tail of w + 3 zero rows takes the weight-0 corners of points clamped onto the last bottom border.
+    table = maps.new_zeros(n * block + w + 3, c)
+    # Per-image 2-D transposes take copy_'s blocked-transpose path (a 4-D permuted copy was 2x slower).
+    flat = maps.new_empty(n, h * w, c)
+    for i in range(n):
+        flat[i].copy_(maps[i].view(c, h * w).t())
+    table[: n * block].view(n, h + 2, w + 2, c)[:, 1:-1, 1:-1] = flat.view(n, h, w, c)
+    scale = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
+    pos = torch.minimum((coords * scale + 0.5).clamp_(min=0), scale + 1)  # bordered pixel coordinates
+    corner = pos.floor()
+    fx, fy = (pos - corner).unbind(-1)
+    corner = corner.to(torch.int64)
+    row = corner[..., 1] * (w + 2) + corner[..., 0]
+    row += torch.arange(n, device=maps.device).view(n, 1) * block
+    index = torch.stack([row, row + 1, row + (w + 2), row + (w + 3)], -1).view(n * p, 4)
+    gx, gy = 1 - fx, 1 - fy
+    weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], -1).view(n * p, 4).to(maps.dtype)
+    out = F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+    return out.view(n, p, c).transpose(1, 2)
+
+
 def uncertain_point_coords(
     logits: torch.Tensor,
     num_points: int,
@@ -54,7 +94,8 @@ def uncertain_point_coords(
     with torch.no_grad():
         candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
         uncertainty = -point_sample(logits.detach().float(), candidates).abs().squeeze(1)  # (N, num_sampled)
-        idx = uncertainty.topk(num_uncertain, dim=1).indices
+        # Unsorted: the same set of points (the loss is a mean over them), about 4x faster than sorted.
+        idx = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
         chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
         if num_random > 0:
             chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=device, generator=generator)], 1)
