@@ -5,6 +5,7 @@ from masklab.models.layers.ms_deform_attn import (
     MSDeformAttn,
     ms_deform_attn_core,
     ms_deform_attn_core_grid_sample,
+    ms_deform_attn_offsets,
 )
 
 
@@ -112,3 +113,24 @@ def test_module_shapes_and_gradients() -> None:
     out.square().sum().backward()
     assert value.grad is not None and value.grad.abs().sum() > 0
     assert query.grad is not None and query.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("ref_batch", [2, 1])  # per-image or shared reference points
+def test_offsets_entry_equals_core_at_formed_locations(ref_batch: int) -> None:
+    value, shapes, _, weights = _inputs()
+    g = torch.Generator().manual_seed(4)
+    ref = torch.rand(ref_batch, 4, 2, generator=g, dtype=torch.float64)
+    offsets = torch.randn(2, 4, 2, 3, 3, 2, generator=g, dtype=torch.float64) * 2
+    for t in (value, offsets, weights):
+        t.requires_grad_()
+    wh = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
+    locations = ref[:, :, None, None, None, :] + offsets / wh[:, None, :]
+    got = ms_deform_attn_offsets(value, shapes, ref, offsets, weights)
+    ref_out = ms_deform_attn_core_grid_sample(value, shapes, locations, weights)
+    torch.testing.assert_close(got, ref_out, atol=1e-10, rtol=1e-10)
+    grad_out = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad(got, (value, offsets, weights), grad_out),
+        torch.autograd.grad(ref_out, (value, offsets, weights), grad_out),
+    ):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

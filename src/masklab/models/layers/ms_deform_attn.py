@@ -138,18 +138,67 @@ def ms_deform_attn_core(
     """
     if value.device.type != "cpu":  # the gather path was written and measured for CPU only
         return ms_deform_attn_core_grid_sample(value, spatial_shapes, sampling_locations, attention_weights)
-    b, s, m, ch = value.shape
-    _, lq, _, num_levels, p, _ = sampling_locations.shape
-    assert sum(h * w for h, w in spatial_shapes) == s, "spatial shapes do not cover the value sequence"
-    table, rows_per_item = _bordered_table(value, spatial_shapes)
-    device, dtype = value.device, sampling_locations.dtype
+    wh = _level_sizes(spatial_shapes, sampling_locations.dtype, value.device)
     # Work level-major, x and y planes apart: (2, L, B, Lq, M, P), so that every per-level constant
     # broadcasts over one contiguous block (a trailing size-2 or size-P broadcast is several times slower).
-    wh = torch.tensor([[w for _, w in spatial_shapes], [h for h, _ in spatial_shapes]], dtype=dtype)
-    wh = wh.to(device).view(2, num_levels, 1, 1, 1, 1)
-    # Pixel coordinates in the bordered map (grid_sample's x * W - 0.5, plus 1), clamped to [0, W + 1]:
-    # a point beyond the border reads only zeros either way, and gets no gradient either way.
+    # Pixel coordinates in the bordered map: grid_sample's x * W - 0.5, plus 1.
     pos = sampling_locations.permute(5, 3, 0, 1, 2, 4).contiguous() * wh + 0.5
+    return _gather_core(value, spatial_shapes, pos, attention_weights)
+
+
+def ms_deform_attn_offsets(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    reference_points: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ms_deform_attn_core` at ``reference_points + offsets / (W_l, H_l)``, without forming them.
+
+    Args:
+        value: (B, S, M, Ch).
+        spatial_shapes: (H_l, W_l) per level.
+        reference_points: (B, Lq, 2) or (1, Lq, 2) normalised (x, y), shared by all levels.
+        offsets: (B, Lq, M, L, P, 2) in pixels of each level.
+        attention_weights: (B, Lq, M, L, P).
+
+    Returns:
+        (B, Lq, M * Ch).
+    """
+    wh = _level_sizes(spatial_shapes, offsets.dtype, value.device)
+    if value.device.type != "cpu":
+        locations = reference_points[:, :, None, None, None, :] + offsets / wh.view(2, -1).t()[:, None, :]
+        return ms_deform_attn_core_grid_sample(value, spatial_shapes, locations, attention_weights)
+    # Pixel coordinates ref * W + offset (+ 0.5 - 0.5 + 1, as in ms_deform_attn_core) straight away: the
+    # normalised locations would be divided by (W, H) here only to be multiplied back in the core.
+    ref = reference_points.permute(2, 0, 1)[:, None, :, :, None, None] * wh + 0.5  # (2, L, B, Lq, 1, 1)
+    pos = offsets.permute(5, 3, 0, 1, 2, 4).contiguous() + ref
+    return _gather_core(value, spatial_shapes, pos, attention_weights)
+
+
+def _level_sizes(
+    spatial_shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(2, L, 1, 1, 1, 1): the widths, then the heights, of the levels."""
+    wh = torch.tensor([[w for _, w in spatial_shapes], [h for h, _ in spatial_shapes]], dtype=dtype)
+    return wh.to(device).view(2, len(spatial_shapes), 1, 1, 1, 1)
+
+
+def _gather_core(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    pos: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The core from (2, L, B, Lq, M, P) pixel coordinates in the zero-bordered maps."""
+    b, s, m, ch = value.shape
+    _, num_levels, _, lq, _, p = pos.shape
+    assert sum(h * w for h, w in spatial_shapes) == s, "spatial shapes do not cover the value sequence"
+    table, rows_per_item = _bordered_table(value, spatial_shapes)
+    device = value.device
+    # Clamped to [0, W + 1]: a point beyond the border reads only zeros either way, and gets no gradient
+    # either way.
+    wh = _level_sizes(spatial_shapes, pos.dtype, device)
     pos = torch.clamp(pos.clamp(min=0.0), max=wh + 1)
     with torch.no_grad():
         corner0 = pos.floor()
@@ -247,9 +296,7 @@ class MSDeformAttn(nn.Module):
         v = self.value_proj(value).view(b, value.shape[1], m, self.embed_dim // m)
         offsets = self.sampling_offsets(query).view(b, lq, m, lvl, p, 2)
         weights = self.attention_weights(query).view(b, lq, m, lvl * p).softmax(-1).view(b, lq, m, lvl, p)
-        # Offsets are in pixels of each level: divide by (W_l, H_l) to move in normalised coordinates.
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        # Offsets are in pixels of each level: the locations are ref + offset / (W_l, H_l).
         ref = reference_points if reference_points.dim() == 3 else reference_points.unsqueeze(0)
-        locations = ref[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn_core(v, spatial_shapes, locations, weights)
+        out = ms_deform_attn_offsets(v, spatial_shapes, ref, offsets, weights)
         return self.output_proj(out)
