@@ -115,7 +115,7 @@ class _FFNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x) if self.pre_norm else x
-        x = x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(y)))))
+        x = x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
         return x if self.pre_norm else self.norm(x)
 
 

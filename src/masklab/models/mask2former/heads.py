@@ -24,7 +24,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = F.relu(x)
+                x = F.relu(x, inplace=True)  # x is this layer's fresh output
         return x
 
 

@@ -61,7 +61,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """(B, S, d) tokens of all levels -> (B, S, d)."""
         src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, shapes)))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout(ffn))
 
 
@@ -155,5 +155,5 @@ class MSDeformAttnPixelDecoder(nn.Module):
             start += h * w
         lateral = self.lateral(features[0])
         up = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-        fine = F.relu(self.output(lateral + up))
+        fine = F.relu(self.output(lateral + up), inplace=True)
         return PixelDecoderOutput(mask_features=self.mask_features(fine), multi_scale_features=maps)
