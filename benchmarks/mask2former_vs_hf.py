@@ -138,6 +138,7 @@ def main() -> None:
     }
     params = (sum(p.numel() for p in ours.parameters()) / 1e6, sum(p.numel() for p in hf.parameters()) / 1e6)
     print(f"params (M): masklab {params[0]:.2f}  hf {params[1]:.2f}")
+    print(f"torch threads: {args.threads}")
     print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     for name, (t_ours, t_hf) in results.items():
         print(f"{name:8s} masklab {t_ours:.3f}s  hf {t_hf:.3f}s  ratio {t_ours / t_hf:.2f}")
