@@ -95,3 +95,21 @@ def test_patch_stem_arch_keeps_stride_8_with_fewer_layers() -> None:
     assert model.student(x, torch.full((2,), 900.0)).shape == (2, 32, 32)
     convs = [m for m in model.student.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].stride == (4, 4) and len(convs) == 3  # stem, one stride-2 conv, one 3x3
+
+
+def test_patch_stem_config_is_the_benchmark_default() -> None:
+    """mal_tiny-p4s8_synthetic-128: the patch-stem encoder, 16-d K.V product, one torch thread, and
+    what ``benchmarks/mal_vs_baselines.py`` trains unless told otherwise."""
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    cfg = CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml")
+    rc = resolve(cfg)
+    assert rc.model.arch == "masklab-tiny-p4s8" and rc.runtime.num_threads == 1
+    model = build_mal_model(rc)
+    x = torch.zeros(2, 3, 128, 128)
+    assert model.student(x, torch.full((2,), 900.0)).shape == (2, 32, 32)
+    assert model.student.instance_head.mlp[-1].out_features == 16
+    bench = (CONFIG.parents[2] / "benchmarks" / "mal_vs_baselines.py").read_text()
+    assert f'CONFIG = "configs/mal/{cfg.name}"' in bench

@@ -7,13 +7,16 @@ Labeling cost per box on CPU is what matters against classical labelers (GrabCut
   ``W_y @ region @ W_x^T``); whole images are packed into forwards of up to ``batch_size``
   crops, so one forward serves boxes of several images;
 * the forward runs under ``torch.inference_mode`` in ``channels_last`` layout (about 2x faster
-  for the small convolutions of the CPU encoders with one thread);
-* paste-back is one batched matrix product per image: bilinear resizing is separable, so the crop
+  for the small convolutions of the CPU encoders with one thread); the crops are written in that
+  layout directly;
+* paste-back is a batched matrix product: bilinear resizing is separable, so the crop
   probabilities of K boxes go to image resolution as ``R_y @ P @ R_x^T`` with (K, H, h) and
   (K, w, W) interpolation matrices that also clip the window at the image borders and zero the
-  rows / columns outside the box. The result
-  equals :func:`masklab.inference.paste_back.paste_crop_probs` (resize to the window, paste,
-  clip, zero outside the box) up to float rounding (tested).
+  rows / columns outside the box (:func:`paste_probs`, one image). The result equals
+  :func:`masklab.inference.paste_back.paste_crop_probs` (resize to the window, paste, clip, zero
+  outside the box) up to float rounding (tested). Labeling needs only the box pixels (the rest is
+  0), so :func:`label_masks` builds the matrices for each box's own rows and columns and pastes a
+  whole forward batch, crops of several images together, in one product.
 """
 
 from __future__ import annotations
