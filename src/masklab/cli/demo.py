@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-DEMO_CONFIG = "configs/fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml"
+DEMO_CONFIG = "configs/segformer/segformer_mit-b0_1xb8-1800i_synthetic-128x128.yaml"
 
 # Training images the demo synthesizes: on 300 the from-scratch models overfit within the demo's
 # iterations (docs/semantic.md, "The demo model"); 2000 take ~1 min to draw on 2 cores.
