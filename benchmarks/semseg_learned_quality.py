@@ -26,8 +26,10 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {
@@ -47,7 +49,13 @@ def probe_cpu_per_iter(config: Path, overrides: list[str], iters: int, warmup: i
     from masklab.config.assemble import build_trainer, resolve
 
     rc = resolve(config, [*overrides, "train.num_workers=0"])
-    trainer = build_trainer(rc, work_dir=Path("/tmp/semseg_quality_probe"), progress=False, with_val=False)
+    with tempfile.TemporaryDirectory(prefix="semseg_quality_probe_") as probe_dir:
+        trainer = build_trainer(rc, work_dir=Path(probe_dir), progress=False, with_val=False)
+        return _cpu_per_step(trainer, iters, warmup)
+
+
+def _cpu_per_step(trainer: Any, iters: int, warmup: int) -> float:
+    """CPU seconds per ``trainer.run_step`` after ``warmup`` untimed steps."""
     trainer.model.train()
     batches = trainer._batches()
     for _ in range(warmup):
@@ -56,7 +64,6 @@ def probe_cpu_per_iter(config: Path, overrides: list[str], iters: int, warmup: i
     start = time.process_time()
     for _ in range(iters):
         trainer.run_step(batches)
-    del trainer
     return (time.process_time() - start) / iters
 
 
