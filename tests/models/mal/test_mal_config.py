@@ -113,3 +113,30 @@ def test_patch_stem_config_is_the_benchmark_default() -> None:
     assert model.student.instance_head.mlp[-1].out_features == 16
     bench = (CONFIG.parents[2] / "benchmarks" / "mal_vs_baselines.py").read_text()
     assert f'CONFIG = "configs/mal/{cfg.name}"' in bench
+
+
+def test_crf_refinement_settings_reach_the_labeling_model() -> None:
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(CONFIG, ["evaluate.crf_refine_iter=2", "evaluate.crf_refine_scale=2"])
+    model = build_mal_model(rc).eval()
+    assert (model.labeling_refine_iter, model.labeling_refine_scale) == (2, 2)
+    images = torch.randn(2, 3, 64, 64)
+    areas = torch.full((2,), 900.0)
+    refined = model._label_probs(images, areas)
+    model.set_labeling(refine_iter=0)
+    plain = model._label_probs(images, areas)
+    assert refined.shape[-2:] == (2 * plain.shape[-2], 2 * plain.shape[-1])
+    assert float(refined.min()) >= 0.1 - 1e-6 and float(refined.max()) <= 0.9 + 1e-6  # the CRF clamps
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("evaluate.crf_refine_iter=-1", "crf_refine_iter"), ("evaluate.crf_refine_scale=0", "crf_refine_scale")],
+)
+def test_bad_crf_refinement_settings_are_one_line_errors(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve(CONFIG, [override])
+    assert key in str(err.value) and "\n" not in str(err.value)

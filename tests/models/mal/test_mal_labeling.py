@@ -102,11 +102,14 @@ def test_label_dataset_keeps_every_box_and_batch_size_does_not_matter(tmp_path: 
         assert np.array_equal(by_batch[3][i], by_batch[64][i])
 
 
-def test_label_dataset_equals_the_per_box_predict_path(tmp_path: Path) -> None:
-    """Per box: dataset crop -> one-crop batch -> ``MALModel.predict``; batched: :func:`label_dataset`."""
+@pytest.mark.parametrize("refine_iter", [0, 2])
+def test_label_dataset_equals_the_per_box_predict_path(tmp_path: Path, refine_iter: int) -> None:
+    """Per box: dataset crop -> one-crop batch -> ``MALModel.predict``; batched: :func:`label_dataset`
+    (with and without the labeling-time colour refinement)."""
     path = _write(tmp_path)
     ds = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=S)
     model = _model()
+    model.set_labeling(refine_iter=refine_iter)
     # An untrained model's probabilities sit in a narrow band: threshold at their median so the
     # masks are neither empty nor full boxes and a shifted paste would show.
     first = model.data_preprocessor(collate_box_crops([ds[0]]))

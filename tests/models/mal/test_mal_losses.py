@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from masklab.models.mal.crf import color_affinities, mean_field_target
+from masklab.models.mal.crf import color_affinities, mean_field_target, refine_probs
 from masklab.models.mal.losses import dice_loss, mil_projection_loss
 from masklab.structures.box_crops import rasterize_boxes
 
@@ -110,3 +110,37 @@ def test_crf_matches_the_literal_two_label_update() -> None:
     fast = mean_field_target(start, aff, box, kernel_size=3, num_iter=15)
     slow = _two_label_mean_field(start, aff, box, 15)
     assert fast.equal(slow)
+
+
+def test_colour_affinities_equal_the_unfold_formula() -> None:
+    gen = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, 9, 13, generator=gen)
+    k, zeta = 5, 0.7
+    neigh = torch.nn.functional.unfold(images, k, padding=k // 2).view(2, 3, k * k, 9 * 13)
+    dist2 = (neigh - images.reshape(2, 3, 1, 9 * 13)).pow(2).sum(1)
+    valid = torch.nn.functional.unfold(torch.ones(1, 1, 9, 13), k, padding=k // 2)
+    expected = torch.exp(-dist2 / (2 * zeta * zeta)) * valid
+    assert torch.allclose(color_affinities(images, k, zeta), expected, atol=1e-6)
+    # A channels_last input gives the same weights.
+    assert torch.allclose(
+        color_affinities(images.contiguous(memory_format=torch.channels_last), k, zeta), expected, atol=1e-6
+    )
+
+
+def test_refine_probs_snaps_a_blurred_mask_to_the_colour_edge() -> None:
+    # An 8x8 probability map whose edge is a soft ramp, on a 16x16 crop whose colour edge is sharp
+    # at column 9 (left: object, right: background).
+    images = torch.zeros(1, 3, 16, 16)
+    images[:, :, :, :9] = 2.0
+    probs = torch.linspace(0.9, 0.1, 8).expand(1, 8, 8).clone()
+    out = refine_probs(probs, images, scale=2, kernel_size=5, zeta=0.5, num_iter=2)
+    assert out.shape == (1, 16, 16)
+    # Thresholded at 0.5 the mask ends exactly at the colour edge on every row.
+    fg = out[0] > 0.5
+    assert fg[:, :9].all() and not fg[:, 9:].any()
+    # The plain upsampled ramp does not: its 0.5 crossing sits mid-map, away from column 9.
+    plain = refine_probs(probs, images, scale=2, num_iter=0)[0] > 0.5
+    assert not plain.equal(fg)
+    assert torch.allclose(refine_probs(probs, images, scale=1, num_iter=0), probs), (
+        "scale 1 and no iterations leave the map unchanged"
+    )

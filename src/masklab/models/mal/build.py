@@ -100,7 +100,12 @@ def build_mal_model(rc: ResolvedConfig) -> MALModel:
     ev = rc.evaluate
     if isinstance(ev, MalEvaluateConfig):
         net = "mixed" if ev.use_mixed_model_test else "teacher" if ev.use_teacher_test else "student"
-        model.set_labeling(network=net, flip=ev.use_flip_test)
+        model.set_labeling(
+            network=net,
+            flip=ev.use_flip_test,
+            refine_iter=ev.crf_refine_iter,
+            refine_scale=ev.crf_refine_scale,
+        )
     return model
 
 

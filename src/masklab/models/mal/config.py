@@ -213,6 +213,10 @@ class MalEvaluateConfig(EvaluateConfig):
     use_mixed_model_test: bool = False
     use_teacher_test: bool = False
     use_flip_test: bool = False
+    # masklab additions (not in TAO's spec): mean-field colour refinement of the labels, with the
+    # training CRF's kernel / zeta, on the probability map upsampled crf_refine_scale times (docs/mal.md).
+    crf_refine_iter: int = 0
+    crf_refine_scale: int = 2
     comp_clustering: bool = False
     metrics: list[str] = field(default_factory=lambda: ["mask_iou", "segm_ap"])
 
@@ -220,6 +224,12 @@ class MalEvaluateConfig(EvaluateConfig):
         super().__post_init__()
         if self.comp_clustering:
             raise ValueError("comp_clustering: the clustering score is not implemented")
+        if self.crf_refine_iter < 0:
+            raise ValueError(f"crf_refine_iter: expected >= 0 iterations, got {self.crf_refine_iter}")
+        if self.crf_refine_scale < 1:
+            raise ValueError(
+                f"crf_refine_scale: expected an upsampling factor >= 1, got {self.crf_refine_scale}"
+            )
 
 
 @dataclass(kw_only=True)

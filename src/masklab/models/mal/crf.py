@@ -29,12 +29,19 @@ def color_affinities(images: torch.Tensor, kernel_size: int = 3, zeta: float = 0
     Neighbours outside the image get weight 0 (instead of the padding's colour).
     """
     b, c, h, w = images.shape
-    pad = kernel_size // 2
-    neigh = F.unfold(images, kernel_size, padding=pad).view(b, c, kernel_size * kernel_size, h * w)
-    centre = images.reshape(b, c, 1, h * w)
-    dist2 = (neigh - centre).pow(2).sum(dim=1)
-    valid = F.unfold(images.new_ones(1, 1, h, w), kernel_size, padding=pad)  # (1, k*k, H*W)
-    return torch.exp(-dist2 / (2.0 * zeta * zeta)) * valid
+    k, pad = kernel_size, kernel_size // 2
+    # k*k shifted views of one padded copy instead of an unfold: the unfold materialises
+    # (B, C, k*k, H*W) in a layout that made this 5-8x slower on CPU (measured at 64x64, k 5).
+    x = images.float().contiguous()
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dist2 = x.new_empty((b, k * k, h, w))
+    for j in range(k * k):
+        dy, dx = divmod(j, k)
+        dist2[:, j] = (padded[:, :, dy : dy + h, dx : dx + w] - x).pow_(2).sum(1)
+    weights = torch.exp_(dist2.mul_(-1.0 / (2.0 * zeta * zeta)))
+    # Neighbours outside the image get weight 0 (not the zero padding's colour).
+    valid = F.unfold(x.new_ones(1, 1, h, w), k, padding=pad).view(1, k * k, h, w)
+    return (weights * valid).view(b, k * k, h * w)
 
 
 @torch.no_grad()
@@ -79,3 +86,57 @@ def mean_field_target(
             acc.addcmul_(padded[:, dy : dy + h, dx : dx + w], weights[:, j])
         z = torch.where(box, acc.clamp(lo, hi), lo)
     return (z > 0) & box
+
+
+@torch.no_grad()
+def refine_probs(
+    probs: torch.Tensor,
+    images: torch.Tensor,
+    *,
+    scale: int = 2,
+    kernel_size: int = 5,
+    zeta: float = 0.5,
+    num_iter: int = 2,
+    low: float = 0.1,
+    high: float = 0.9,
+) -> torch.Tensor:
+    """Labeling-time refinement: (B, scale*h, scale*w) foreground probabilities snapped to colour edges.
+
+    The same mean-field update as :func:`mean_field_target` (clamped logits, colour-weighted
+    neighbourhood sums), run on the predicted probabilities bilinearly upsampled ``scale`` times
+    with the crop's colours at that resolution, and returned soft (clamped to ``[low, high]``) so
+    that paste-back still interpolates. No box constraint here: paste-back keeps box pixels only.
+
+    Args:
+        probs: (B, h, w) predicted foreground probabilities of B crops.
+        images: (B, C, H, W) the crops as the network saw them (normalised).
+        scale: upsampling factor of the probability map before the update (1: logit resolution).
+        kernel_size: odd neighbourhood side (MAL: ``train.crf_kernel_size``).
+        zeta: colour bandwidth in normalised-image units (``train.crf_zeta``).
+        num_iter: mean-field iterations (0: only the upsampling).
+        low: lower probability clamp.
+        high: upper probability clamp.
+    """
+    b, h, w = probs.shape
+    h, w = h * scale, w * scale
+    p = probs.float()
+    if scale != 1:
+        p = F.interpolate(p[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    if num_iter == 0:
+        return p
+    colours = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False)
+    weights = color_affinities(colours, kernel_size, zeta).view(b, kernel_size * kernel_size, h, w)
+    k, pad = kernel_size, kernel_size // 2
+    lo, hi = math.log(low / (1 - low)), math.log(high / (1 - high))
+    q = p.clamp(low, high)
+    z = torch.log(q) - torch.log1p(-q)
+    # Zero logits (p = 0.5) beyond the crop border: with zero weight there they add nothing.
+    padded = z.new_zeros((b, h + 2 * pad, w + 2 * pad))
+    for _ in range(num_iter):
+        padded[:, pad : pad + h, pad : pad + w] = z
+        acc = torch.zeros_like(z)
+        for j in range(k * k):
+            dy, dx = divmod(j, k)
+            acc.addcmul_(padded[:, dy : dy + h, dx : dx + w], weights[:, j])
+        z = acc.clamp_(lo, hi)
+    return torch.sigmoid(z)

@@ -10,7 +10,7 @@ from torch import nn
 
 from masklab.config.registries import MODELS
 from masklab.errors import ConfigError
-from masklab.models.mal.crf import color_affinities, mean_field_target
+from masklab.models.mal.crf import color_affinities, mean_field_target, refine_probs
 from masklab.models.mal.labeling import paste_thresholded
 from masklab.models.mal.losses import crf_self_training_loss, mil_projection_loss
 from masklab.models.mal.network import MalNetwork
@@ -117,20 +117,35 @@ class MALModel(nn.Module):
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.labeling_network = "student"
         self.labeling_flip = False
+        self.labeling_refine_iter = 0
+        self.labeling_refine_scale = 2
 
-    def set_labeling(self, *, network: str = "student", flip: bool = False) -> None:
-        """Which network labels (TAO ``use_teacher_test`` / ``use_mixed_model_test``) and flip TTA.
+    def set_labeling(
+        self, *, network: str = "student", flip: bool = False, refine_iter: int = 0, refine_scale: int = 2
+    ) -> None:
+        """Which network labels (TAO ``use_teacher_test`` / ``use_mixed_model_test``), flip TTA and
+        the colour refinement of the labels (masklab's ``crf_refine_iter`` / ``crf_refine_scale``).
 
         Args:
             network: ``student``, ``teacher`` or ``mixed`` (mean of both probabilities).
             flip: average with the prediction on the horizontally flipped crop (``use_flip_test``).
+            refine_iter: mean-field iterations of :func:`~masklab.models.mal.crf.refine_probs` on
+                the labeling probabilities (0: off), with the training CRF's kernel, zeta and clamps.
+            refine_scale: the refinement's upsampling of the probability map (>= 1).
         """
         if network not in ("student", "teacher", "mixed"):
             raise ConfigError(
                 f"MALModel.set_labeling: network must be student, teacher or mixed, got {network!r}"
             )
+        if refine_iter < 0 or refine_scale < 1:
+            raise ConfigError(
+                "evaluate.crf_refine_iter / crf_refine_scale: expected >= 0 and >= 1, "
+                f"got {refine_iter}, {refine_scale}"
+            )
         self.labeling_network = network
         self.labeling_flip = bool(flip)
+        self.labeling_refine_iter = int(refine_iter)
+        self.labeling_refine_scale = int(refine_scale)
 
     def _label_probs(self, images: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
         """Crop probabilities from the labeling network(s), flip-averaged when asked."""
@@ -147,6 +162,17 @@ class MALModel(nn.Module):
         probs = run(images)
         if self.labeling_flip:
             probs = (probs + run(images.flip(-1)).flip(-1)) / 2
+        if self.labeling_refine_iter > 0:
+            probs = refine_probs(
+                probs,
+                images,
+                scale=self.labeling_refine_scale,
+                kernel_size=self.crf_kernel_size,
+                zeta=self.crf_zeta,
+                num_iter=self.labeling_refine_iter,
+                low=self.crf_low,
+                high=self.crf_high,
+            )
         return probs
 
     def forward(
