@@ -263,3 +263,28 @@ def test_channels_last_trains_like_nchw_and_feeds_nhwc(tmp_path: Path) -> None:
     for name, ref in weights_ref.items():
         torch.testing.assert_close(weights_cl[name], ref, rtol=1e-5, atol=1e-6)
     assert weights_cl["conv.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_instance_batches_pin_and_move_without_blocking_on_cuda() -> None:
+    from masklab.structures import Batch, Instances, SampleMeta
+
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 1:4, 1:4] = True
+    inst = Instances(
+        masks=masks,
+        boxes=torch.tensor([[1.0, 1, 4, 4], [0, 0, 0, 0]]),
+        labels=torch.tensor([3, 1]),
+        attributes={"color": torch.tensor([1, -1])},
+    )
+    meta = SampleMeta(image_id=0, file_name="a.png", ori_shape=(8, 8), img_shape=(8, 8))
+    batch = Batch(images=torch.rand(1, 3, 8, 8), metas=[meta], instances=[inst])
+    pinned = batch.pin_memory()
+    assert pinned.images.is_pinned() and pinned.instances[0].masks.is_pinned()
+    assert pinned.instances[0].attributes["color"].is_pinned()
+    moved = pinned.to("cuda", non_blocking=True)
+    torch.cuda.synchronize()
+    assert moved.instances[0].labels.device.type == "cuda"
+    assert torch.equal(moved.instances[0].masks.cpu(), masks) and torch.equal(
+        moved.images.cpu(), batch.images
+    )

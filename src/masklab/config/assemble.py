@@ -239,6 +239,8 @@ def train_loader_factory(rc: ResolvedConfig, dataset: Any) -> Callable[[int], An
             drop_last=True,
             infinite=True,
             start_iter=start,
+            # Page-locked batches make the preprocessor's non_blocking copies asynchronous on CUDA.
+            pin_memory=resolve_device(rc.runtime.device).type == "cuda",
         )
 
     return factory

@@ -43,5 +43,16 @@ class Batch:
             self,
             images=self.images.to(device, non_blocking=non_blocking),
             semantic=None if self.semantic is None else self.semantic.to(device, non_blocking=non_blocking),
-            instances=None if self.instances is None else [inst.to(device) for inst in self.instances],
+            instances=None
+            if self.instances is None
+            else [inst.to(device, non_blocking=non_blocking) for inst in self.instances],
+        )
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies of the tensors (the DataLoader's ``pin_memory`` calls this)."""
+        return replace(
+            self,
+            images=self.images.pin_memory(),
+            semantic=None if self.semantic is None else self.semantic.pin_memory(),
+            instances=None if self.instances is None else [inst.pin_memory() for inst in self.instances],
         )

@@ -75,14 +75,28 @@ class Instances:
             ids=self.ids[index],
         )
 
-    def to(self, device: torch.device | str) -> Instances:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Instances:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
         return Instances(
-            masks=self.masks.to(device),
-            boxes=self.boxes.to(device),
-            labels=self.labels.to(device),
-            attributes={k: v.to(device) for k, v in self.attributes.items()},
-            ignore=self.ignore.to(device),
-            ids=self.ids.to(device),
+            masks=move(self.masks),
+            boxes=move(self.boxes),
+            labels=move(self.labels),
+            attributes={k: move(v) for k, v in self.attributes.items()},
+            ignore=move(self.ignore),
+            ids=move(self.ids),
+        )
+
+    def pin_memory(self) -> Instances:
+        """Page-locked copies (the DataLoader's ``pin_memory`` calls this), for asynchronous device copies."""
+        return Instances(
+            masks=self.masks.pin_memory(),
+            boxes=self.boxes.pin_memory(),
+            labels=self.labels.pin_memory(),
+            attributes={k: v.pin_memory() for k, v in self.attributes.items()},
+            ignore=self.ignore.pin_memory(),
+            ids=self.ids.pin_memory(),
         )
 
     def boxes_from_masks(self) -> torch.Tensor:

@@ -119,3 +119,38 @@ def test_crowd_instances_are_not_targets() -> None:
     )
     target = Mask2FormerTargets.from_instances(inst, ("color",))
     assert target.labels.tolist() == [0] and target.attributes["color"].tolist() == [1]
+
+
+def test_batch_targets_drop_crowd_objects_only_where_they_are() -> None:
+    from masklab.structures import Instances
+
+    def inst(ignore: list[bool]) -> Instances:
+        n = len(ignore)
+        return Instances(
+            masks=torch.ones(n, 8, 8, dtype=torch.bool),
+            boxes=torch.zeros(n, 4),
+            labels=torch.arange(n),
+            attributes={"color": torch.arange(n) % 2},
+            ignore=torch.tensor(ignore, dtype=torch.bool),
+        )
+
+    clean, crowded, empty = inst([False, False]), inst([True, False, False]), inst([])
+    targets = Mask2FormerTargets.from_batch([clean, crowded, empty], ("color",))
+    assert [t.labels.tolist() for t in targets] == [[0, 1], [1, 2], []]
+    assert targets[1].attributes["color"].tolist() == [1, 0]
+    # Without any crowd object in the batch every image is taken whole.
+    whole = Mask2FormerTargets.from_batch([clean, empty], ("color",))
+    assert [len(t) for t in whole] == [2, 0]
+
+
+def test_attribute_loss_is_zero_not_nan_when_every_query_is_matched_to_an_unlabelled_object() -> None:
+    crit = _criterion()
+    logits = torch.randn(2, 3, requires_grad=True)
+    out = _identical_queries(logits)
+    # Two queries, two objects, both unlabelled: no query has an attribute target (not even no-object).
+    target = Mask2FormerTargets(torch.tensor([0, 1]), _square_masks(2, 32), {"color": torch.tensor([-1, -1])})
+    losses = crit(Mask2FormerOutput(layers=[out]), [target])
+    attr = losses["loss_attr_color"]
+    assert torch.isfinite(attr) and float(attr) == 0.0
+    attr.backward()  # the graph is kept: reaches the attribute logits
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0

@@ -10,6 +10,7 @@ Loss names (all start with ``loss`` so the engine sums them; values are already 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -101,7 +102,8 @@ class Mask2FormerCriterion(nn.Module):
 
     def num_masks(self, targets: Sequence[Mask2FormerTargets], device: torch.device) -> torch.Tensor:
         """Objects in the batch averaged over workers, clamped to >= 1 (the mask-loss normaliser)."""
-        total = torch.tensor(float(sum(len(t) for t in targets)), device=device)
+        # A fill, not a host-to-device copy of a Python float (a stream synchronisation on CUDA).
+        total = torch.full((), float(sum(len(t) for t in targets)), device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             total = total / dist.get_world_size()
@@ -113,63 +115,68 @@ class Mask2FormerCriterion(nn.Module):
         """Weighted losses of every prediction point (see the module docstring for names)."""
         device = outputs.last.class_logits.device
         num_masks = self.num_masks(targets, device)
+        flat = _BatchTargets.of(targets, device)
         losses: dict[str, torch.Tensor] = {}
         last = len(outputs.layers) - 1
         for i, out in enumerate(outputs.layers):
             indices = self.matcher(out, targets, layer=i)
             suffix = "" if i == last else f"_d{i}"
-            for name, value in self._layer_losses(out, targets, indices, num_masks).items():
+            for name, value in self._layer_losses(out, flat, indices, num_masks).items():
                 losses[name + suffix] = value * self.weights[name]
         return losses
 
     def _layer_losses(
         self,
         out: Mask2FormerLayerOutput,
-        targets: Sequence[Mask2FormerTargets],
+        flat: _BatchTargets,
         indices: list[tuple[torch.Tensor, torch.Tensor]],
         num_masks: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         device = out.class_logits.device
         b, q = out.class_logits.shape[:2]
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
-        query_idx = torch.cat([src for src, _ in indices]).to(device)
+        # (image, query, object-in-batch) of every match, built on the host and moved in one copy.
+        batch_idx, query_idx, object_idx = torch.cat(
+            [
+                torch.stack([torch.full_like(src, i), src, tgt + flat.offsets[i]])
+                for i, (src, tgt) in enumerate(indices)
+            ],
+            dim=1,
+        ).to(device, non_blocking=True)
         losses = {}
         cls_target = torch.full((b, q), self.num_classes, dtype=torch.long, device=device)
-        cls_target[batch_idx, query_idx] = torch.cat(
-            [t.labels[j.to(t.labels.device)] for t, (_, j) in zip(targets, indices)]
-        ).to(device)
+        cls_target[batch_idx, query_idx] = flat.labels[object_idx]
         losses["loss_cls"] = F.cross_entropy(
             out.class_logits.float().transpose(1, 2), cls_target, self.empty_weight
         )
-        losses.update(self._mask_losses(out, targets, indices, batch_idx, query_idx, num_masks))
+        losses.update(self._mask_losses(out, flat, batch_idx, query_idx, object_idx, num_masks))
         for spec in self.attributes:
             logits = out.attribute_logits[spec.name].float()
             tgt = torch.full((b, q), spec.no_object_index, dtype=torch.long, device=device)
-            matched = [t.attributes[spec.name][j.to(t.labels.device)] for t, (_, j) in zip(targets, indices)]
-            tgt[batch_idx, query_idx] = torch.cat(matched).to(device)  # -1 stays -1: ignored below
+            tgt[batch_idx, query_idx] = flat.attributes[spec.name][object_idx]  # -1 stays -1: ignored
             weight = getattr(self, f"empty_weight_{spec.name}")
-            if (tgt >= 0).any():
-                losses[f"loss_attr_{spec.name}"] = F.cross_entropy(
-                    logits.transpose(1, 2), tgt, weight, ignore_index=-1
-                )
-            else:  # every query matched an unlabelled object: nothing to learn, keep the graph
-                losses[f"loss_attr_{spec.name}"] = logits.sum() * 0.0
+            # The weighted mean of F.cross_entropy(weight, ignore_index=-1), written out so that a
+            # batch whose matches are all unlabelled gives 0 (not NaN) with no host-side check.
+            summed = F.cross_entropy(logits.transpose(1, 2), tgt, weight, ignore_index=-1, reduction="sum")
+            labelled = weight[tgt.clamp(min=0)] * (tgt >= 0)
+            losses[f"loss_attr_{spec.name}"] = summed / labelled.sum().clamp(
+                min=torch.finfo(summed.dtype).tiny
+            )
         return losses
 
     def _mask_losses(
         self,
         out: Mask2FormerLayerOutput,
-        targets: Sequence[Mask2FormerTargets],
-        indices: list[tuple[torch.Tensor, torch.Tensor]],
+        flat: _BatchTargets,
         batch_idx: torch.Tensor,
         query_idx: torch.Tensor,
+        object_idx: torch.Tensor,
         num_masks: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         if query_idx.numel() == 0:  # no object in the batch: zero that still reaches the mask head
             zero = out.mask_logits.sum() * 0.0
             return {"loss_mask": zero, "loss_dice": zero.clone()}
         src = out.mask_logits[batch_idx, query_idx].float().unsqueeze(1)  # (N, 1, h, w)
-        tgt = torch.cat([t.masks[j.to(t.masks.device)] for t, (_, j) in zip(targets, indices)]).to(src.device)
+        tgt = flat.masks[object_idx]
         coords = uncertain_point_coords(
             src, self.num_points, self.oversample_ratio, self.importance_sample_ratio
         )
@@ -180,3 +187,33 @@ class Mask2FormerCriterion(nn.Module):
         probs = point_logits.sigmoid()
         dice = 1 - (2 * (probs * point_labels).sum(-1) + 1) / (probs.sum(-1) + point_labels.sum(-1) + 1)
         return {"loss_mask": bce.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
+
+
+@dataclass
+class _BatchTargets:
+    """The targets of a batch concatenated once per step (every decoder output gathers from them).
+
+    Attributes:
+        labels: (T,) classes of all T objects of the batch, image after image, on the device.
+        masks: (T, H, W) float masks.
+        attributes: name -> (T,) values (-1 unlabelled).
+        offsets: per image, the index of its first object in the concatenation.
+    """
+
+    labels: torch.Tensor
+    masks: torch.Tensor
+    attributes: dict[str, torch.Tensor]
+    offsets: list[int]
+
+    @classmethod
+    def of(cls, targets: Sequence[Mask2FormerTargets], device: torch.device) -> _BatchTargets:
+        offsets = [0]
+        for t in targets[:-1]:
+            offsets.append(offsets[-1] + len(t))
+        names = list(targets[0].attributes) if targets else []
+        return cls(
+            labels=torch.cat([t.labels for t in targets]).to(device),
+            masks=torch.cat([t.masks for t in targets]).to(device),
+            attributes={n: torch.cat([t.attributes[n] for t in targets]).to(device) for n in names},
+            offsets=offsets,
+        )

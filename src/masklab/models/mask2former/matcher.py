@@ -153,10 +153,14 @@ class Mask2FormerMatcher:
             return result
         with torch.autocast(device_type=device_type, enabled=False):
             all_terms = self.batch_cost_terms(output, present, [targets[b] for b in present])
-            for b, terms in zip(present, all_terms):
-                cost = sum(terms.values())
-                assert isinstance(cost, torch.Tensor)
-                if not torch.isfinite(cost).all():
+            costs = [sum(terms.values()) for terms in all_terms]
+            # One (N, Q, G_max) host copy per call instead of a copy (and a finiteness check) per
+            # image: each is a stream synchronisation on CUDA.
+            widest = max(int(c.shape[1]) for c in costs)
+            host = torch.stack([F.pad(c, (0, widest - int(c.shape[1]))) for c in costs]).cpu().numpy()
+            for b, cost, terms in zip(present, host, all_terms):
+                cost = cost[:, : len(targets[b])]
+                if not np.isfinite(cost).all():
                     bad = ", ".join(
                         f"{k}={'non-finite' if not torch.isfinite(v).all() else 'ok'}"
                         for k, v in terms.items()
@@ -165,7 +169,7 @@ class Mask2FormerMatcher:
                         f"matching step (decoder output {layer}, image {b}): non-finite cost ({bad}); "
                         "the run is diverging (check the learning rate, grad clipping, fp16)"
                     )
-                rows, cols = linear_sum_assignment(cost.cpu().numpy())
+                rows, cols = linear_sum_assignment(cost)
                 result[b] = (
                     torch.as_tensor(rows, dtype=torch.int64),
                     torch.as_tensor(np.asarray(cols), dtype=torch.int64),

@@ -157,7 +157,7 @@ class Mask2Former(nn.Module):
                 )
             self.validate_instances(batch.instances)
             names = tuple(s.name for s in self.attributes)
-            targets = [Mask2FormerTargets.from_instances(inst, names) for inst in batch.instances]
+            targets = Mask2FormerTargets.from_batch(batch.instances, names)
             outputs = self.predict_outputs(batch.images)
             return self.criterion(outputs, targets)
         if mode == "predict":
@@ -173,8 +173,34 @@ class Mask2Former(nn.Module):
         return [post(out, i, meta, pad_size) for i, meta in enumerate(batch.metas)]
 
     def validate_instances(self, instances: Sequence[Instances]) -> None:
-        """One-line :class:`ModelError` for labels or attribute values the heads cannot represent."""
+        """One-line :class:`ModelError` for labels or attribute values the heads cannot represent.
+
+        The value ranges of the whole batch are checked with one host read (one stream
+        synchronisation on CUDA); the per-image search for the message runs only on a failure.
+        """
         specs = {s.name: s for s in self.attributes}
+        flags = []
+        for i, inst in enumerate(instances):
+            if len(inst) == 0:
+                continue
+            flags.append(((inst.labels < 0) | (inst.labels >= self.num_classes)).any())
+            for name, spec in specs.items():
+                if name not in inst.attributes:
+                    raise ModelError(
+                        f"batch image {i}: instances lack attribute {name!r} declared in model.attributes"
+                    )
+                values = inst.attributes[name]
+                flags.append(((values < -1) | (values >= spec.num_values)).any())
+            extra = sorted(set(inst.attributes) - set(specs))
+            if extra:
+                raise ModelError(
+                    f"batch image {i}: attribute {extra[0]!r} is not declared in model.attributes"
+                )
+        if flags and bool(torch.stack(flags).any()):
+            self._raise_invalid_values(instances, specs)
+
+    def _raise_invalid_values(self, instances: Sequence[Instances], specs: dict[str, AttributeSpec]) -> None:
+        """The first out-of-range class label or attribute value, as a one-line :class:`ModelError`."""
         for i, inst in enumerate(instances):
             if len(inst) == 0:
                 continue
@@ -186,10 +212,6 @@ class Mask2Former(nn.Module):
                     f"(model.num_classes={self.num_classes}; the no-object slot is not a class)"
                 )
             for name, spec in specs.items():
-                if name not in inst.attributes:
-                    raise ModelError(
-                        f"batch image {i}: instances lack attribute {name!r} declared in model.attributes"
-                    )
                 values = inst.attributes[name]
                 bad = (values < -1) | (values >= spec.num_values)
                 if bad.any():
@@ -197,8 +219,3 @@ class Mask2Former(nn.Module):
                         f"batch image {i}: attribute {name!r} value {int(values[bad][0])} outside "
                         f"[0, {spec.num_values}) (-1 = unlabelled)"
                     )
-            extra = sorted(set(inst.attributes) - set(specs))
-            if extra:
-                raise ModelError(
-                    f"batch image {i}: attribute {extra[0]!r} is not declared in model.attributes"
-                )

@@ -33,10 +33,28 @@ class Mask2FormerTargets:
         return int(self.labels.shape[0])
 
     @classmethod
-    def from_instances(cls, instances: Instances, attribute_names: tuple[str, ...]) -> Mask2FormerTargets:
-        """Keep non-ignored objects; unlabelled or absent attributes become -1."""
-        keep = ~instances.ignore.bool() if instances.ignore is not None else slice(None)
-        kept = instances[keep]
+    def from_batch(
+        cls, instances: list[Instances], attribute_names: tuple[str, ...]
+    ) -> list[Mask2FormerTargets]:
+        """:meth:`from_instances` of every image, reading the ignore flags of the batch in one host
+        copy; images without ignored objects are taken whole (no boolean indexing, which would
+        synchronise a CUDA stream per image)."""
+        flags = [inst.ignore for inst in instances if inst.ignore is not None and len(inst)]
+        any_ignored = bool(torch.cat(flags).bool().any()) if flags else False
+        return [cls.from_instances(inst, attribute_names, whole=not any_ignored) for inst in instances]
+
+    @classmethod
+    def from_instances(
+        cls, instances: Instances, attribute_names: tuple[str, ...], *, whole: bool = False
+    ) -> Mask2FormerTargets:
+        """Keep non-ignored objects; unlabelled or absent attributes become -1.
+
+        ``whole``: the caller knows no object is ignored (skips the boolean selection).
+        """
+        if whole or instances.ignore is None:
+            kept = instances
+        else:
+            kept = instances[~instances.ignore.bool()]
         n = len(kept)
         attrs = {
             name: (
