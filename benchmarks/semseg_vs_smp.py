@@ -1,6 +1,11 @@
 """masklab vs segmentation_models_pytorch: FPN and DeepLabV3+ on ResNet-18, batch 2 at 512x512.
 
-Run: ``.venv/bin/python benchmarks/semseg_vs_smp.py [--runs 5] [--warmup 2] [--variants matched default]``
+Run: ``.venv/bin/python benchmarks/semseg_vs_smp.py [--runs 5] [--warmup 2] [--variants matched default]
+[--channels-last none|masklab|both]``
+
+``--channels-last masklab`` runs masklab's side in NHWC (weights and images), which is what a masklab
+config with ``runtime.channels_last: true`` does; smp stays NCHW as a user gets it. ``both`` converts
+smp by hand too, so the ratio again isolates the implementation.
 
 Two masklab variants face the same smp models. ``matched`` builds masklab's components with smp's
 layer layout (FPN neck without output convs, GroupNorm FPN head, DeepLabV3+ ``layout="smp"``); the
@@ -129,13 +134,19 @@ def check_architecture(
 
 
 def time_pairs(
-    ours: dict[str, object], theirs: dict[str, object], batch: object, args: argparse.Namespace
+    ours: dict[str, object],
+    theirs: dict[str, object],
+    batch: object,
+    args: argparse.Namespace,
+    smp_images: object = None,
 ) -> None:
-    """Interleaved medians of train step and forward, masklab vs smp."""
+    """Interleaved medians of train step and forward, masklab vs smp (``smp_images``: smp's input
+    when it differs from masklab's, e.g. in another memory format)."""
     import torch
     import torch.nn.functional as F
 
-    images, label = batch.images, batch.semantic  # type: ignore[attr-defined]
+    ml_images, label = batch.images, batch.semantic  # type: ignore[attr-defined]
+    images = ml_images if smp_images is None else smp_images
 
     def ml_train(model: torch.nn.Module) -> Callable[[], None]:
         def step() -> None:
@@ -152,10 +163,10 @@ def time_pairs(
 
         return step
 
-    def forward(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    def forward_on(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
             with torch.inference_mode():
-                fn(images)
+                fn(x)
 
         return run
 
@@ -165,8 +176,8 @@ def time_pairs(
         for mode in args.modes:
             ml.train(mode == "train")  # type: ignore[attr-defined]
             sm.train(mode == "train")  # type: ignore[attr-defined]
-            a = ml_train(ml) if mode == "train" else forward(ml.encode_decode)  # type: ignore[attr-defined]
-            b = smp_train(sm) if mode == "train" else forward(sm)  # type: ignore[arg-type]
+            a = ml_train(ml) if mode == "train" else forward_on(ml.encode_decode, ml_images)  # type: ignore[attr-defined]
+            b = smp_train(sm) if mode == "train" else forward_on(sm, images)  # type: ignore[arg-type]
             for _ in range(args.warmup):
                 a(), b()
             ta, tb = [], []
@@ -190,6 +201,13 @@ def main() -> int:
         "--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default, one per core)"
     )
     parser.add_argument("--default-malloc", action="store_true")
+    parser.add_argument(
+        "--channels-last",
+        choices=("none", "masklab", "both"),
+        default="none",
+        help="NHWC weights and images: none; masklab only (what runtime.channels_last gives a masklab "
+        "config); both sides (smp converted by hand)",
+    )
     args = parser.parse_args()
     if not args.default_malloc and any(os.environ.get(k) != v for k, v in MALLOC.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC})
@@ -213,11 +231,22 @@ def main() -> int:
         f"batch 2 x 3 x {args.size} x {args.size}, median of {args.runs} interleaved runs after {args.warmup} warm-ups"
     )
     print(f"malloc tuning: {'off' if args.default_malloc else 'MALLOC_MMAP_MAX_=0 (both sides)'}")
+    nhwc = torch.channels_last
+    print(f"memory format: NHWC for {'no side' if args.channels_last == 'none' else args.channels_last}")
+    smp_images = None
+    if args.channels_last == "both":
+        theirs = {k: m.to(memory_format=nhwc) for k, m in theirs.items()}  # type: ignore[attr-defined]
+        smp_images = images.contiguous(memory_format=nhwc)
     for variant in args.variants:
         print(f"\n== masklab {variant}: {VARIANTS[variant]}")
         ours = masklab_models(19, matched=variant == "matched")
         check_architecture(ours, theirs, images, matched=variant == "matched")
-        time_pairs(ours, theirs, batch, args)
+        ml_batch = batch
+        if args.channels_last != "none":
+            ours = {k: m.to(memory_format=nhwc) for k, m in ours.items()}  # type: ignore[attr-defined]
+            ml_batch = Batch(images=images.contiguous(memory_format=nhwc), metas=batch.metas, semantic=label)
+            smp_images = smp_images if args.channels_last == "both" else images
+        time_pairs(ours, theirs, ml_batch, args, smp_images)
     print(f"load avg at end {os.getloadavg()}")
     return 0
 

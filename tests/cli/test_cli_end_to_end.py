@@ -94,3 +94,25 @@ def test_runtime_channels_last_builds_an_nhwc_trainer(tiny_synth: Path, tmp_path
     assert trainer.channels_last
     trainer.train()
     assert trainer.iter == 1
+
+
+def test_runtime_channels_last_also_places_the_inferencer_model_nhwc(tiny_synth: Path) -> None:
+    """The Inferencer (and ``masklab evaluate`` / ``benchmark``, through the same ``place_model``)
+    honours ``runtime.channels_last``; predictions equal the NCHW model's."""
+    import numpy as np
+
+    from masklab.inference.inferencer import Inferencer
+
+    image = np.asarray(Image.open(sorted((tiny_synth / "images" / "val").glob("*.png"))[0]).convert("RGB"))
+    common = [f"dataset.root={tiny_synth}", *TINY, "runtime.seed=3"]
+    torch.manual_seed(0)
+    nhwc = Inferencer(DEMO_CONFIG, None, device="cpu", overrides=[*common, "runtime.channels_last=true"])
+    nchw = Inferencer(DEMO_CONFIG, None, device="cpu", overrides=common)
+    nchw.model.load_state_dict(nhwc.model.state_dict())
+    convs = [
+        m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+    ]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    (a,), (b,) = nhwc(image), nchw(image)
+    assert torch.equal(a.label_map, b.label_map)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
-    from masklab.config.assemble import apply_eval_settings, build_model, resolve_device
+    from masklab.config.assemble import apply_eval_settings, build_model, place_model, resolve_device
     from masklab.errors import ConfigError
 
     if min(args.size) < 1 or args.runs < 1 or args.warmup < 0:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
         load_model_weights(model, payload["model"], strict=True)
     apply_eval_settings(model, rc)
-    model.eval().to(device)
+    place_model(model.eval(), rc, device)
     batch = _dummy_batch(*args.size)
     params = count_parameters(model)
     flops = count_flops(model, batch)

@@ -60,6 +60,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         build_model,
         build_val_loader,
         dataset_meta,
+        place_model,
         resolve_device,
     )
     from masklab.engine.checkpoint import load_model_weights
@@ -78,7 +79,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     model = build_model(rc, dataset_meta(val_set))
     load_model_weights(model, ckpt, strict=True)
     apply_eval_settings(model, rc)
-    model.to(device)
+    place_model(model, rc, device)
     evaluator = build_evaluator(rc, val_set)
     if args.confusion:
         from masklab.evaluation.confusion import with_confusion

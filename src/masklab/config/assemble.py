@@ -39,6 +39,15 @@ def resolve(config: str | Path | Config | ResolvedConfig, overrides: Iterable[st
     return rc
 
 
+def place_model(model: torch.nn.Module, rc: ResolvedConfig, device: torch.device) -> torch.nn.Module:
+    """Move ``model`` to ``device``, in NHWC layout when ``runtime.channels_last`` is set (the
+    trainer, the evaluator, the Inferencer and ``masklab benchmark`` all place it this way)."""
+    model.to(device)
+    if rc.runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU; an unavailable CUDA request is a ConfigError."""
     if name == "auto":
@@ -379,9 +388,7 @@ def build_trainer(
         report = load_model_weights(model, t.load_from, strict=False)
         print(report.message(t.load_from))
     apply_eval_settings(model, rc)
-    model.to(device)
-    if rc.runtime.channels_last:
-        model.to(memory_format=torch.channels_last)
+    place_model(model, rc, device)
     info = get_info()
     if t.max_iters is not None:
         max_iters = t.max_iters

@@ -89,7 +89,13 @@ class Inferencer:
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        from masklab.config.assemble import apply_eval_settings, build_model, resolve, resolve_device
+        from masklab.config.assemble import (
+            apply_eval_settings,
+            build_model,
+            place_model,
+            resolve,
+            resolve_device,
+        )
 
         self.cfg = resolve(config, overrides)
         payload = load_payload(weights) if weights is not None else None
@@ -112,7 +118,7 @@ class Inferencer:
 
             load_model_weights(self.model, payload, strict=True)
         apply_eval_settings(self.model, self.cfg)
-        self.model.to(self.device).eval()
+        place_model(self.model, self.cfg, self.device).eval()
         self.pipeline = _test_pipeline(self.cfg)
 
     @torch.no_grad()
