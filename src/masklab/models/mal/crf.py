@@ -67,14 +67,33 @@ def mean_field_target(
         high: upper clamp.
     """
     b, h, w = start.shape
-    k, pad = kernel_size, kernel_size // 2
     box = box_masks.bool()
-    # Work on logits: clamping a probability to [low, high] is clamping its logit, and "zero the
-    # foreground outside the box, then clamp" leaves logit(low) there, so no exp/log per iteration.
+    weights = affinities.view(b, kernel_size * kernel_size, h, w)
+    z = _mean_field_logits(start * box, weights, kernel_size, num_iter, low, high, box)
+    return (z > 0) & box
+
+
+def _mean_field_logits(
+    probs: torch.Tensor,
+    weights: torch.Tensor,
+    kernel_size: int,
+    num_iter: int,
+    low: float,
+    high: float,
+    box: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The shared mean-field loop: (B, H, W) clamped logits after ``num_iter`` colour-weighted updates.
+
+    Works on logits: clamping a probability to [low, high] is clamping its logit, and "zero the
+    foreground outside the box, then clamp" leaves logit(low) there, so no exp/log per iteration.
+    ``weights`` (B, k*k, H, W); ``box`` (B, H, W) bool or None (no box constraint).
+    """
+    b, h, w = probs.shape
+    k, pad = kernel_size, kernel_size // 2
     lo, hi = math.log(low / (1 - low)), math.log(high / (1 - high))
-    q = (start * box).clamp(low, high)
+    q = probs.clamp(low, high)
     z = torch.log(q) - torch.log1p(-q)
-    weights = affinities.view(b, k * k, h, w)
+    # Zero logits beyond the border: their weights are zero, so they add nothing.
     padded = z.new_zeros((b, h + 2 * pad, w + 2 * pad))
     for _ in range(num_iter):
         # Neighbourhood sum as k*k shifted views of one padded buffer: the same sum as an unfold
@@ -84,8 +103,8 @@ def mean_field_target(
         for j in range(k * k):
             dy, dx = divmod(j, k)
             acc.addcmul_(padded[:, dy : dy + h, dx : dx + w], weights[:, j])
-        z = torch.where(box, acc.clamp(lo, hi), lo)
-    return (z > 0) & box
+        z = acc.clamp_(lo, hi) if box is None else torch.where(box, acc.clamp(lo, hi), lo)
+    return z
 
 
 @torch.no_grad()
@@ -126,17 +145,4 @@ def refine_probs(
         return p
     colours = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False)
     weights = color_affinities(colours, kernel_size, zeta).view(b, kernel_size * kernel_size, h, w)
-    k, pad = kernel_size, kernel_size // 2
-    lo, hi = math.log(low / (1 - low)), math.log(high / (1 - high))
-    q = p.clamp(low, high)
-    z = torch.log(q) - torch.log1p(-q)
-    # Zero logits (p = 0.5) beyond the crop border: with zero weight there they add nothing.
-    padded = z.new_zeros((b, h + 2 * pad, w + 2 * pad))
-    for _ in range(num_iter):
-        padded[:, pad : pad + h, pad : pad + w] = z
-        acc = torch.zeros_like(z)
-        for j in range(k * k):
-            dy, dx = divmod(j, k)
-            acc.addcmul_(padded[:, dy : dy + h, dx : dx + w], weights[:, j])
-        z = acc.clamp_(lo, hi)
-    return torch.sigmoid(z)
+    return torch.sigmoid(_mean_field_logits(p, weights, kernel_size, num_iter, low, high))
