@@ -230,7 +230,9 @@ class Trainer:
                 # One device-to-host copy for every logged value (a float() each would synchronise
                 # a CUDA stream once per loss: 40+ per Mask2Former step).
                 named = {"loss": total, **losses}
-                values = torch.stack([v.detach().float().reshape(()) for v in named.values()]).tolist()
+                values = torch.stack(
+                    [v.detach().float().reshape(()).to(total.device) for v in named.values()]
+                ).tolist()
                 for k, v in zip(named, values):
                     sums[k] = sums.get(k, 0.0) + v / self.accumulate_steps
                 finite = finite and self._all_finite(total, values[0])
@@ -259,10 +261,9 @@ class Trainer:
         """Whether the step's total loss is finite on every rank (``value``: its float on this one)."""
         if not is_initialized():
             return math.isfinite(value)
+        # Every rank must agree, or one would skip backward while the others wait in all-reduce.
         ok = torch.isfinite(total.detach()).float()
-        if is_initialized():
-            # Every rank must agree, or one would skip backward while the others wait in all-reduce.
-            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
         return bool(ok.item())
 
     def _optimizer_step(self) -> float | None:
