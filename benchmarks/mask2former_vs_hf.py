@@ -8,7 +8,10 @@ with the 1-minute load average before and after: on a shared machine the ratio m
 
 Train step = forward + matching + losses of every prediction point + backward on both sides; forward =
 ``predict_outputs`` (masklab) and ``model(pixel_values)`` (HF), each computing the class and mask logits
-of every decoder layer (HF returns the last layer's and the auxiliary ones).
+of every decoder layer (HF returns the last layer's and the auxiliary ones). The ``infer`` row times
+what masklab's inference runs, ``predict_outputs(all_layers=False)``: the final layer's logits only,
+the intermediate attention masks formed from mask features resized once per level (equal by
+linearity, tested), against the same HF forward (which computes every layer's full-resolution masks).
 
     MALLOC_MMAP_MAX_=0 .venv/bin/python benchmarks/mask2former_vs_hf.py --runs 5 --threads 2
 """
@@ -131,10 +134,16 @@ def main() -> None:
         with torch.inference_mode():
             hf(pixel_values=batch.images)
 
+    def ours_inference() -> None:
+        ours.eval()
+        with torch.inference_mode():
+            ours.predict_outputs(batch.images, all_layers=False)
+
     load_before = os.getloadavg()[0]
     results = {
         "train": _paired_medians(ours_train, hf_train, args.runs, args.warmup),
         "forward": _paired_medians(ours_forward, hf_forward, args.runs, args.warmup),
+        "infer": _paired_medians(ours_inference, hf_forward, args.runs, args.warmup),
     }
     params = (sum(p.numel() for p in ours.parameters()) / 1e6, sum(p.numel() for p in hf.parameters()) / 1e6)
     print(f"params (M): masklab {params[0]:.2f}  hf {params[1]:.2f}")

@@ -182,3 +182,30 @@ def test_strided_resize_equals_bilinear_interpolation() -> None:
         x = torch.randn(shape, generator=g) * 5
         ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
         torch.testing.assert_close(resize_bilinear(x, size), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_inference_decoder_path_equals_the_all_layers_final_prediction() -> None:
+    """``all_layers=False`` (predict) forms the attention masks from resized mask features instead of
+    resized full-resolution logits: equal by linearity, so the final prediction is the same."""
+    torch.manual_seed(0)
+    model = build_tiny(num_layers=4, num_queries=8).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model.predict_outputs(images)
+        fast = model.predict_outputs(images, all_layers=False)
+    assert len(full.layers) == 5 and len(fast.layers) == 1
+    torch.testing.assert_close(fast.last.class_logits, full.last.class_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.last.mask_logits, full.last.mask_logits, rtol=1e-4, atol=1e-4)
+    for name, logits in full.last.attribute_logits.items():
+        torch.testing.assert_close(fast.last.attribute_logits[name], logits, rtol=1e-4, atol=1e-5)
+
+
+def test_mask_logits_of_resized_features_equal_resized_mask_logits() -> None:
+    torch.manual_seed(1)
+    embed = torch.randn(2, 10, 16)
+    features = torch.randn(2, 16, 32, 32)
+    for size in [(16, 16), (8, 8), (4, 4), (12, 12)]:  # even factors (strided views) and the kernel
+        logits = torch.bmm(embed, features.flatten(2)).view(2, 10, 32, 32)
+        a = resize_bilinear(logits, size).flatten(2)
+        b = torch.bmm(embed, resize_bilinear(features, size).flatten(2))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -212,6 +212,20 @@ class Mask2FormerTransformerDecoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.heads = Mask2FormerHeads(hidden_dim, mask_dim, num_classes, attributes)
 
+    def _attention_mask(self, queries: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
+        """The next layer's attention mask straight from mask features already resized to its level.
+
+        Bilinear resizing is linear per channel, so ``mask_embed . resize(F) == resize(mask_embed . F)``:
+        the same mask as :meth:`_predict` gives (up to float rounding), without the full-resolution
+        product. Used at inference, where intermediate full-resolution masks are not needed.
+        """
+        with torch.no_grad():
+            embed = self.heads.mask_embed(self.decoder_norm(queries))
+            logits = torch.bmm(embed, level_features.flatten(2))
+            blocked = logits < 0
+            blocked &= ~blocked.all(-1, keepdim=True)
+        return blocked
+
     def _predict(
         self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int] | None
     ) -> tuple[Mask2FormerLayerOutput, torch.Tensor | None]:
@@ -233,16 +247,24 @@ class Mask2FormerTransformerDecoder(nn.Module):
         return pred, blocked
 
     def forward(
-        self, multi_scale_features: Sequence[torch.Tensor], mask_features: torch.Tensor
+        self,
+        multi_scale_features: Sequence[torch.Tensor],
+        mask_features: torch.Tensor,
+        all_layers: bool = True,
     ) -> Mask2FormerOutput:
         """Decode queries.
 
         Args:
             multi_scale_features: ``num_levels`` maps (B, in_channels, H_l, W_l), low to high resolution.
             mask_features: (B, mask_dim, H/4, W/4).
+            all_layers: predict at every prediction point (training: deep supervision). False
+                (inference) predicts only after the last layer; the attention masks in between come
+                from mask features resized once per level (:meth:`_attention_mask`), which skips the
+                full-resolution mask product of every intermediate layer.
 
         Returns:
-            ``num_layers + 1`` predictions (see :class:`Mask2FormerOutput`).
+            ``num_layers + 1`` predictions, or only the last one when ``all_layers`` is False (see
+            :class:`Mask2FormerOutput`).
         """
         self.heads.validate()
         assert len(multi_scale_features) == self.num_levels
@@ -257,9 +279,14 @@ class Mask2FormerTransformerDecoder(nn.Module):
         b = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         queries = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
-        pred, blocked = self._predict(queries, mask_features, sizes[0])
-        outputs = [pred]
         last = len(self.layers) - 1
+        if all_layers:
+            pred, blocked = self._predict(queries, mask_features, sizes[0])
+            outputs = [pred]
+        else:
+            with torch.no_grad():
+                resized = [resize_bilinear(mask_features, size) for size in sizes]
+            blocked = self._attention_mask(queries, resized[0])
         for i, layer in enumerate(self.layers):
             lvl = i % self.num_levels
             assert blocked is not None
@@ -267,6 +294,11 @@ class Mask2FormerTransformerDecoder(nn.Module):
             bias = bias.masked_fill_(blocked, float("-inf")).unsqueeze(1)  # (B, 1, Q, S): all heads
             queries = layer(queries, query_pos, memories[lvl], keys[lvl], bias)
             next_size = None if i == last else sizes[(i + 1) % self.num_levels]
-            pred, blocked = self._predict(queries, mask_features, next_size)
-            outputs.append(pred)
+            if all_layers:
+                pred, blocked = self._predict(queries, mask_features, next_size)
+                outputs.append(pred)
+            elif i != last:
+                blocked = self._attention_mask(queries, resized[(i + 1) % self.num_levels])
+        if not all_layers:
+            outputs = [self._predict(queries, mask_features, None)[0]]
         return Mask2FormerOutput(layers=outputs)

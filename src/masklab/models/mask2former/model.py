@@ -142,11 +142,15 @@ class Mask2Former(nn.Module):
         """Instances per image at inference; evaluators read it so that ``maxDets`` agrees."""
         return self.postprocessor.test_topk
 
-    def predict_outputs(self, images: torch.Tensor) -> Mask2FormerOutput:
-        """Raw decoder outputs for (B, 3, H, W) preprocessed images (H, W multiples of 32)."""
+    def predict_outputs(self, images: torch.Tensor, all_layers: bool = True) -> Mask2FormerOutput:
+        """Raw decoder outputs for (B, 3, H, W) preprocessed images (H, W multiples of 32).
+
+        ``all_layers=False`` returns only the final prediction point and skips the intermediate
+        layers' full-resolution masks (what inference needs; the final outputs are the same).
+        """
         features = self.backbone(images)
         pixel = self.pixel_decoder(features)
-        return self.decoder(pixel.multi_scale_features, pixel.mask_features)
+        return self.decoder(pixel.multi_scale_features, pixel.mask_features, all_layers=all_layers)
 
     def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor] | list[Any]:
         """``mode="loss"``: weighted losses (see :mod:`.criterion` for names); ``mode="predict"``: predictions."""
@@ -167,7 +171,7 @@ class Mask2Former(nn.Module):
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[InstancePrediction] | list[SemanticPrediction]:
         """Predictions at each image's original resolution, per ``test_mode``."""
-        out = self.predict_outputs(batch.images).last
+        out = self.predict_outputs(batch.images, all_layers=False).last
         pad_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         post = getattr(self.postprocessor, self.test_mode)
         return [post(out, i, meta, pad_size) for i, meta in enumerate(batch.metas)]
