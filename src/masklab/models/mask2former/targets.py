@@ -37,8 +37,8 @@ class Mask2FormerTargets:
         cls, instances: list[Instances], attribute_names: tuple[str, ...]
     ) -> list[Mask2FormerTargets]:
         """:meth:`from_instances` of every image, reading the ignore flags of the batch in one host
-        copy; images without ignored objects are taken whole (no boolean indexing, which would
-        synchronise a CUDA stream per image)."""
+        copy: when no object of the batch is ignored (the usual case) every image is taken whole,
+        without the boolean indexing that would synchronise a CUDA stream once per image."""
         flags = [inst.ignore for inst in instances if inst.ignore is not None and len(inst)]
         any_ignored = bool(torch.cat(flags).bool().any()) if flags else False
         return [cls.from_instances(inst, attribute_names, whole=not any_ignored) for inst in instances]
