@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -64,40 +65,27 @@ class Instances:
             attributes={name: torch.zeros((0,), dtype=torch.int64) for name in attribute_names},
         )
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Instances:
+        """A new Instances with ``fn`` applied to every per-object tensor."""
+        return Instances(
+            masks=fn(self.masks),
+            boxes=fn(self.boxes),
+            labels=fn(self.labels),
+            attributes={k: fn(v) for k, v in self.attributes.items()},
+            ignore=fn(self.ignore),
+            ids=fn(self.ids),
+        )
+
     def __getitem__(self, index: torch.Tensor | slice | list[int]) -> Instances:
         """Select a subset of objects (boolean mask, index tensor, list or slice)."""
-        return Instances(
-            masks=self.masks[index],
-            boxes=self.boxes[index],
-            labels=self.labels[index],
-            attributes={k: v[index] for k, v in self.attributes.items()},
-            ignore=self.ignore[index],
-            ids=self.ids[index],
-        )
+        return self._map(lambda t: t[index])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Instances:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
-        return Instances(
-            masks=move(self.masks),
-            boxes=move(self.boxes),
-            labels=move(self.labels),
-            attributes={k: move(v) for k, v in self.attributes.items()},
-            ignore=move(self.ignore),
-            ids=move(self.ids),
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Instances:
         """Page-locked copies (the DataLoader's ``pin_memory`` calls this), for asynchronous device copies."""
-        return Instances(
-            masks=self.masks.pin_memory(),
-            boxes=self.boxes.pin_memory(),
-            labels=self.labels.pin_memory(),
-            attributes={k: v.pin_memory() for k, v in self.attributes.items()},
-            ignore=self.ignore.pin_memory(),
-            ids=self.ids.pin_memory(),
-        )
+        return self._map(torch.Tensor.pin_memory)
 
     def boxes_from_masks(self) -> torch.Tensor:
         """(N, 4) tight ``x1, y1, x2, y2`` boxes of the masks (zeros for empty masks)."""

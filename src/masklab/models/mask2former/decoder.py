@@ -71,6 +71,17 @@ def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return ((top[..., left] + top[..., right]) + (bottom[..., left] + bottom[..., right])) * 0.25
 
 
+def _blocked_positions(logits: torch.Tensor) -> torch.Tensor:
+    """(B, Q, S) bool attention mask from (B, Q, S) mask logits at a level's resolution.
+
+    ``sigmoid(x) < 0.5  <=>  x < 0``: True = this query may not attend that position. A query
+    blocked everywhere would softmax over an empty set (NaN), so it attends everywhere instead.
+    """
+    blocked = logits < 0
+    blocked &= ~blocked.all(-1, keepdim=True)
+    return blocked
+
+
 class _AttentionBlock(nn.Module):
     """Multi-head attention with residual and LayerNorm (post-norm unless ``pre_norm``)."""
 
@@ -221,10 +232,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         """
         with torch.no_grad():
             embed = self.heads.mask_embed(self.decoder_norm(queries))
-            logits = torch.bmm(embed, level_features.flatten(2))
-            blocked = logits < 0
-            blocked &= ~blocked.all(-1, keepdim=True)
-        return blocked
+            return _blocked_positions(torch.bmm(embed, level_features.flatten(2)))
 
     def _predict(
         self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int] | None
@@ -239,11 +247,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         if mask_size is None:
             return pred, None
         with torch.no_grad():
-            resized = resize_bilinear(mask_logits.detach(), mask_size)
-            # sigmoid(x) < 0.5  <=>  x < 0: True = this query may not attend that position.
-            blocked = resized.flatten(2) < 0
-            # A query blocked everywhere would softmax over an empty set (NaN): let it attend everywhere.
-            blocked &= ~blocked.all(-1, keepdim=True)
+            blocked = _blocked_positions(resize_bilinear(mask_logits.detach(), mask_size).flatten(2))
         return pred, blocked
 
     def forward(
