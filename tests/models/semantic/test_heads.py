@@ -131,3 +131,56 @@ def test_export_pooling_equals_adaptive_avg_pool(monkeypatch: pytest.MonkeyPatch
     for s in (2, 3, 6):
         expected = torch.nn.functional.adaptive_avg_pool2d(x, s)
         torch.testing.assert_close(psp_head.adaptive_avg_pool(x, s), expected)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_segformer_fusion_applied_per_level_equals_mmseg_concat_formula(train: bool) -> None:
+    """fusion(cat(resize(proj_i(x_i)))) == norm/act(sum_i resize(W_i proj_i(x_i))): values and gradients."""
+    torch.manual_seed(0)
+    head = SegformerHead(in_channels=CHANNELS, channels=8, num_classes=3, dropout_ratio=0.0).double()
+    head.train(train)
+    feats = [f.double().requires_grad_(True) for f in FEATS]
+
+    def reference() -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        ups = [
+            torch.nn.functional.interpolate(p(x), size=size, mode="bilinear", align_corners=False)
+            for p, x in zip(head.projections, feats, strict=True)
+        ]
+        return head.cls_seg(head.fusion(torch.cat(ups, dim=1)))
+
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    ref = reference()
+    ref_grads = torch.autograd.grad(ref.sum(), [*feats, head.fusion[0].weight])
+    head.load_state_dict(state)  # undo the reference's BN running-stat update
+    out = head(feats)
+    grads = torch.autograd.grad(out.sum(), [*feats, head.fusion[0].weight])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **kw: PSPHead(pool_scales=(1, 2), **kw),
+        lambda **kw: ASPPHead(dilations=(1, 2), **kw),
+        lambda **kw: DepthwiseSeparableASPPHead(dilations=(1, 2), c1_index=0, c1_channels=4, **kw),
+    ],
+    ids=["psp", "aspp", "sep_aspp"],
+)
+def test_single_tensor_heads_read_resize_concat(build) -> None:
+    """MMSeg's resize_concat: levels 1-3 resized to level 1 and concatenated (6 + 8 + 10 channels)."""
+    head = build(
+        in_channels=CHANNELS, channels=8, num_classes=3, in_index=[1, 2, 3], input_transform="resize_concat"
+    )
+    assert head.in_channels == 6 + 8 + 10
+    _check_trains(head, 16 if isinstance(head, DepthwiseSeparableASPPHead) else 8)
+    with pytest.raises(ModelError, match="resize_concat"):
+        build(
+            in_channels=CHANNELS,
+            channels=8,
+            num_classes=3,
+            in_index=[1, 2],
+            input_transform="multiple_select",
+        )

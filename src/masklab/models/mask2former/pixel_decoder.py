@@ -17,6 +17,7 @@ from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.ms_deform_attn import MSDeformAttn
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.mask2former.position_cache import (
     TensorCache,
     level_reference_points,
@@ -154,6 +155,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
             maps.append(src[:, start : start + h * w].transpose(1, 2).reshape(b, self.conv_dim, h, w))
             start += h * w
         lateral = self.lateral(features[0])
-        up = F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+        up = resize_bilinear(maps[-1], lateral.shape[-2:])
         fine = F.relu(self.output(lateral + up), inplace=True)
         return PixelDecoderOutput(mask_features=self.mask_features(fine), multi_scale_features=maps)

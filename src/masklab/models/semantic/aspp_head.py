@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 
 # (in_channels, out_channels, dilation, norm) -> a 3x3 dilated conv block.
@@ -68,9 +68,7 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, channels, H, W) fused pyramid at the input's resolution."""
-        pooled = F.interpolate(
-            self.image_pool(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners
-        )
+        pooled = resize_bilinear(self.image_pool(x), x.shape[-2:], self.align_corners)
         return self.bottleneck(torch.cat([pooled, *(b(x) for b in self.branches)], dim=1))
 
 
@@ -86,7 +84,9 @@ class ASPPHead(DecodeHead):
     def __init__(self, dilations: tuple[int, ...] = (1, 6, 12, 18), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, int):
-            raise ModelError("ASPPHead: reads one level; set in_index to an int and no input_transform")
+            raise ModelError(
+                "ASPPHead: reads one tensor; set in_index to an int, or a list with input_transform resize_concat"
+            )
         self.aspp = ASPP(self.in_channels, self.channels, dilations, self.norm, self.align_corners)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

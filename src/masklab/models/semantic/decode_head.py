@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import NormType
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.losses.cross_entropy import CrossEntropyLoss
 
 InputTransform = Literal["resize_concat", "multiple_select"]
@@ -157,10 +157,7 @@ class DecodeHead(nn.Module):
             return selected
         size = selected[0].shape[-2:]
         resized = [
-            f
-            if f.shape[-2:] == size
-            else F.interpolate(f, size=size, mode="bilinear", align_corners=self.align_corners)
-            for f in selected
+            f if f.shape[-2:] == size else resize_bilinear(f, size, self.align_corners) for f in selected
         ]
         return torch.cat(resized, dim=1)
 
@@ -189,9 +186,7 @@ class DecodeHead(nn.Module):
             logits: (B, C, h, w) head output; resized bilinearly to the label size first.
             seg_label: (B, H, W) int64 labels, ``ignore_index`` where unlabelled or padded.
         """
-        logits = F.interpolate(
-            logits, size=seg_label.shape[-2:], mode="bilinear", align_corners=self.align_corners
-        )
+        logits = resize_bilinear(logits, seg_label.shape[-2:], self.align_corners)
         weight = None if self.sampler is None else self.sampler(logits, seg_label)
         losses: dict[str, torch.Tensor] = {}
         for loss_fn in self.loss_decode:

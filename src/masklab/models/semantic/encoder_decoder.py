@@ -14,6 +14,7 @@ from masklab.config.lazy import Lazy
 from masklab.config.registries import MODELS
 from masklab.errors import ConfigError, ModelError
 from masklab.inference.sliding_window import slide_inference, tta_inference
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 from masklab.structures.batch import Batch
 from masklab.structures.predictions import SemanticPrediction
@@ -171,9 +172,7 @@ class EncoderDecoder(nn.Module):
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) decode-head logits resized to the images' size."""
         logits = self.decode_head(self.extract_features(images))
-        return F.interpolate(
-            logits, size=images.shape[-2:], mode="bilinear", align_corners=self.align_corners
-        )
+        return resize_bilinear(logits, images.shape[-2:], self.align_corners)
 
     def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor] | list[SemanticPrediction]:
         """``mode="loss"``: named losses; ``"predict"``: predictions at original resolution; ``"tensor"``: raw logits."""

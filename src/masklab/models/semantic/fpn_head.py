@@ -12,6 +12,7 @@ from torch import nn
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct
+from masklab.models.layers.resize import BilinearUpsample, resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 
 
@@ -50,9 +51,7 @@ class FPNHead(DecodeHead):
                     ConvNormAct(in_ch if k == 0 else self.channels, self.channels, 3, norm=self.norm)
                 )
                 if octaves > 0:
-                    layers.append(
-                        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=self.align_corners)
-                    )
+                    layers.append(BilinearUpsample(2, self.align_corners))
             self.scale_heads.append(nn.Sequential(*layers))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -63,9 +62,7 @@ class FPNHead(DecodeHead):
         for i, (head, x) in enumerate(zip(self.scale_heads[1:], inputs[1:], strict=True)):
             y = head(x)
             if y.shape[-2:] != out.shape[-2:]:  # odd input sizes: crop/pad to the finest map
-                y = nn.functional.interpolate(
-                    y, size=out.shape[-2:], mode="bilinear", align_corners=self.align_corners
-                )
+                y = resize_bilinear(y, out.shape[-2:], self.align_corners)
             # The first sum is a new tensor (ReLU's backward reads the level-0 output); later ones
             # accumulate into it in place, saving a full-resolution buffer per level.
             out = out + y if i == 0 else out.add_(y)

@@ -12,6 +12,7 @@ from torch import nn
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 
 
@@ -69,9 +70,7 @@ class PyramidPooling(nn.Module):
         """One (B, channels, H, W) map per scale, at the input's resolution."""
         size = x.shape[-2:]
         return [
-            F.interpolate(
-                branch(adaptive_avg_pool(x, s)), size=size, mode="bilinear", align_corners=self.align_corners
-            )
+            resize_bilinear(branch(adaptive_avg_pool(x, s)), size, self.align_corners)
             for s, branch in zip(self.pool_scales, self.branches, strict=True)
         ]
 
@@ -88,7 +87,9 @@ class PSPHead(DecodeHead):
     def __init__(self, pool_scales: tuple[int, ...] = (1, 2, 3, 6), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, int):
-            raise ModelError("PSPHead: reads one level; set in_index to an int and no input_transform")
+            raise ModelError(
+                "PSPHead: reads one tensor; set in_index to an int, or a list with input_transform resize_concat"
+            )
         self.psp = PyramidPooling(pool_scales, self.in_channels, self.channels, self.norm, self.align_corners)
         self.bottleneck = ConvNormAct(
             self.in_channels + len(pool_scales) * self.channels, self.channels, 3, norm=self.norm

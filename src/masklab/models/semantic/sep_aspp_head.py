@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct, NormType
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.aspp_head import ASPP
 from masklab.models.semantic.decode_head import DecodeHead
 
@@ -94,7 +94,8 @@ class DepthwiseSeparableASPPHead(DecodeHead):
         super().__init__(**kwargs)
         if not isinstance(self.in_channels, int):
             raise ModelError(
-                "DepthwiseSeparableASPPHead: reads one deep level; set in_index to an int and no input_transform"
+                "DepthwiseSeparableASPPHead: reads one deep tensor; set in_index to an int, or a list with "
+                "input_transform resize_concat"
             )
         if c1_channels < 0:
             raise ModelError(f"DepthwiseSeparableASPPHead.c1_channels: must be >= 0, got {c1_channels}")
@@ -142,6 +143,6 @@ class DepthwiseSeparableASPPHead(DecodeHead):
             out = self.aspp_refine(out)
         if self.c1_bottleneck is not None:
             c1 = self.c1_bottleneck(features[self.c1_index])
-            out = F.interpolate(out, size=c1.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+            out = resize_bilinear(out, c1.shape[-2:], self.align_corners)
             out = torch.cat([out, c1], dim=1)
         return self.cls_seg(self.sep_bottleneck(out))

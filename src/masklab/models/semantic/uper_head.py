@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct
+from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 from masklab.models.semantic.psp_head import PyramidPooling
 
@@ -45,7 +45,7 @@ class UPerHead(DecodeHead):
         self.fpn_bottleneck = ConvNormAct(len(self.in_channels) * ch, ch, 3, norm=norm)
 
     def _resize(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        return resize_bilinear(x, like.shape[-2:], self.align_corners)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, h, w) logits at the finest selected level's resolution."""
