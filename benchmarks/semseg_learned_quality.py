@@ -33,13 +33,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {
-    "fcn": "configs/fcn/fcn_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "pspnet": "configs/pspnet/pspnet_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "deeplabv3": "configs/deeplabv3/deeplabv3_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "upernet": "configs/upernet/upernet_r18_1xb8-1500i_synthetic-128x128.yaml",
-    "segformer": "configs/segformer/segformer_mit-b0_1xb8-1500i_synthetic-128x128.yaml",
-    "fpn": "configs/fpn/fpn_r18_1xb8-1500i_synthetic-128x128.yaml",
+    "fcn": "configs/fcn/fcn_mit-b0_1xb8-2300i_synthetic-128x128.yaml",
+    "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
+    "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-1700i_synthetic-128x128.yaml",
+    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2550i_synthetic-128x128.yaml",
+    "upernet": "configs/upernet/upernet_mit-b0_1xb8-1950i_synthetic-128x128.yaml",
+    "segformer": "configs/segformer/segformer_mit-b0_1xb8-2650i_synthetic-128x128.yaml",
+    "fpn": "configs/fpn/fpn_mit-b0_1xb8-2600i_synthetic-128x128.yaml",
     "fpn-regnetx002": "configs/fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
 

@@ -17,11 +17,11 @@ from tests.configs.test_zoo_sweep import ROOT, tiny_overrides
 
 META = DatasetMeta(classes=("a", "b", "c"))
 ZOO = {
-    "deeplabv3plus": "deeplabv3plus/deeplabv3plus_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "segformer": "segformer/segformer_mit-b0_1xb8-1500i_synthetic-128x128.yaml",
-    "upernet": "upernet/upernet_r18_1xb8-1500i_synthetic-128x128.yaml",
-    "pspnet": "pspnet/pspnet_r18-d8_1xb8-1500i_synthetic-128x128.yaml",
-    "fpn": "fpn/fpn_r18_1xb8-1500i_synthetic-128x128.yaml",
+    "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2550i_synthetic-128x128.yaml",
+    "segformer": "segformer/segformer_mit-b0_1xb8-2650i_synthetic-128x128.yaml",
+    "upernet": "upernet/upernet_mit-b0_1xb8-1950i_synthetic-128x128.yaml",
+    "pspnet": "pspnet/pspnet_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
+    "fpn": "fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
 
 
