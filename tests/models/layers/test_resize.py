@@ -46,6 +46,8 @@ def test_the_matmul_path_is_taken_only_when_training_on_cpu() -> None:
     assert "Upsample" not in type(resize_bilinear(x, (8, 8)).grad_fn).__name__
     with torch.no_grad():
         assert resize_bilinear(x, (8, 8)).grad_fn is None
+    big = torch.randn(1, 2, 65, 65, requires_grad=True)  # past 64 a side the kernel is cheaper
+    assert "Upsample" in type(resize_bilinear(big, (130, 130)).grad_fn).__name__
 
 
 def test_tracing_keeps_the_interpolate_op() -> None:

@@ -31,6 +31,10 @@ def _weights(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype) -> 
 # (8, 7, 32, 32) NHWC logits -> 128x128: 20 ms forward + backward through the NHWC products, 4 ms
 # through a copy to NCHW; (8, 128, 16, 16) -> 32x32 is faster NHWC.
 _MIN_NHWC_CHANNELS = 16
+# The products cost O(input side) per output pixel where the kernel's interpolation costs O(1): forward
+# + backward on 2 threads, (2, 128, 32, 32) -> 64x64 8.9 -> 3.2 ms, (2, 128, 64, 64) -> 128x128 25.3 ->
+# 21.3 ms, but (2, 12, 128, 128) -> 512x512 31.9 -> 35.6 ms. So the input must be at most this large.
+_MAX_MATMUL_SIDE = 64
 
 
 def _use_matmul(x: torch.Tensor) -> bool:
@@ -44,6 +48,7 @@ def _use_matmul(x: torch.Tensor) -> bool:
         and not torch.jit.is_scripting()
         and not torch.onnx.is_in_onnx_export()
         and not torch.compiler.is_compiling()
+        and max(x.shape[-2:]) <= _MAX_MATMUL_SIDE
     )
 
 
@@ -52,8 +57,9 @@ def resize_bilinear(
 ) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`` for (B, C, H, W) ``x``.
 
-    When autograd will differentiate it on the CPU (training), the same values (to float rounding) are
-    computed as ``A_h @ x @ A_w^T`` with the interpolation matrices of the two axes: the backward is
+    When autograd will differentiate it on the CPU (training) and the input is at most 64 pixels a
+    side (the products cost O(side) per output pixel; larger inputs keep the kernel), the same values
+    (to float rounding) are computed as ``A_h @ x @ A_w^T`` with the interpolation matrices of the two axes: the backward is
     then two matrix products, where ``upsample_bilinear2d_backward`` scatters serially. Measured on
     one thread, forward + backward: (8, 128, 4, 4) -> 32x32 12.9 -> 1.9 ms, (8, 128, 16, 16) -> 32x32
     17.4 -> 4.1 ms, (8, 7, 32, 32) -> 128x128 10.1 -> 3.7 ms. Everywhere else (no grad, CUDA,
