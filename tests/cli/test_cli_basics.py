@@ -23,7 +23,7 @@ def test_config_show_applies_overrides(capsys: pytest.CaptureFixture[str]) -> No
     data = yaml.safe_load(text)
     assert data["train"]["optim"]["lr"] == 0.5
     assert data["train"]["max_iters"] == 7
-    assert data["model"]["backbone"]["model_name"] == "resnet18"  # from the _base_ chain
+    assert data["model"]["backbone"]["arch"] == "b0"  # from the _base_ chain
 
 
 def test_config_show_unknown_key_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

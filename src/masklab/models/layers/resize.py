@@ -66,9 +66,10 @@ def resize_bilinear(
     tracing or ONNX export, where the graph must keep a ``Resize`` with dynamic sizes) it is
     ``F.interpolate`` itself. On that path an ``x`` that already has the size is returned as it is (no copy).
     """
-    out_h, out_w = int(size[0]), int(size[1])
     if not _use_matmul(x):
-        return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=align_corners)
+        # ``size`` as given: under tracing its entries are traced sizes, and int() would bake them in.
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    out_h, out_w = int(size[0]), int(size[1])
     if tuple(x.shape[-2:]) == (out_h, out_w):
         return x
     b, c, h, w = x.shape
