@@ -1,7 +1,7 @@
 """Three-line inference::
 
     from masklab import Inferencer
-    inferencer = Inferencer("configs/fcn/fcn_r18_4xb8-2k_synthetic-128x128.yaml", "work_dirs/x/checkpoints/latest.pth")
+    inferencer = Inferencer("configs/segformer/segformer_mit-b0_1xb8-1800i_synthetic-128x128.yaml", "work_dirs/demo/checkpoints/iter_0001800.pth")
     predictions = inferencer("images/", out_dir="out/")   # out/pred/*.png and out/vis/*.png
 
 Inputs may be an image path, a folder, an (H, W, 3) RGB uint8 array, or a list of those.
