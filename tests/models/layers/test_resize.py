@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from masklab.errors import ModelError
 from masklab.models.layers.resize import BilinearUpsample, resize_bilinear
 
 
@@ -78,5 +79,5 @@ def test_bilinear_upsample_equals_nn_upsample(align_corners: bool) -> None:
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
     ref = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=align_corners)(x)
     torch.testing.assert_close(BilinearUpsample(2, align_corners)(x), ref, rtol=0, atol=1e-12)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ModelError, match="positive integer"):
         BilinearUpsample(1.5)  # type: ignore[arg-type]

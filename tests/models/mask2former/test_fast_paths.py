@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
-from masklab.models.mask2former.decoder import multihead_attention, resize_bilinear
+from masklab.models.mask2former.decoder import downsample_bilinear, multihead_attention
 from masklab.models.mask2former.matcher import Mask2FormerMatcher
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
 from masklab.models.mask2former.point_sampling import (
@@ -181,7 +181,7 @@ def test_strided_resize_equals_bilinear_interpolation() -> None:
     for shape, size in cases:  # even factors take the strided path; odd factors and upsampling fall back
         x = torch.randn(shape, generator=g) * 5
         ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        torch.testing.assert_close(resize_bilinear(x, size), ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(downsample_bilinear(x, size), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_inference_decoder_path_equals_the_all_layers_final_prediction() -> None:
@@ -206,6 +206,6 @@ def test_mask_logits_of_resized_features_equal_resized_mask_logits() -> None:
     features = torch.randn(2, 16, 32, 32)
     for size in [(16, 16), (8, 8), (4, 4), (12, 12)]:  # even factors (strided views) and the kernel
         logits = torch.bmm(embed, features.flatten(2)).view(2, 10, 32, 32)
-        a = resize_bilinear(logits, size).flatten(2)
-        b = torch.bmm(embed, resize_bilinear(features, size).flatten(2))
+        a = downsample_bilinear(logits, size).flatten(2)
+        b = torch.bmm(embed, downsample_bilinear(features, size).flatten(2))
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

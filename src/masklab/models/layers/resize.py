@@ -7,6 +7,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from masklab.errors import ModelError
+
 
 @functools.lru_cache(maxsize=256)
 def _weights(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype) -> torch.Tensor:
@@ -58,13 +60,13 @@ def resize_bilinear(
     """``F.interpolate(x, size, mode="bilinear", align_corners=align_corners)`` for (B, C, H, W) ``x``.
 
     When autograd will differentiate it on the CPU (training) and the input is at most 64 pixels a
-    side (the products cost O(side) per output pixel; larger inputs keep the kernel), the same values
-    (to float rounding) are computed as ``A_h @ x @ A_w^T`` with the interpolation matrices of the two axes: the backward is
-    then two matrix products, where ``upsample_bilinear2d_backward`` scatters serially. Measured on
-    one thread, forward + backward: (8, 128, 4, 4) -> 32x32 12.9 -> 1.9 ms, (8, 128, 16, 16) -> 32x32
-    17.4 -> 4.1 ms, (8, 7, 32, 32) -> 128x128 10.1 -> 3.7 ms. Everywhere else (no grad, CUDA,
-    tracing or ONNX export, where the graph must keep a ``Resize`` with dynamic sizes) it is
-    ``F.interpolate`` itself. On that path an ``x`` that already has the size is returned as it is (no copy).
+    side, the same values (to float rounding) are computed as ``A_h @ x @ A_w^T`` with the 1-D
+    interpolation matrices of the two axes, so the backward is two matrix products where
+    ``upsample_bilinear2d_backward`` scatters serially; an ``x`` that already has the size is then
+    returned as it is. Measured on one thread, forward + backward: (8, 128, 4, 4) -> 32x32 12.9 ->
+    1.9 ms, (8, 128, 16, 16) -> 32x32 17.4 -> 4.1 ms, (8, 7, 32, 32) -> 128x128 10.1 -> 3.7 ms.
+    Everywhere else (no grad, CUDA, larger inputs, tracing or ONNX export, where the graph must keep a
+    ``Resize`` with dynamic sizes) it is ``F.interpolate`` itself.
     """
     if not _use_matmul(x):
         # ``size`` as given: under tracing its entries are traced sizes, and int() would bake them in.
@@ -93,7 +95,7 @@ class BilinearUpsample(torch.nn.Module):
     def __init__(self, scale_factor: int = 2, align_corners: bool = False) -> None:
         super().__init__()
         if int(scale_factor) != scale_factor or scale_factor < 1:
-            raise ValueError(f"BilinearUpsample: scale_factor must be a positive integer, got {scale_factor}")
+            raise ModelError(f"BilinearUpsample: scale_factor must be a positive integer, got {scale_factor}")
         self.scale_factor = int(scale_factor)
         self.align_corners = align_corners
 

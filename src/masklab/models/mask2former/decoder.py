@@ -53,7 +53,7 @@ def multihead_attention(
     return attn.out_proj(out.transpose(1, 2).reshape(bsz, lq, e))
 
 
-def resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def downsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x, size, mode="bilinear", align_corners=False)``, computed from four strided views
     when ``size`` divides (H, W) by even factors (the attention masks: 1/4 -> 1/32, 1/16, 1/8).
 
@@ -247,7 +247,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         if mask_size is None:
             return pred, None
         with torch.no_grad():
-            blocked = _blocked_positions(resize_bilinear(mask_logits.detach(), mask_size).flatten(2))
+            blocked = _blocked_positions(downsample_bilinear(mask_logits.detach(), mask_size).flatten(2))
         return pred, blocked
 
     def forward(
@@ -289,7 +289,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
             outputs = [pred]
         else:
             with torch.no_grad():
-                resized = [resize_bilinear(mask_features, size) for size in sizes]
+                resized = [downsample_bilinear(mask_features, size) for size in sizes]
             blocked = self._attention_mask(queries, resized[0])
         for i, layer in enumerate(self.layers):
             lvl = i % self.num_levels
