@@ -11,6 +11,7 @@ from torch import nn
 
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
+from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.heads import Mask2FormerHeads
@@ -126,7 +127,7 @@ class _FFNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x) if self.pre_norm else x
-        x = x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
+        x = x + self.dropout(self.linear2(self.dropout(linear_relu(self.linear1, y))))
         return x if self.pre_norm else self.norm(x)
 
 

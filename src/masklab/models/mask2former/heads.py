@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from masklab.errors import ModelError
+from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 
 
@@ -21,11 +21,9 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x, inplace=True)  # x is this layer's fresh output
-        return x
+        for layer in self.layers[:-1]:
+            x = linear_relu(layer, x)
+        return self.layers[-1](x)
 
 
 class Mask2FormerHeads(nn.Module):

@@ -15,6 +15,7 @@ from torch import nn
 
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
+from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.layers.ms_deform_attn import MSDeformAttn
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.layers.resize import resize_bilinear
@@ -62,7 +63,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """(B, S, d) tokens of all levels -> (B, S, d)."""
         src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, shapes)))
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src), inplace=True)))
+        ffn = self.linear2(self.dropout(linear_relu(self.linear1, src)))
         return self.norm2(src + self.dropout(ffn))
 
 
