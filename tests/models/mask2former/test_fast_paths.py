@@ -145,6 +145,50 @@ def test_batched_cost_terms_equal_per_image_cost_terms() -> None:
         torch.testing.assert_close(first[name], subset[0][name], rtol=1e-6, atol=1e-6, msg=name)
 
 
+def test_padded_cost_terms_equal_a_per_image_reference() -> None:
+    """The batched, padded costs against the definitions written out per image (explicit (Q, G, P) BCE)."""
+    import torch.nn.functional as F
+
+    from masklab.models.mask2former.attribute_spec import AttributeSpec
+
+    out = _layer_output(3, 6)
+    sizes = [2, 0, 3]
+    targets = [
+        Mask2FormerTargets(
+            labels=torch.arange(g) % 4,
+            masks=(torch.rand(g, 64, 64, generator=torch.Generator().manual_seed(i)) > 0.5).float(),
+            attributes={"color": torch.tensor([-1, 0, 1][:g], dtype=torch.long)},
+        )
+        for i, g in enumerate(sizes)
+    ]
+    matcher = Mask2FormerMatcher(
+        class_weight=2.0,
+        mask_weight=5.0,
+        dice_weight=3.0,
+        attributes=(AttributeSpec("color", 2, cost_weight=1.5),),
+        num_points=40,
+    )
+    torch.manual_seed(11)
+    terms, got_sizes = matcher.padded_cost_terms(out, [0, 1, 2], targets)
+    assert got_sizes == sizes and terms["mask"].shape == (3, 6, 3)
+    torch.manual_seed(11)
+    coords = [torch.empty(40, 2).uniform_() for _ in sizes]  # one draw per image, in image order
+    for i, (t, g) in enumerate(zip(targets, sizes)):
+        pred = point_sample(out.mask_logits[i : i + 1], coords[i][None])[0]  # (Q, P)
+        tgt = point_sample(t.masks[None], coords[i][None])[0]  # (G, P)
+        bce = F.binary_cross_entropy_with_logits(
+            pred[:, None].expand(-1, g, -1), tgt[None].expand(6, -1, -1), reduction="none"
+        ).mean(-1)
+        p = pred.sigmoid()
+        dice = 1 - (2 * (p[:, None] * tgt[None]).sum(-1) + 1) / (p.sum(-1)[:, None] + tgt.sum(-1)[None] + 1)
+        cls = -2.0 * out.class_logits[i].softmax(-1)[:, t.labels]
+        values = t.attributes["color"]
+        attr = -1.5 * out.attribute_logits["color"][i].softmax(-1)[:, values.clamp(min=0)] * (values >= 0)
+        expected = {"class": cls, "mask": 5.0 * bce, "dice": 3.0 * dice, "attr_color": attr}
+        for name, ref in expected.items():
+            torch.testing.assert_close(terms[name][i, :, :g], ref, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_gathered_point_sample_equals_grid_sample() -> None:
     g = torch.Generator().manual_seed(0)
     maps = torch.randn(3, 5, 7, 9, generator=g, dtype=torch.float64)

@@ -19,28 +19,28 @@ from masklab.models.mask2former.targets import Mask2FormerTargets
 def pairwise_sigmoid_bce(
     logits: torch.Tensor, targets: torch.Tensor, softplus_sum: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(Q, P) logits vs (G, P) targets -> (Q, G) mean BCE, without a (Q, G, P) tensor.
+    """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) mean BCE, without a (Q, G, P) tensor.
 
     BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus and one matmul.
     ``softplus_sum`` is ``softplus(logits).sum(-1, keepdim=True)`` when the caller has it already.
     """
-    num_points = logits.shape[1]
+    num_points = logits.shape[-1]
     if softplus_sum is None:
         softplus_sum = F.softplus(logits).sum(-1, keepdim=True)
-    return (softplus_sum - logits @ targets.T) / num_points
+    return (softplus_sum - logits @ targets.transpose(-1, -2)) / num_points
 
 
 def pairwise_dice(
     logits: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(Q, P) logits vs (G, P) targets -> (Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``.
+    """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``.
 
     ``probs`` is ``logits.sigmoid()`` when the caller has it already.
     """
     if probs is None:
         probs = logits.sigmoid()
-    numerator = 2 * probs @ targets.T
-    denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * probs @ targets.transpose(-1, -2)
+    denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
 
@@ -86,12 +86,24 @@ class Mask2FormerMatcher:
         indices: Sequence[int],
         targets: Sequence[Mask2FormerTargets],
     ) -> list[dict[str, torch.Tensor]]:
-        """:meth:`cost_terms` of several images, with the per-query work done once for all of them.
+        """:meth:`cost_terms` of several images (each term (Q, G_i)), from :meth:`padded_cost_terms`."""
+        terms, sizes = self.padded_cost_terms(output, indices, targets)
+        return [{name: term[i, :, :g] for name, term in terms.items()} for i, g in enumerate(sizes)]
 
-        Softmaxes, the point sampling of the (Q, H, W) mask logits and the element-wise softplus / sigmoid
-        over (Q, P) points run batched; only the (Q, P) x (P, G) products are per image, since G varies.
-        Each image draws its own ``num_points`` uniform points, in image order (the same random stream
-        as one draw per image).
+    def padded_cost_terms(
+        self,
+        output: Mask2FormerLayerOutput,
+        indices: Sequence[int],
+        targets: Sequence[Mask2FormerTargets],
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """The weighted cost terms of several images at once, as (N, Q, G_max) tensors, and each G_i.
+
+        Columns past an image's own G_i are padding (finite, meaningless). Every step runs once for
+        the whole batch: softmaxes, the point sampling of the (Q, H, W) mask logits and of all objects'
+        masks (the images' targets share the padded input size), the element-wise softplus / sigmoid,
+        and the (Q, P) x (P, G) products as one batched product over zero-padded targets. Each image
+        draws its own ``num_points`` uniform points, in image order (the same random stream as one
+        draw per image).
         """
         indices = list(indices)
         device = output.class_logits.device
@@ -106,27 +118,34 @@ class Mask2FormerMatcher:
                 return t[sel].float()
 
         probs = pick(output.class_logits).softmax(-1)
-        coords = torch.empty(len(indices), self.num_points, 2, device=device)
+        n, q = probs.shape[:2]
+        coords = torch.empty(n, self.num_points, 2, device=device)
         for row in coords:
             row.uniform_()
         pred = point_sample_channels(pick(output.mask_logits), coords)  # (N, Q, P)
-        softplus_sum = F.softplus(pred).sum(-1, keepdim=True)
-        pred_probs = pred.sigmoid()
-        attr_probs = {s.name: pick(output.attribute_logits[s.name]).softmax(-1) for s in self.attributes}
-        result = []
-        for i, target in enumerate(targets):
-            terms = {"class": -self.class_weight * probs[i][:, target.labels]}
-            masks = target.masks.float().unsqueeze(0).to(pred.device)
-            tgt = point_sample(masks, coords[i : i + 1])[0]  # (G, P)
-            terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred[i], tgt, softplus_sum[i])
-            terms["dice"] = self.dice_weight * pairwise_dice(pred[i], tgt, pred_probs[i])
-            for spec in self.attributes:
-                values = target.attributes[spec.name]
-                p = attr_probs[spec.name][i]
-                labelled = (values >= 0).to(p.dtype)
-                terms[f"attr_{spec.name}"] = -spec.cost_weight * p[:, values.clamp(min=0)] * labelled[None, :]
-            result.append(terms)
-        return result
+        sizes = [len(t) for t in targets]
+        width = max(sizes, default=0)
+        # Object k of the batch is column slot[k] of image owner[k]: one scatter pads every target.
+        owner = torch.repeat_interleave(torch.arange(n), torch.tensor(sizes, dtype=torch.long)).to(device)
+        slot = torch.cat([torch.arange(g) for g in sizes] or [torch.zeros(0, dtype=torch.long)]).to(device)
+
+        def padded(values: torch.Tensor, fill: float) -> torch.Tensor:
+            out = values.new_full((n, width, *values.shape[1:]), fill)
+            out[owner, slot] = values
+            return out
+
+        masks = torch.cat([t.masks for t in targets]).float().to(device)  # (T, H, W)
+        tgt = padded(point_sample(masks.unsqueeze(1), coords[owner]).squeeze(1), 0.0)  # (N, G, P)
+        labels = padded(torch.cat([t.labels for t in targets]).to(device, torch.long), 0)
+        terms = {"class": -self.class_weight * probs.gather(2, labels.unsqueeze(1).expand(-1, q, -1))}
+        terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred, tgt)
+        terms["dice"] = self.dice_weight * pairwise_dice(pred, tgt)
+        for spec in self.attributes:
+            p = pick(output.attribute_logits[spec.name]).softmax(-1)
+            values = padded(torch.cat([t.attributes[spec.name] for t in targets]).to(device, torch.long), -1)
+            chosen = p.gather(2, values.clamp(min=0).unsqueeze(1).expand(-1, q, -1))
+            terms[f"attr_{spec.name}"] = -spec.cost_weight * chosen * (values >= 0).to(p.dtype)[:, None, :]
+        return terms, sizes
 
     @torch.no_grad()
     def __call__(
@@ -152,17 +171,15 @@ class Mask2FormerMatcher:
         if not present:
             return result
         with torch.autocast(device_type=device_type, enabled=False):
-            all_terms = self.batch_cost_terms(output, present, [targets[b] for b in present])
-            costs = [sum(terms.values()) for terms in all_terms]
+            terms, sizes = self.padded_cost_terms(output, present, [targets[b] for b in present])
             # One (N, Q, G_max) host copy per call instead of a copy (and a finiteness check) per
             # image: each is a stream synchronisation on CUDA.
-            widest = max(int(c.shape[1]) for c in costs)
-            host = torch.stack([F.pad(c, (0, widest - int(c.shape[1]))) for c in costs]).cpu().numpy()
-            for b, cost, terms in zip(present, host, all_terms):
-                cost = cost[:, : len(targets[b])]
+            host = sum(terms.values()).cpu().numpy()
+            for i, (b, cost) in enumerate(zip(present, host)):
+                cost = cost[:, : sizes[i]]
                 if not np.isfinite(cost).all():
                     bad = ", ".join(
-                        f"{k}={'non-finite' if not torch.isfinite(v).all() else 'ok'}"
+                        f"{k}={'non-finite' if not torch.isfinite(v[i, :, : sizes[i]]).all() else 'ok'}"
                         for k, v in terms.items()
                     )
                     raise TrainingError(
