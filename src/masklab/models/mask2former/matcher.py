@@ -16,29 +16,18 @@ from masklab.models.mask2former.point_sampling import point_sample, point_sample
 from masklab.models.mask2former.targets import Mask2FormerTargets
 
 
-def pairwise_sigmoid_bce(
-    logits: torch.Tensor, targets: torch.Tensor, softplus_sum: torch.Tensor | None = None
-) -> torch.Tensor:
+def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) mean BCE, without a (Q, G, P) tensor.
 
     BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus and one matmul.
-    ``softplus_sum`` is ``softplus(logits).sum(-1, keepdim=True)`` when the caller has it already.
     """
-    num_points = logits.shape[-1]
-    if softplus_sum is None:
-        softplus_sum = F.softplus(logits).sum(-1, keepdim=True)
-    return (softplus_sum - logits @ targets.transpose(-1, -2)) / num_points
+    softplus_sum = F.softplus(logits).sum(-1, keepdim=True)
+    return (softplus_sum - logits @ targets.transpose(-1, -2)) / logits.shape[-1]
 
 
-def pairwise_dice(
-    logits: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor | None = None
-) -> torch.Tensor:
-    """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``.
-
-    ``probs`` is ``logits.sigmoid()`` when the caller has it already.
-    """
-    if probs is None:
-        probs = logits.sigmoid()
+def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``."""
+    probs = logits.sigmoid()
     numerator = 2 * probs @ targets.transpose(-1, -2)
     denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
