@@ -23,16 +23,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from masklab.evaluation.semantic import AreaStats, area_to_metrics, intersect_and_union
+
 
 def mean_iou(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> float:
-    """MMSeg-style mIoU over the classes present in prediction or ground truth."""
-    ious = []
-    for c in range(num_classes):
-        inter = int(((pred == c) & (gt == c)).sum())
-        union = int(((pred == c) | (gt == c)).sum())
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious))
+    """Val mIoU of (N, H, W) predictions, accumulated over images as masklab's ``IoUMetric`` does."""
+    stats = AreaStats.zeros(num_classes)
+    for p, g in zip(pred, gt):
+        stats += intersect_and_union(p, g, num_classes, ignore_index=255)
+    return float(np.nanmean(area_to_metrics(stats, ["mIoU"])["IoU"].numpy()))
 
 
 def ceilings(labels: torch.Tensor, num_classes: int, stride: int, steps: int) -> tuple[float, float]:

@@ -67,17 +67,8 @@ class Mask2FormerMatcher:
         self, output: Mask2FormerLayerOutput, index: int, target: Mask2FormerTargets
     ) -> dict[str, torch.Tensor]:
         """The weighted (Q, G) cost terms of image ``index``, by name (``class``, ``mask``, ``dice``, ``attr_<name>``)."""
-        return self.batch_cost_terms(output, [index], [target])[0]
-
-    def batch_cost_terms(
-        self,
-        output: Mask2FormerLayerOutput,
-        indices: Sequence[int],
-        targets: Sequence[Mask2FormerTargets],
-    ) -> list[dict[str, torch.Tensor]]:
-        """:meth:`cost_terms` of several images (each term (Q, G_i)), from :meth:`padded_cost_terms`."""
-        terms, sizes = self.padded_cost_terms(output, indices, targets)
-        return [{name: term[i, :, :g] for name, term in terms.items()} for i, g in enumerate(sizes)]
+        terms, sizes = self.padded_cost_terms(output, [index], [target])
+        return {name: term[0, :, : sizes[0]] for name, term in terms.items()}
 
     def padded_cost_terms(
         self,
