@@ -51,6 +51,7 @@ def build_tiny(
     attributes: tuple[AttributeSpec, ...] = (AttributeSpec("color", 4),),
     num_queries: int = 6,
     num_layers: int = 2,
+    pixel_kwargs: dict[str, object] | None = None,
     **kwargs: object,
 ) -> Mask2Former:
     pixel = functools.partial(
@@ -61,6 +62,7 @@ def build_tiny(
         num_heads=2,
         num_points=2,
         ffn_dim=32,
+        **(pixel_kwargs or {}),
     )
     decoder = functools.partial(
         Mask2FormerTransformerDecoder,

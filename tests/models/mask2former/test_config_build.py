@@ -38,3 +38,15 @@ def test_typo_in_child_node_is_config_error() -> None:
     node = {**NODE, "decoder": {**NODE["decoder"], "num_querys": 3}}
     with pytest.raises(ConfigError, match="model.decoder.num_querys: unknown key"):
         build_node(node, path="model")
+
+
+def test_mask_piloting_from_config_keeps_types_and_checks_keys() -> None:
+    piloted = {**NODE["decoder"], "mask_piloting": {"groups": 2, "label_noise": 0.5}}
+    model = build_node({**NODE, "decoder": piloted}, path="model")
+    piloting = model.decoder.piloting
+    assert piloting is not None and piloting.groups == 2 and isinstance(piloting.groups, int)
+    assert piloting.label_noise == 0.5 and piloting.label_embed.num_embeddings == 3
+    assert build_node(NODE, path="model").decoder.piloting is None  # off unless configured
+    typo = {**NODE["decoder"], "mask_piloting": {"group": 2}}
+    with pytest.raises(ConfigError, match="model.decoder.mask_piloting.group: unknown key"):
+        build_node({**NODE, "decoder": typo}, path="model")

@@ -90,6 +90,25 @@ def test_predict_instance_topk_and_original_resolution() -> None:
     assert (preds[0].scores[:-1] >= preds[0].scores[1:]).all()
 
 
+def test_decoder_attends_the_configured_strides() -> None:
+    torch.manual_seed(0)
+    model = build_tiny(pixel_kwargs={"out_strides": (16, 8, 4)})
+    batch = make_batch(_two_images())
+    pixel = model.pixel_decoder(model.backbone(batch.images))
+    assert [tuple(f.shape[-2:]) for f in pixel.multi_scale_features] == [(4, 4), (8, 8), (16, 16)]
+    assert model.decoder.num_levels == 3
+    losses = model(batch, mode="loss")
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():  # the inference shortcut (attention masks from resized features) still agrees
+        full = model.predict_outputs(batch.images, all_layers=True).last
+        fast = model.predict_outputs(batch.images, all_layers=False).last
+    torch.testing.assert_close(fast.mask_logits, full.mask_logits, rtol=1e-4, atol=1e-4)
+    for bad in ((8, 16, 32), (32, 2), ()):
+        with pytest.raises(ModelError, match="pixel_decoder.out_strides"):
+            build_tiny(pixel_kwargs={"out_strides": bad})
+
+
 def test_predict_semantic_and_panoptic_modes() -> None:
     torch.manual_seed(0)
     sem = build_tiny(test_mode="semantic").eval()(make_batch(_two_images()), mode="predict")

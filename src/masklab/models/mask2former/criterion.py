@@ -4,7 +4,10 @@ Loss names (all start with ``loss`` so the engine sums them; values are already 
 
 * final prediction: ``loss_cls``, ``loss_mask``, ``loss_dice``, ``loss_attr_<name>``;
 * earlier prediction point i (0 = query input, ..., N-1 = layer N-1): the same names with ``_d{i}``
-  appended, e.g. ``loss_cls_d0``.
+  appended, e.g. ``loss_cls_d0``;
+* pilot queries of a mask-piloted forward (:mod:`.mask_piloting`): ``_mp`` after the base name, e.g.
+  ``loss_cls_mp``, ``loss_dice_mp_d0``; each pilot is supervised by its own object (no matching),
+  normalised by objects x groups, and weighted by its base loss's weight x the piloting ``loss_weight``.
 """
 
 from __future__ import annotations
@@ -123,6 +126,18 @@ class Mask2FormerCriterion(nn.Module):
             suffix = "" if i == last else f"_d{i}"
             for name, value in self._layer_losses(out, flat, indices, num_masks).items():
                 losses[name + suffix] = value * self.weights[name]
+        pilots = outputs.pilots
+        if pilots is not None:
+            if len(pilots.layers) != len(outputs.layers):
+                raise ModelError(
+                    f"criterion: {len(pilots.layers)} pilot outputs for {len(outputs.layers)} prediction points"
+                )
+            for i, out in enumerate(pilots.layers):
+                suffix = "_mp" if i == last else f"_mp_d{i}"
+                for name, value in self._layer_losses(
+                    out, flat, pilots.indices, num_masks * pilots.groups
+                ).items():
+                    losses[name + suffix] = value * (self.weights[name] * pilots.loss_weight)
         return losses
 
     def _layer_losses(

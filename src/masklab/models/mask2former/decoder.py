@@ -15,8 +15,10 @@ from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.heads import Mask2FormerHeads
-from masklab.models.mask2former.outputs import Mask2FormerLayerOutput, Mask2FormerOutput
+from masklab.models.mask2former.mask_piloting import MaskPiloting, MaskPilotingConfig, PilotQueries
+from masklab.models.mask2former.outputs import Mask2FormerLayerOutput, Mask2FormerOutput, PilotOutput
 from masklab.models.mask2former.position_cache import TensorCache, sine_position_tokens
+from masklab.models.mask2former.targets import Mask2FormerTargets
 
 
 def multihead_attention(
@@ -78,7 +80,11 @@ def _blocked_positions(logits: torch.Tensor) -> torch.Tensor:
     ``sigmoid(x) < 0.5  <=>  x < 0``: True = this query may not attend that position. A query
     blocked everywhere would softmax over an empty set (NaN), so it attends everywhere instead.
     """
-    blocked = logits < 0
+    return _release_fully_blocked(logits < 0)
+
+
+def _release_fully_blocked(blocked: torch.Tensor) -> torch.Tensor:
+    """``blocked`` with every all-True row set to False (in place)."""
     blocked &= ~blocked.all(-1, keepdim=True)
     return blocked
 
@@ -102,11 +108,12 @@ class _AttentionBlock(nn.Module):
         attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Cross-attention to ``memory`` (keys ``memory_key`` = memory + its position embedding, computed
-        once per level by the caller), or self-attention when ``memory`` is None."""
+        once per level by the caller), or self-attention when ``memory`` is None; ``attn_bias`` is
+        added to the attention logits in either case."""
         q_in = self.norm(tgt) if self.pre_norm else tgt
         query = q_in + query_pos
         if memory is None:  # self-attention: keys are the queries, values the un-embedded queries
-            out = multihead_attention(self.attn, query, query, q_in)
+            out = multihead_attention(self.attn, query, query, q_in, attn_bias)
         else:
             assert memory_key is not None
             out = multihead_attention(self.attn, query, memory_key, memory, attn_bias)
@@ -147,10 +154,12 @@ class Mask2FormerDecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_key: torch.Tensor,
         attn_bias: torch.Tensor,
+        self_attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, Q, d) queries; memory and keys (B, S, d); ``attn_bias`` (B, 1, Q, S), ``-inf`` = blocked."""
+        """(B, Q, d) queries; memory and keys (B, S, d); ``attn_bias`` (B, 1, Q, S), ``-inf`` = blocked;
+        ``self_attn_bias`` (Q, Q) likewise for the self-attention (mask piloting), None = all see all."""
         queries = self.cross_attn(queries, query_pos, memory, memory_key, attn_bias)
-        queries = self.self_attn(queries, query_pos, None, None)
+        queries = self.self_attn(queries, query_pos, None, None, self_attn_bias)
         return self.ffn(queries)
 
 
@@ -175,6 +184,10 @@ class Mask2FormerTransformerDecoder(nn.Module):
         dropout: dropout everywhere in the decoder.
         pre_norm: pre-norm layers instead of post-norm.
         num_levels: memory levels cycled over.
+        mask_piloting: optional :class:`~masklab.models.mask2former.mask_piloting.MaskPilotingConfig`
+            (``groups``, ``label_noise``, ``point_noise``, ``loss_weight``; a mapping of them is
+            accepted); training forwards given targets then add pilot queries (MP-Former). None (the
+            paper's Mask2Former) = off.
     """
 
     def __init__(
@@ -191,6 +204,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         dropout: float = 0.0,
         pre_norm: bool = False,
         num_levels: int = 3,
+        mask_piloting: MaskPilotingConfig | None = None,
     ) -> None:
         super().__init__()
         if hidden_dim % nheads:
@@ -223,6 +237,9 @@ class Mask2FormerTransformerDecoder(nn.Module):
                     nn.init.xavier_uniform_(p)
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.heads = Mask2FormerHeads(hidden_dim, mask_dim, num_classes, attributes)
+        self.piloting = (
+            None if mask_piloting is None else MaskPiloting(num_classes, hidden_dim, mask_piloting)
+        )
 
     def _attention_mask(self, queries: torch.Tensor, level_features: torch.Tensor) -> torch.Tensor:
         """The next layer's attention mask straight from mask features already resized to its level.
@@ -256,6 +273,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         multi_scale_features: Sequence[torch.Tensor],
         mask_features: torch.Tensor,
         all_layers: bool = True,
+        targets: Sequence[Mask2FormerTargets] | None = None,
     ) -> Mask2FormerOutput:
         """Decode queries.
 
@@ -266,6 +284,8 @@ class Mask2FormerTransformerDecoder(nn.Module):
                 (inference) predicts only after the last layer; the attention masks in between come
                 from mask features resized once per level (:meth:`_attention_mask`), which skips the
                 full-resolution mask product of every intermediate layer.
+            targets: the batch's targets; with ``mask_piloting`` configured and the module training,
+                pilot queries are added (their predictions in ``pilots`` of the output).
 
         Returns:
             ``num_layers + 1`` predictions, or only the last one when ``all_layers`` is False (see
@@ -284,9 +304,22 @@ class Mask2FormerTransformerDecoder(nn.Module):
         b = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         queries = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)
+        pilots = None
+        if self.piloting is not None and self.training and targets is not None:
+            if not all_layers:
+                raise ModelError("decoder: a mask-piloted forward predicts at every layer (all_layers=True)")
+            pilots = self.piloting(targets, sizes, self.num_queries)
+        self_bias = None
+        if pilots is not None:
+            queries = torch.cat([pilots.content.to(queries.dtype), queries], 1)
+            query_pos = torch.cat(
+                [query_pos.new_zeros(b, pilots.num_pilots, query_pos.shape[-1]), query_pos], 1
+            )
+            self_bias = pilots.self_attn_bias.to(queries.dtype)
         last = len(self.layers) - 1
         if all_layers:
             pred, blocked = self._predict(queries, mask_features, sizes[0])
+            blocked = _piloted(blocked, pilots, 0)
             outputs = [pred]
         else:
             with torch.no_grad():
@@ -297,13 +330,33 @@ class Mask2FormerTransformerDecoder(nn.Module):
             assert blocked is not None
             bias = torch.zeros(blocked.shape, dtype=queries.dtype, device=blocked.device)
             bias = bias.masked_fill_(blocked, float("-inf")).unsqueeze(1)  # (B, 1, Q, S): all heads
-            queries = layer(queries, query_pos, memories[lvl], keys[lvl], bias)
+            queries = layer(queries, query_pos, memories[lvl], keys[lvl], bias, self_bias)
             next_size = None if i == last else sizes[(i + 1) % self.num_levels]
             if all_layers:
                 pred, blocked = self._predict(queries, mask_features, next_size)
+                if blocked is not None:
+                    blocked = _piloted(blocked, pilots, (i + 1) % self.num_levels)
                 outputs.append(pred)
             elif i != last:
                 blocked = self._attention_mask(queries, resized[(i + 1) % self.num_levels])
         if not all_layers:
             outputs = [self._predict(queries, mask_features, None)[0]]
-        return Mask2FormerOutput(layers=outputs)
+        if pilots is None:
+            return Mask2FormerOutput(layers=outputs)
+        assert self.piloting is not None
+        split = [out.split(pilots.num_pilots) for out in outputs]
+        return Mask2FormerOutput(
+            layers=[learned for _, learned in split],
+            pilots=PilotOutput(
+                [pilot for pilot, _ in split], pilots.indices, pilots.groups, self.piloting.loss_weight
+            ),
+        )
+
+
+def _piloted(blocked: torch.Tensor, pilots: PilotQueries | None, level: int) -> torch.Tensor:
+    """The attention mask with the pilot queries' rows (the first P) replaced by their ground-truth
+    masks at ``level`` (fully blocked rows released, as for the predicted rows)."""
+    if pilots is None:
+        return blocked
+    p = pilots.num_pilots
+    return torch.cat([_release_fully_blocked(pilots.blocked[level].clone()), blocked[:, p:]], 1)

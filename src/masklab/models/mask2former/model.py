@@ -109,6 +109,7 @@ class Mask2Former(nn.Module):
         self.decoder = build_decoder(
             in_channels=self.pixel_decoder.conv_dim,
             mask_dim=self.pixel_decoder.mask_dim,
+            num_levels=len(self.pixel_decoder.out_strides),
             num_classes=num_classes,
             attributes=self.attributes,
         )
@@ -142,15 +143,23 @@ class Mask2Former(nn.Module):
         """Instances per image at inference; evaluators read it so that ``maxDets`` agrees."""
         return self.postprocessor.test_topk
 
-    def predict_outputs(self, images: torch.Tensor, all_layers: bool = True) -> Mask2FormerOutput:
+    def predict_outputs(
+        self,
+        images: torch.Tensor,
+        all_layers: bool = True,
+        targets: Sequence[Mask2FormerTargets] | None = None,
+    ) -> Mask2FormerOutput:
         """Raw decoder outputs for (B, 3, H, W) preprocessed images (H, W multiples of 32).
 
         ``all_layers=False`` returns only the final prediction point and skips the intermediate
         layers' full-resolution masks (what inference needs; the final outputs are the same).
+        ``targets`` (training) feed the decoder's mask piloting when it is configured.
         """
         features = self.backbone(images)
         pixel = self.pixel_decoder(features)
-        return self.decoder(pixel.multi_scale_features, pixel.mask_features, all_layers=all_layers)
+        return self.decoder(
+            pixel.multi_scale_features, pixel.mask_features, all_layers=all_layers, targets=targets
+        )
 
     def forward(self, batch: Batch, mode: str = "loss") -> dict[str, torch.Tensor] | list[Any]:
         """``mode="loss"``: weighted losses (see :mod:`.criterion` for names); ``mode="predict"``: predictions."""
@@ -162,7 +171,7 @@ class Mask2Former(nn.Module):
             self.validate_instances(batch.instances)
             names = tuple(s.name for s in self.attributes)
             targets = Mask2FormerTargets.from_batch(batch.instances, names)
-            outputs = self.predict_outputs(batch.images)
+            outputs = self.predict_outputs(batch.images, targets=targets)
             return self.criterion(outputs, targets)
         if mode == "predict":
             return self.predict(batch)

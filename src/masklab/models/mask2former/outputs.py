@@ -29,6 +29,37 @@ class Mask2FormerLayerOutput:
         for name, logits in self.attribute_logits.items():
             assert logits.shape[:2] == (b, q), f"attribute {name!r} logits {tuple(logits.shape)} vs {(b, q)}"
 
+    def split(self, first: int) -> tuple[Mask2FormerLayerOutput, Mask2FormerLayerOutput]:
+        """The first ``first`` queries' predictions and the rest's (pilot queries come first)."""
+        head = Mask2FormerLayerOutput(
+            self.class_logits[:, :first],
+            self.mask_logits[:, :first],
+            {n: v[:, :first] for n, v in self.attribute_logits.items()},
+        )
+        tail = Mask2FormerLayerOutput(
+            self.class_logits[:, first:],
+            self.mask_logits[:, first:],
+            {n: v[:, first:] for n, v in self.attribute_logits.items()},
+        )
+        return head, tail
+
+
+@dataclass
+class PilotOutput:
+    """The pilot queries' predictions of a mask-piloted training forward (see :mod:`.mask_piloting`).
+
+    Attributes:
+        layers: one :class:`Mask2FormerLayerOutput` per prediction point, like the learned queries'.
+        indices: per image, (pilot index, object index) pairs: each pilot's fixed target.
+        groups: copies of every object (the pilot losses are normalised by objects x groups).
+        loss_weight: multiplies every pilot loss.
+    """
+
+    layers: list[Mask2FormerLayerOutput]
+    indices: list[tuple[torch.Tensor, torch.Tensor]]
+    groups: int
+    loss_weight: float
+
 
 @dataclass
 class Mask2FormerOutput:
@@ -39,9 +70,11 @@ class Mask2FormerOutput:
 
     Attributes:
         layers: the :class:`Mask2FormerLayerOutput` of each prediction point.
+        pilots: the pilot queries' predictions when the forward was mask-piloted (training only).
     """
 
     layers: list[Mask2FormerLayerOutput]
+    pilots: PilotOutput | None = None
 
     @property
     def last(self) -> Mask2FormerLayerOutput:
