@@ -68,6 +68,9 @@ def test_noise_flips_labels_and_points_only_in_training() -> None:
     assert 0.5 < changed.float().mean() < 0.8  # random among 3 classes: 2/3 differ
     # the object covers the whole map: each cell flips with probability 0.5 x area / cells = 0.5
     assert 0.4 < pilots.blocked[0].float().mean() < 0.6
+    grouped = MaskPiloting(3, 8, {"groups": 2, "point_noise": 0.5})(targets[:1], [(8, 8)], num_queries=1)
+    assert grouped is not None  # each group draws its own noise
+    assert not torch.equal(grouped.blocked[0][0, :200], grouped.blocked[0][0, 200:])
     piloting.eval()
     clean = piloting(targets, [(8, 8)], num_queries=1)
     assert clean is not None

@@ -176,13 +176,13 @@ class MaskPiloting(nn.Module):
             )
         with torch.no_grad():
             area = F.avg_pool2d(masks.unsqueeze(1), (h // size[0], w // size[1])).flatten(1)  # (T, S)
-            inside = area > 0
-            if self.training and self.point_noise > 0:
+            inside = (area > 0).repeat(self.groups, 1)  # group-major, like img_all / slot_all
+            if self.training and self.point_noise > 0:  # drawn per group: each copy has its own noise
                 cells = inside.shape[1]
                 prob = inside.sum(1, keepdim=True) * (self.point_noise / cells)
                 inside = inside ^ (torch.rand(inside.shape, device=inside.device) < prob)
             blocked = torch.ones(batch, slots, inside.shape[1], dtype=torch.bool, device=masks.device)
-            blocked[img_all.to(masks.device), slot_all.to(masks.device)] = ~inside.repeat(self.groups, 1)
+            blocked[img_all.to(masks.device), slot_all.to(masks.device)] = ~inside
         return blocked
 
     @staticmethod
