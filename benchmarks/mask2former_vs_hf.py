@@ -14,6 +14,7 @@ the intermediate attention masks formed from mask features resized once per leve
 linearity, tested), against the same HF forward (which computes every layer's full-resolution masks).
 
     MALLOC_MMAP_MAX_=0 .venv/bin/python benchmarks/mask2former_vs_hf.py --runs 5 --threads 2
+    python benchmarks/mask2former_vs_hf.py --device cuda --runs 20 --warmup 5   # on a GPU
 """
 
 from __future__ import annotations
@@ -28,17 +29,25 @@ import torch
 
 
 def _paired_medians(
-    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int, device: torch.device
 ) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b``, run alternately so that machine-load drift hits both alike."""
+    """Median seconds of ``a`` and ``b``, run alternately so that machine-load drift hits both alike
+    (on CUDA the device is synchronised before and after each call)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         a()
         b()
     times_a, times_b = [], []
     for _ in range(runs):
         for fn, times in ((a, times_a), (b, times_b)):
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(times_a), statistics.median(times_b)
 
@@ -105,12 +114,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu (the issue's target) or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     num_classes = 80
-    batch = _inputs(2, args.size, num_classes)
-    ours, hf = build_masklab(num_classes), build_hf(num_classes)
+    batch = _inputs(2, args.size, num_classes).to(device)
+    ours, hf = build_masklab(num_classes).to(device), build_hf(num_classes).to(device)
     hf_labels = [inst.labels for inst in batch.instances]
     hf_masks = [inst.masks.float() for inst in batch.instances]
 
@@ -141,13 +152,13 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     results = {
-        "train": _paired_medians(ours_train, hf_train, args.runs, args.warmup),
-        "forward": _paired_medians(ours_forward, hf_forward, args.runs, args.warmup),
-        "infer": _paired_medians(ours_inference, hf_forward, args.runs, args.warmup),
+        "train": _paired_medians(ours_train, hf_train, args.runs, args.warmup, device),
+        "forward": _paired_medians(ours_forward, hf_forward, args.runs, args.warmup, device),
+        "infer": _paired_medians(ours_inference, hf_forward, args.runs, args.warmup, device),
     }
     params = (sum(p.numel() for p in ours.parameters()) / 1e6, sum(p.numel() for p in hf.parameters()) / 1e6)
     print(f"params (M): masklab {params[0]:.2f}  hf {params[1]:.2f}")
-    print(f"torch threads: {args.threads}")
+    print(f"device: {device}, torch threads: {args.threads}")
     print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     for name, (t_ours, t_hf) in results.items():
         print(f"{name:8s} masklab {t_ours:.3f}s  hf {t_hf:.3f}s  ratio {t_ours / t_hf:.2f}")

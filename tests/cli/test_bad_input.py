@@ -197,11 +197,14 @@ CASES: list[Case] = [
         lambda e: e.train(config=e.cfg("_base_: [missing_base.yaml]")),
         "missing_base.yaml",
     ),
-    ("config_no_cuda", lambda e: e.train("runtime.device=cuda"), "runtime.device"),
+    # No machine has 65 GPUs: the same one-line error with or without CUDA.
+    ("config_no_cuda", lambda e: e.train("runtime.device=cuda:64"), "runtime.device"),
     ("config_unknown_strategy", lambda e: e.train("runtime.strategy=deepspeed"), "deepspeed"),
     ("config_load_from_missing", lambda e: e.train(f"train.load_from={e.tmp / 'w.pth'}"), "w.pth"),
     # ------------------------------------------------------------------ semantic data
     ("data_root_missing", lambda e: e.train(f"dataset.root={e.tmp / 'nodata'}"), "nodata"),
+    # 32 px images reach the stride-32 stage as 1x1 maps: the GroupNorm head sees one value per group.
+    ("data_too_small_for_norm", lambda e: e.train("train.batch_size=1"), "1 image(s) of 32x32"),
     (
         "data_meta_invalid_json",
         lambda e: _none((e.data / "meta.json").write_text("{oops")) or e.train(),

@@ -17,7 +17,7 @@ train:
   val_interval: 50
   checkpoint_interval: 50
   optim: {type: AdamW, lr: 6e-5, paramwise: {pos_block: {decay_mult: 0.0}}}
-  ema: {momentum: 0.999}
+  ema: {momentum: 0.001}
 """
 
 
@@ -28,7 +28,7 @@ def test_defaults_and_typed_values(write):
     assert res.train.optim.type == "AdamW" and res.train.optim.lr == pytest.approx(6e-5)
     assert res.train.optim.paramwise["pos_block"].decay_mult == 0.0
     assert res.train.optim.paramwise["pos_block"].lr_mult == 1.0
-    assert res.train.schedule.policy == "poly" and res.train.ema.momentum == 0.999
+    assert res.train.schedule.policy == "poly" and res.train.ema.momentum == 0.001
     assert res.evaluate.mode == "whole" and res.evaluate.metrics == ["mIoU"]
     assert res.export.opset == 17
     assert res.model.type == "M" and res.dataset is None

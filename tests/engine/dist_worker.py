@@ -17,7 +17,7 @@ from masklab.engine.distributed import all_gather_object, all_reduce_dict, barri
 
 
 def main(work_dir: str) -> None:
-    info = init_distributed()
+    info = init_distributed(device="cpu")  # gloo even on a machine with GPUs
     assert info.is_distributed and info.world_size == 2
     torch.set_num_threads(1)
     torch.manual_seed(0)  # identical initial weights; DDP also broadcasts rank 0's

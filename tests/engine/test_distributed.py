@@ -40,6 +40,39 @@ def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     teardown(None)  # no group: nothing to do, no error
 
 
+def _torchrun_env(monkeypatch: pytest.MonkeyPatch, local_rank: int) -> list[str]:
+    """torchrun's variables for rank ``local_rank`` of 2; ``init_process_group`` records its backend."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank)}.items():
+        monkeypatch.setenv(key, value)
+    seen: list[str] = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: seen.append(backend))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    return seen
+
+
+def test_backend_follows_the_run_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU run on a machine with GPUs joins over gloo; nccl only for a CUDA run."""
+    seen = _torchrun_env(monkeypatch, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: seen.append(f"cuda:{index}"))
+    monkeypatch.setattr("masklab.engine.distributed.get_info", lambda: DistInfo(0, 2, 0, True))
+    init_distributed(device="cpu")
+    init_distributed(device=torch.device("cuda"))
+    init_distributed()  # no device given: CUDA when available
+    assert seen == ["gloo", "cuda:0", "nccl", "cuda:0", "nccl"]
+
+
+def test_more_nccl_processes_than_gpus_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _torchrun_env(monkeypatch, 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ConfigError, match=r"LOCAL_RANK 1 needs a GPU.*1 CUDA device.*nproc-per-node 1.*device=cpu"
+    ):
+        init_distributed(device="cuda")
+    assert seen == []  # refused before joining any group
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_ddp_training(tmp_path: Path) -> None:
@@ -187,3 +220,18 @@ def test_evaluate_and_infer_shard_across_two_processes(tmp_path: Path) -> None:
     assert files_one == files_two and len(files_one) == 6  # 3 label PNGs + 3 overlays
     for rel in files_one:
         assert (tmp_path / "pred_one" / rel).read_bytes() == (tmp_path / "pred_two" / rel).read_bytes()
+
+
+def test_cuda_index_beyond_the_visible_devices_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from masklab.config.assemble import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(
+        ConfigError, match=r"runtime.device: 'cuda:2' asked for but 2 CUDA device\(s\) are visible"
+    ):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device is available"):
+        resolve_device("cuda")

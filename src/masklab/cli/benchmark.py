@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if payload is not None:
         from masklab.engine.checkpoint import load_model_weights
 
-        load_model_weights(model, payload["model"], strict=True)
+        load_model_weights(model, payload, strict=True)
     apply_eval_settings(model, rc)
     place_model(model.eval(), rc, device)
     batch = _dummy_batch(*args.size)

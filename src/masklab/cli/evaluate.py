@@ -72,12 +72,14 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
     rc = resolve_for_cli(args.config, args.overrides)
-    if "LOCAL_RANK" in os.environ:
-        init_distributed()
     device = resolve_device(rc.runtime.device)
+    if "LOCAL_RANK" in os.environ:
+        init_distributed(device=device)
     val_set = build_dataset(rc, "val")
     model = build_model(rc, dataset_meta(val_set))
-    load_model_weights(model, ckpt, strict=True)
+    report = load_model_weights(model, ckpt, strict=True)
+    if report.ema and is_main_process():
+        print(report.message(str(ckpt)))
     apply_eval_settings(model, rc)
     place_model(model, rc, device)
     evaluator = build_evaluator(rc, val_set)

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     rc = resolve_for_cli(args.config, args.overrides)
     payload = load_payload(args.checkpoint)
     model = build_model(rc, find_meta(rc, payload)).eval()
-    load_model_weights(model, payload, strict=True)
+    report = load_model_weights(model, payload, strict=True)
+    if report.ema:
+        print(report.message(str(args.checkpoint)))
     if args.format == "safetensors":
         print(f"weights -> {export_safetensors(model, args.out)}")
         return 0

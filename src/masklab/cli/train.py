@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args)
     from masklab.cli.common import prepare_work_dir, resolve_for_cli
-    from masklab.config.assemble import build_trainer
+    from masklab.config.assemble import build_trainer, resolve_device
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.errors import CheckpointError
 
     rc = resolve_for_cli(args.config, args.overrides)
-    info = init_distributed() if "LOCAL_RANK" in os.environ else None
+    device = resolve_device(rc.runtime.device)
+    info = init_distributed(device=device) if "LOCAL_RANK" in os.environ else None
     work_dir = prepare_work_dir(rc, args.work_dir)
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0

@@ -60,6 +60,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             f"runtime.device: {name!r} asked for but no CUDA device is available; use cpu or auto"
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"runtime.device: {name!r} asked for but {torch.cuda.device_count()} CUDA device(s) are "
+            f"visible (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     return device
 
 

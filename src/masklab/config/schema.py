@@ -108,9 +108,10 @@ class ScheduleConfig:
 
 @dataclass(kw_only=True)
 class EMAConfig:
-    """Exponential moving average of the weights."""
+    """Exponential moving average of the weights: ``momentum`` is the weight of the current
+    parameters per update (MMEngine's convention; 0.0002 = a decay of 0.9998)."""
 
-    momentum: float = 0.9998
+    momentum: float = 0.0002
     interval: int = 1
     warmup: int = 0
 

@@ -140,14 +140,18 @@ class LoadReport:
     Attributes:
         missing: model keys the checkpoint lacked (left at their initial values).
         unexpected: checkpoint keys the model does not have (ignored).
+        ema: the weights were a training checkpoint's exponential moving average.
     """
 
     missing: tuple[str, ...]
     unexpected: tuple[str, ...]
+    ema: bool = False
 
     def message(self, source: str = "") -> str:
         """One line for the log."""
-        head = f"loaded weights from {source}" if source else "loaded weights"
+        head = f"loaded {'EMA ' if self.ema else ''}weights from {source}" if source else "loaded weights"
+        if self.ema and not source:
+            head = "loaded EMA weights"
 
         def show(keys: tuple[str, ...]) -> str:
             more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
@@ -163,7 +167,9 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """(state dict, name for messages, whether it is a checkpoint's EMA weights)."""
+    from_ema = False
     if isinstance(source, Mapping):
         state = dict(source)
         name = "<state dict>"
@@ -177,7 +183,14 @@ def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
             state = load_file(str(source))
         else:
             state = load_checkpoint(source)
-    if "model" in state and isinstance(state["model"], Mapping):
+    # A training checkpoint with an EMA of the weights deploys the average (what its validation
+    # scored, as MMEngine's EMAHook does); resume reads the raw "model" entry itself.
+    ema = state.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("state"), Mapping):
+        state = dict(ema["state"])
+        name = f"{name} (EMA weights)"
+        from_ema = True
+    elif "model" in state and isinstance(state["model"], Mapping):
         state = dict(state["model"])
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
@@ -186,7 +199,7 @@ def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, 
     # Checkpoints written from a DDP wrapper carry a 'module.' prefix; the bare model has none.
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return state, name
+    return state, name, from_ema
 
 
 def load_model_weights(
@@ -202,7 +215,7 @@ def load_model_weights(
     Raises:
         CheckpointError: shapes disagree (a checkpoint for another model), or ``strict`` and keys differ.
     """
-    state, name = _read_state_dict(source)
+    state, name, from_ema = _read_state_dict(source)
     target = unwrap(model)
     own = target.state_dict()
     mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
@@ -215,7 +228,7 @@ def load_model_weights(
         )
     missing = tuple(k for k in own if k not in state)
     unexpected = tuple(k for k in state if k not in own)
-    report = LoadReport(missing=missing, unexpected=unexpected)
+    report = LoadReport(missing=missing, unexpected=unexpected, ema=from_ema)
     if strict and (missing or unexpected):
         raise CheckpointError(f"{name}: strict load failed; {report.message()}")
     target.load_state_dict(state, strict=False)

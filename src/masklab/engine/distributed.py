@@ -56,11 +56,13 @@ def get_info() -> DistInfo:
     )
 
 
-def init_distributed(backend: str | None = None) -> DistInfo:
+def init_distributed(backend: str | None = None, device: torch.device | str | None = None) -> DistInfo:
     """Join the process group described by torchrun's env vars (``RANK``, ``WORLD_SIZE``, ...).
 
-    Without those variables (a plain ``python`` run) nothing is initialised. The backend is nccl
-    when CUDA is available and gloo otherwise, unless given.
+    Without those variables (a plain ``python`` run) nothing is initialised. Unless ``backend`` is
+    given it follows the device the run computes on: nccl for CUDA, gloo for CPU (``device`` None:
+    CUDA when available). Each nccl process needs a GPU of its own: more processes on a node than
+    visible GPUs is a one-line :class:`ConfigError`, not a CUDA error from one rank.
     """
     if is_initialized():
         return get_info()
@@ -69,8 +71,16 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         return DistInfo()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+        backend = "nccl" if on_cuda else "gloo"
     if backend == "nccl":
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise ConfigError(
+                f"runtime.device: process LOCAL_RANK {local_rank} needs a GPU of its own but "
+                f"{visible} CUDA device(s) are visible; start at most {visible} per node "
+                f"(torchrun --nproc-per-node {visible}) or run on CPU with runtime.device=cpu (gloo)"
+            )
         # Bind the device before the group so NCCL communicators land on the right GPU.
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)

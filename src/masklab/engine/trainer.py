@@ -41,6 +41,7 @@ from masklab.engine.distributed import (
     unwrap,
 )
 from masklab.engine.hooks.base import Hook
+from masklab.engine.norm_guard import single_value_norm_guard
 from masklab.engine.precision import autocast, check_precision, make_scaler
 from masklab.engine.progress import make_progress
 from masklab.engine.rng import capture_rng, restore_rng, seed_everything
@@ -221,7 +222,7 @@ class Trainer:
                 else self.model.no_sync()
             )
             with sync:
-                with autocast(self.precision, self.device):
+                with autocast(self.precision, self.device), single_value_norm_guard(batch.images, "train"):
                     losses = self.model(batch, mode="loss")
                 total = sum(
                     (v for k, v in losses.items() if k.startswith("loss")),

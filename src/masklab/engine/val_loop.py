@@ -11,6 +11,7 @@ from rich.console import Console
 from torch import nn
 
 from masklab.engine.distributed import full_parameters, unwrap
+from masklab.engine.norm_guard import single_value_norm_guard
 from masklab.engine.precision import autocast, check_precision
 from masklab.engine.progress import make_progress
 from masklab.structures import Batch
@@ -65,7 +66,10 @@ class ValLoop:
             task = bar.add_task("eval", total=total) if bar is not None else None
             for batch in self.loader:
                 batch = model.data_preprocessor(batch, training=False)
-                with autocast(self.precision, self.device):
+                with (
+                    autocast(self.precision, self.device),
+                    single_value_norm_guard(batch.images, "evaluation"),
+                ):
                     predictions = model(batch, mode="predict")
                 self.evaluator.process(batch, predictions)
                 if bar is not None and task is not None:

@@ -20,7 +20,7 @@ from masklab.engine import (
     Trainer,
     ValLoop,
 )
-from masklab.engine.checkpoint import find_latest, load_checkpoint
+from masklab.engine.checkpoint import find_latest, load_checkpoint, load_model_weights
 from masklab.engine.hooks.base import Hook
 from masklab.errors import ConfigError
 
@@ -73,6 +73,25 @@ def test_ema_swaps_in_for_eval_and_is_checkpointed(tmp_path: Path) -> None:
     payload = load_checkpoint(tmp_path / "checkpoints" / "iter_0000003.pth")
     assert payload["ema"]["updates"] == 3
     assert torch.equal(payload["ema"]["state"]["cls.weight"], ema.ema.cls.weight)
+    assert torch.equal(payload["model"]["cls.weight"], model.cls.weight)  # raw weights kept for resume
+    # Evaluation / inference / export of the checkpoint load the average that validation scored.
+    deployed = ToyModel(dropout=0.0)
+    report = load_model_weights(deployed, tmp_path / "checkpoints" / "iter_0000003.pth", strict=True)
+    assert torch.equal(deployed.cls.weight, ema.ema.cls.weight)
+    assert report.ema and report.message("ckpt").startswith("loaded EMA weights from ckpt")
+
+
+@pytest.mark.parametrize("momentum", [0.9998, 0.999, 0.0, -0.1])
+def test_ema_momentum_written_as_a_decay_is_refused(momentum: float) -> None:
+    with pytest.raises(ConfigError, match=r"EMA momentum .*: expected 0 < momentum <= 0.5.*1 - d"):
+        EMAHook(momentum=momentum)
+
+
+def test_ema_config_default_is_a_small_momentum() -> None:
+    from masklab.config.schema import EMAConfig
+
+    hook = EMAHook(momentum=EMAConfig().momentum)  # the default must pass the hook's own check
+    assert hook.momentum == pytest.approx(0.0002)
 
 
 def test_logger_writes_jsonl_tensorboard_and_metrics(

@@ -21,6 +21,8 @@ def pycoco_eval(
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO()
         coco.dataset = copy.deepcopy(gt)
+        # pycocotools 2.0.9 / 2.0.10 (allowed by pyproject) read dataset["info"] in loadRes; 2.0.11 does not.
+        coco.dataset.setdefault("info", {})
         coco.createIndex()
         res = coco.loadRes(copy.deepcopy(dets)) if dets else COCO()
         ev = COCOeval(coco, res, iou_type)

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 class EMAHook(Hook):
     """Keeps ``ema = (1 - m) * ema + m * param`` every ``interval`` iterations.
 
+    ``m`` is the weight of the *current* parameters (MMEngine's convention; small, e.g. 0.0002),
+    not a decay: a value above 0.5 is refused, since it is almost surely a decay written here.
+    Validation runs on the average, and checkpoints keep it beside the raw weights: evaluation,
+    inference and export of a checkpoint load the average; resume restores both.
+
     With ``warmup`` W > 0 the momentum of the n-th update (n from 0) is ``max(m, W / (W + n))``:
     the first update copies the weights and early averages are not dominated by the random
     initialisation. Buffers (BatchNorm statistics) are copied, not averaged.
@@ -38,10 +43,14 @@ class EMAHook(Hook):
     payload_key = "ema"
 
     def __init__(self, momentum: float = 0.0002, interval: int = 1, warmup: int = 0) -> None:
-        if not 0.0 < momentum <= 1.0 or interval < 1 or warmup < 0:
+        if not 0.0 < momentum <= 0.5:
             raise ConfigError(
-                f"EMAHook: expected 0 < momentum <= 1, interval >= 1, warmup >= 0; got {momentum}, {interval}, {warmup}"
+                f"EMA momentum {momentum}: expected 0 < momentum <= 0.5, the weight of the current "
+                "parameters in each update (MMEngine's convention: 0.0002 averages like a decay of 0.9998); "
+                "for a decay d write momentum: 1 - d"
             )
+        if interval < 1 or warmup < 0:
+            raise ConfigError(f"EMAHook: expected interval >= 1 and warmup >= 0; got {interval}, {warmup}")
         self.momentum = momentum
         self.interval = interval
         self.warmup = warmup
@@ -74,11 +83,16 @@ class EMAHook(Hook):
         assert self.ema is not None
         m = self.current_momentum()
         src = unwrap(model).state_dict()
+        averaged: list[torch.Tensor] = []
+        current: list[torch.Tensor] = []
         for name, value in self.ema.state_dict().items():
             if value.dtype.is_floating_point:
-                value.mul_(1.0 - m).add_(src[name].detach().to(value.dtype), alpha=m)
+                averaged.append(value)
+                current.append(src[name].detach().to(value.dtype))
             else:
                 value.copy_(src[name])
+        if averaged:  # one fused update over every tensor (a few launches on CUDA, not one per tensor)
+            torch._foreach_lerp_(averaged, current, m)
         self.updates += 1
 
     def after_train_iter(self, trainer: Trainer) -> None:
