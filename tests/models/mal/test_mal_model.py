@@ -117,6 +117,8 @@ def test_predict_pastes_one_mask_per_box_at_image_resolution() -> None:
         ({"mask_thres": (0.1, 0.2)}, "mask_thres"),
         ({"crf_kernel_size": 4}, "crf_kernel_size"),
         ({"teacher_momentum": 1.5}, "teacher_momentum"),
+        # train.ema.momentum's convention (the current weights' share) written here: refused, with the fix.
+        ({"teacher_momentum": 0.004}, r"teacher_momentum: expected a decay in \[0.5, 1\).*1 - s"),
         ({"crf_value_low_thres": 0.6}, "crf_value_low_thres"),
     ],
 )

@@ -296,8 +296,12 @@ def _check_settings(
     crf_step: int,
 ) -> None:
     """One-line ConfigErrors for values the recipe cannot run with."""
-    if not 0.0 <= momentum < 1.0:
-        raise ConfigError(f"model.teacher_momentum: expected a value in [0, 1), got {momentum}")
+    if not 0.5 <= momentum < 1.0:
+        # TAO's convention (the teacher's own share per step), the opposite of train.ema.momentum's.
+        raise ConfigError(
+            f"model.teacher_momentum: expected a decay in [0.5, 1) (the teacher's share per step, "
+            f"TAO's convention: 0.996), got {momentum}; for the student's share s write 1 - s"
+        )
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ConfigError(f"train.crf_kernel_size: expected an odd size >= 1, got {kernel_size}")
     if zeta <= 0:
