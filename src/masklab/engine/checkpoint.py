@@ -149,9 +149,8 @@ class LoadReport:
 
     def message(self, source: str = "") -> str:
         """One line for the log."""
-        head = f"loaded {'EMA ' if self.ema else ''}weights from {source}" if source else "loaded weights"
-        if self.ema and not source:
-            head = "loaded EMA weights"
+        what = "EMA weights" if self.ema else "weights"
+        head = f"loaded {what} from {source}" if source else f"loaded {what}"
 
         def show(keys: tuple[str, ...]) -> str:
             more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""

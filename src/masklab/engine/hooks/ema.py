@@ -45,7 +45,7 @@ class EMAHook(Hook):
     def __init__(self, momentum: float = 0.0002, interval: int = 1, warmup: int = 0) -> None:
         if not 0.0 < momentum <= 0.5:
             raise ConfigError(
-                f"EMA momentum {momentum}: expected 0 < momentum <= 0.5, the weight of the current "
+                f"EMA momentum {momentum} (train.ema.momentum): expected 0 < momentum <= 0.5, the weight of the current "
                 "parameters in each update (MMEngine's convention: 0.0002 averages like a decay of 0.9998); "
                 "for a decay d write momentum: 1 - d"
             )
