@@ -141,13 +141,15 @@ class MaskPiloting(nn.Module):
         image = torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(counts)])
         within = torch.cat([torch.arange(n) for n in counts])
         group_offset = torch.arange(g).repeat_interleave(len(image)) * most
-        img_all, slot_all = image.repeat(g), within.repeat(g) + group_offset
+        # One non-blocking copy of each index (a blocking host-to-device copy synchronises a CUDA stream).
+        img_all = image.repeat(g).to(device, non_blocking=True)
+        slot_all = (within.repeat(g) + group_offset).to(device, non_blocking=True)
         labels = torch.cat([t.labels for t in targets]).to(device).repeat(g)
         if self.training and self.label_noise > 0:
             flip = torch.rand(labels.shape, device=device) < self.label_noise
             labels = torch.where(flip, torch.randint_like(labels, self.num_classes), labels)
         content = self.label_embed.weight.new_zeros(b, slots, self.label_embed.embedding_dim)
-        content = content.index_put((img_all.to(device), slot_all.to(device)), self.label_embed(labels))
+        content = content.index_put((img_all, slot_all), self.label_embed(labels))
         masks = torch.cat([t.masks for t in targets]).to(device)
         blocked = [self._level_mask(masks, size, img_all, slot_all, b, slots) for size in level_sizes]
         indices = []
@@ -182,7 +184,7 @@ class MaskPiloting(nn.Module):
                 prob = inside.sum(1, keepdim=True) * (self.point_noise / cells)
                 inside = inside ^ (torch.rand(inside.shape, device=inside.device) < prob)
             blocked = torch.ones(batch, slots, inside.shape[1], dtype=torch.bool, device=masks.device)
-            blocked[img_all.to(masks.device), slot_all.to(masks.device)] = ~inside
+            blocked[img_all, slot_all] = ~inside
         return blocked
 
     @staticmethod

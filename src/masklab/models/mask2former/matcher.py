@@ -92,7 +92,7 @@ class Mask2FormerMatcher:
             def pick(t: torch.Tensor) -> torch.Tensor:
                 return t.float()
         else:
-            sel = torch.as_tensor(indices, dtype=torch.long, device=device)
+            sel = torch.as_tensor(indices, dtype=torch.long).to(device, non_blocking=True)
 
             def pick(t: torch.Tensor) -> torch.Tensor:
                 return t[sel].float()
@@ -106,8 +106,11 @@ class Mask2FormerMatcher:
         sizes = [len(t) for t in targets]
         width = max(sizes, default=0)
         # Object k of the batch is column slot[k] of image owner[k]: one scatter pads every target.
-        owner = torch.repeat_interleave(torch.arange(n), torch.tensor(sizes, dtype=torch.long)).to(device)
-        slot = torch.cat([torch.arange(g) for g in sizes] or [torch.zeros(0, dtype=torch.long)]).to(device)
+        # Built on the host and copied without blocking (a blocking copy synchronises a CUDA stream).
+        owner = torch.repeat_interleave(torch.arange(n), torch.tensor(sizes, dtype=torch.long))
+        owner = owner.to(device, non_blocking=True)
+        slot = torch.cat([torch.arange(g) for g in sizes] or [torch.zeros(0, dtype=torch.long)])
+        slot = slot.to(device, non_blocking=True)
 
         def padded(values: torch.Tensor, fill: float) -> torch.Tensor:
             out = values.new_full((n, width, *values.shape[1:]), fill)

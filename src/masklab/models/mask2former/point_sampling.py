@@ -50,7 +50,8 @@ def point_sample_channels(maps: torch.Tensor, coords: torch.Tensor) -> torch.Ten
     for i in range(n):
         flat[i].copy_(maps[i].view(c, h * w).t())
     table[: n * block].view(n, h + 2, w + 2, c)[:, 1:-1, 1:-1] = flat.view(n, h, w, c)
-    scale = torch.tensor([w, h], dtype=coords.dtype, device=coords.device)
+    # non_blocking: a blocking host-to-device copy ends in a stream synchronisation on CUDA.
+    scale = torch.tensor([w, h], dtype=coords.dtype).to(coords.device, non_blocking=True)
     pos = torch.minimum((coords * scale + 0.5).clamp_(min=0), scale + 1)  # bordered pixel coordinates
     corner = pos.floor()
     fx, fy = (pos - corner).unbind(-1)
