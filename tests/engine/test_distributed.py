@@ -212,6 +212,10 @@ def test_evaluate_and_infer_shard_across_two_processes(tmp_path: Path) -> None:
         ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        # One summary line: only rank 0 reports, and it says the two processes shared the images.
+        summary = [ln for ln in proc.stdout.splitlines() if " images" in ln and " -> " in ln]
+        expected = "3 images (shared by 2 processes) -> " if name == "two" else "3 images -> "
+        assert len(summary) == 1 and summary[0].startswith(expected), proc.stdout
     one = json.loads((tmp_path / "one.json").read_text())["metrics"]
     two = json.loads((tmp_path / "two.json").read_text())["metrics"]
     assert one == pytest.approx(two, abs=1e-9)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,10 +38,20 @@ def run(args: argparse.Namespace) -> int:
     if args.input is None:
         raise ConfigError("infer: --input PATH_OR_DIR is required (or --boxes/--images for MAL)")
     from masklab.cli.common import resolve_for_cli
+    from masklab.config.assemble import resolve_device
+    from masklab.engine.distributed import get_info, init_distributed, is_main_process, teardown
     from masklab.inference.inferencer import Inferencer
 
     rc = resolve_for_cli(args.config, args.overrides)
-    inferencer = Inferencer(rc, args.checkpoint, device=args.device)
-    preds = inferencer(args.input, out_dir=args.out, opacity=args.opacity)
-    print(f"{len(preds)} images -> {args.out}/pred and {args.out}/vis")
+    if "LOCAL_RANK" in os.environ:  # under torchrun: each rank predicts its share, rank 0 writes
+        init_distributed(device=resolve_device(args.device or rc.runtime.device))
+    try:
+        inferencer = Inferencer(rc, args.checkpoint, device=args.device)
+        preds = inferencer(args.input, out_dir=args.out, opacity=args.opacity)
+        if is_main_process():
+            ranks = get_info().world_size
+            shared = f" (shared by {ranks} processes)" if ranks > 1 else ""
+            print(f"{len(preds)} images{shared} -> {args.out}/pred and {args.out}/vis")
+    finally:
+        teardown()
     return 0
