@@ -64,7 +64,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from masklab.engine.checkpoint import load_model_weights
-    from masklab.engine.distributed import init_distributed, is_main_process
+    from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
     from masklab.errors import CheckpointError
 
@@ -77,9 +77,9 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         init_distributed(device=device)
     val_set = build_dataset(rc, "val")
     model = build_model(rc, dataset_meta(val_set))
-    report = load_model_weights(model, ckpt, strict=True)
-    if report.ema and is_main_process():
-        print(report.message(str(ckpt)))
+    loaded = load_model_weights(model, ckpt, strict=True)
+    if loaded.ema and is_main_process():
+        print(loaded.message(str(ckpt)))
     apply_eval_settings(model, rc)
     place_model(model, rc, device)
     evaluator = build_evaluator(rc, val_set)
@@ -89,7 +89,9 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         evaluator = with_confusion(evaluator, dataset_meta(val_set), rc.task)
     loop = ValLoop(model, build_val_loader(rc, val_set), evaluator, precision=rc.runtime.precision)
     metrics = loop.run(progress=not args.no_progress)
-    if not is_main_process():
+    main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
+    teardown()  # the metrics are reduced: nothing collective is left
+    if not main_process:
         return 0
     report = getattr(evaluator, "format_report", None)
     if report is not None:
