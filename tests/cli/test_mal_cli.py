@@ -113,6 +113,17 @@ def test_bad_boxes_are_one_line_errors_and_no_output(
     assert not out.exists()
 
 
+def test_infer_boxes_under_torchrun_is_one_line(
+    tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "labels.json"
+    assert _infer(tiny_synth, tiny_ckpt, _boxes(tmp_path, tiny_synth), out) != 0
+    err = capsys.readouterr().err.strip()
+    assert "runs in one process; start it without torchrun" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_train_infer_evaluate_round_trip(tiny_synth: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"

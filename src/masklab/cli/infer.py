@@ -30,6 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from masklab.errors import ConfigError
 
     if args.boxes is not None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would label every box and write the file
+            raise ConfigError(
+                "infer --boxes: MAL labeling runs in one process; start it without torchrun "
+                f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})"
+            )
         if importlib.util.find_spec("masklab.cli.infer_boxes") is None:
             raise ConfigError("infer --boxes: box-prompted labeling is not available in this build")
         from masklab.cli import infer_boxes
