@@ -261,6 +261,8 @@ CASES: list[Case] = [
     ("evaluate_pickled_object", lambda e: _evaluate(e, _pickle_ckpt(e)), "evil.pth"),
     ("evaluate_wrong_model", lambda e: _evaluate(e, _other_model_ckpt(e)), "conv_seg"),
     ("infer_missing_input", lambda e: _infer(e, e.ckpt, e.tmp / "noimg"), "noimg"),
+    # The 32 px image meets the GroupNorm head as a 1x1 map at stride 32 (as in data_too_small_for_norm).
+    ("infer_too_small_for_norm", lambda e: _infer(e, e.ckpt, _img(e)), "inference: a normalisation layer"),
     ("infer_missing_checkpoint", lambda e: _infer(e, e.tmp / "none.pth", _img(e)), "none.pth"),
     (
         "infer_corrupt_input",

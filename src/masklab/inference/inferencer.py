@@ -148,13 +148,15 @@ class Inferencer:
         self, items: list[InferenceInput], ids: list[int], batch_size: int
     ) -> list[tuple[InferenceInput, Prediction]]:
         from masklab.data.loader import collate
+        from masklab.engine.norm_guard import single_value_norm_guard
 
         results: list[tuple[InferenceInput, Prediction]] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             samples = [self._sample(item, ids[start + i]) for i, item in enumerate(chunk)]
             batch = self.model.data_preprocessor(collate(samples), training=False)
-            preds = self.model(batch, mode="predict")
+            with single_value_norm_guard(batch.images, "inference"):
+                preds = self.model(batch, mode="predict")
             results.extend(zip(chunk, [_to_cpu(p) for p in preds]))
         return results
 

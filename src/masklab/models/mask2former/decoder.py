@@ -15,7 +15,7 @@ from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.heads import Mask2FormerHeads
-from masklab.models.mask2former.mask_piloting import MaskPiloting, MaskPilotingConfig, PilotQueries
+from masklab.models.mask2former.mask_piloting import MaskPiloting, MaskPilotingConfig
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput, Mask2FormerOutput, PilotOutput
 from masklab.models.mask2former.position_cache import TensorCache, sine_position_tokens
 from masklab.models.mask2former.targets import Mask2FormerTargets
@@ -309,8 +309,10 @@ class Mask2FormerTransformerDecoder(nn.Module):
             if not all_layers:
                 raise ModelError("decoder: a mask-piloted forward predicts at every layer (all_layers=True)")
             pilots = self.piloting(targets, sizes, self.num_queries)
-        self_bias = None
+        self_bias = pilot_rows = None
         if pilots is not None:
+            # The pilots' attention rows per level, fully blocked rows released once for every layer.
+            pilot_rows = [_release_fully_blocked(level.clone()) for level in pilots.blocked]
             queries = torch.cat([pilots.content.to(queries.dtype), queries], 1)
             query_pos = torch.cat(
                 [query_pos.new_zeros(b, pilots.num_pilots, query_pos.shape[-1]), query_pos], 1
@@ -319,7 +321,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         last = len(self.layers) - 1
         if all_layers:
             pred, blocked = self._predict(queries, mask_features, sizes[0])
-            blocked = _piloted(blocked, pilots, 0)
+            blocked = _piloted(blocked, pilot_rows, 0)
             outputs = [pred]
         else:
             with torch.no_grad():
@@ -335,7 +337,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
             if all_layers:
                 pred, blocked = self._predict(queries, mask_features, next_size)
                 if blocked is not None:
-                    blocked = _piloted(blocked, pilots, (i + 1) % self.num_levels)
+                    blocked = _piloted(blocked, pilot_rows, (i + 1) % self.num_levels)
                 outputs.append(pred)
             elif i != last:
                 blocked = self._attention_mask(queries, resized[(i + 1) % self.num_levels])
@@ -353,10 +355,10 @@ class Mask2FormerTransformerDecoder(nn.Module):
         )
 
 
-def _piloted(blocked: torch.Tensor, pilots: PilotQueries | None, level: int) -> torch.Tensor:
+def _piloted(blocked: torch.Tensor, pilot_rows: list[torch.Tensor] | None, level: int) -> torch.Tensor:
     """The attention mask with the pilot queries' rows (the first P) replaced by their ground-truth
-    masks at ``level`` (fully blocked rows released, as for the predicted rows)."""
-    if pilots is None:
+    masks at ``level`` (``pilot_rows``, fully blocked rows already released)."""
+    if pilot_rows is None:
         return blocked
-    p = pilots.num_pilots
-    return torch.cat([_release_fully_blocked(pilots.blocked[level].clone()), blocked[:, p:]], 1)
+    rows = pilot_rows[level]
+    return torch.cat([rows, blocked[:, rows.shape[1] :]], 1)

@@ -31,17 +31,14 @@ class Mask2FormerLayerOutput:
 
     def split(self, first: int) -> tuple[Mask2FormerLayerOutput, Mask2FormerLayerOutput]:
         """The first ``first`` queries' predictions and the rest's (pilot queries come first)."""
-        head = Mask2FormerLayerOutput(
-            self.class_logits[:, :first],
-            self.mask_logits[:, :first],
-            {n: v[:, :first] for n, v in self.attribute_logits.items()},
+        return self._queries(slice(None, first)), self._queries(slice(first, None))
+
+    def _queries(self, which: slice) -> Mask2FormerLayerOutput:
+        return Mask2FormerLayerOutput(
+            self.class_logits[:, which],
+            self.mask_logits[:, which],
+            {n: v[:, which] for n, v in self.attribute_logits.items()},
         )
-        tail = Mask2FormerLayerOutput(
-            self.class_logits[:, first:],
-            self.mask_logits[:, first:],
-            {n: v[:, first:] for n, v in self.attribute_logits.items()},
-        )
-        return head, tail
 
 
 @dataclass
