@@ -43,3 +43,21 @@ def test_data_synth_writes_coco_and_labels(tmp_path, capsys: pytest.CaptureFixtu
     assert len(coco["images"]) == 3
     assert {a["name"] for a in coco["attributes"]} >= {"color", "pattern"}
     assert len(list((out / "labels" / "val").glob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_command_applies_runtime_num_threads(threads: int) -> None:
+    """Commands read their config through ``resolve_for_cli``, which applies ``runtime.num_threads``
+    (evaluate, infer, export and benchmark ignored it: only the trainer set it)."""
+    import torch
+
+    from masklab.cli.common import resolve_for_cli
+
+    before = torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    try:
+        torch.set_num_threads(other)
+        resolve_for_cli(str(DEMO_CONFIG), [f"runtime.num_threads={threads}"])
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -125,7 +125,9 @@ def test_infer_boxes_under_torchrun_is_one_line(
 
 
 @pytest.mark.slow
-def test_train_infer_evaluate_round_trip(tiny_synth: Path, tmp_path: Path) -> None:
+def test_train_infer_evaluate_round_trip(
+    tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     work = tmp_path / "work"
     common = [*TINY, *_data(tiny_synth), "dataset.min_obj_size=4"]
     run = ["train", CONFIG, "--work-dir", str(work), "--no-progress", *common,
@@ -138,6 +140,9 @@ def test_train_infer_evaluate_round_trip(tiny_synth: Path, tmp_path: Path) -> No
     out = tmp_path / "labels.json"
     assert _infer(tiny_synth, ckpt, _boxes(tmp_path, tiny_synth), out) == 0
     metrics = tmp_path / "metrics.json"
+    capsys.readouterr()
     assert main(["evaluate", CONFIG, str(ckpt), *common, "--out", str(metrics), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "mask_iou" in printed and printed.count("size buckets by GT area") == 1
     got = json.loads(metrics.read_text())["metrics"]
     assert 0.0 <= got["mask_iou"] <= 1.0 and "segm/AP" in got and got["missing"] == 0

@@ -77,7 +77,7 @@ def test_a_batch_with_an_empty_image_trains() -> None:
 
 
 @pytest.mark.slow
-def test_train_evaluate_infer(tmp_path: Path) -> None:
+def test_train_evaluate_infer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from masklab.data.synthetic import synthesize
 
     data, work = tmp_path / "data", tmp_path / "work"
@@ -91,7 +91,10 @@ def test_train_evaluate_infer(tmp_path: Path) -> None:
     ckpt = work / "checkpoints" / "iter_0000003.pth"
     assert ckpt.is_file()
     out = tmp_path / "metrics.json"
+    capsys.readouterr()
     assert main(["evaluate", CONFIG, str(ckpt), *common, "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("101-point interpolation") == 1  # how the metrics were computed, said once
     metrics = json.loads(out.read_text())
     flat = json.dumps(metrics)
     for key in ("segm/AP", "attr/color/acc", "attr/pattern/f1", "joint/AP"):

@@ -6,17 +6,24 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from masklab.config.assemble import default_work_dir, resolve
+from masklab.config.assemble import apply_process_settings, default_work_dir, resolve
 from masklab.config.schema import ResolvedConfig
 from masklab.errors import ConfigError
 
 
 def resolve_for_cli(config: str, overrides: Sequence[str]) -> ResolvedConfig:
-    """Load and validate ``config`` with ``overrides``; a missing file is a one-line error."""
+    """Load and validate ``config`` with ``overrides``; a missing file is a one-line error.
+
+    Every command reads its config here, so the process-wide runtime settings
+    (``runtime.num_threads``) are applied here too: evaluation, inference, export and the
+    benchmarks run with the threads the config asks for, as training does.
+    """
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"{config}: config file not found")
-    return resolve(path, overrides)
+    rc = resolve(path, overrides)
+    apply_process_settings(rc)
+    return rc
 
 
 def prepare_work_dir(rc: ResolvedConfig, work_dir: str | None) -> Path:

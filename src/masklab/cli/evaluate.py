@@ -94,10 +94,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if not main_process:
         return 0
     report = getattr(evaluator, "format_report", None)
-    if report is not None:
-        print(report())
     description = getattr(evaluator, "metric_description", "")
-    if description:
+    if report is not None:
+        print(report())  # every report ends with how its metrics were computed
+    elif description:
         print(description)
     if args.confusion:
         png, csv_path = evaluator.confusion.save(args.confusion)

@@ -48,6 +48,13 @@ def place_model(model: torch.nn.Module, rc: ResolvedConfig, device: torch.device
     return model
 
 
+def apply_process_settings(rc: ResolvedConfig) -> None:
+    """Process-wide settings of ``runtime``: the number of CPU threads torch computes with
+    (``runtime.num_threads``; unset keeps torch's default, one per core)."""
+    if rc.runtime.num_threads:
+        torch.set_num_threads(rc.runtime.num_threads)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU; an unavailable CUDA request is a ConfigError."""
     if name == "auto":
@@ -383,8 +390,7 @@ def build_trainer(
         )
     t = rc.train
     device = device or resolve_device(rc.runtime.device)
-    if rc.runtime.num_threads:
-        torch.set_num_threads(rc.runtime.num_threads)
+    apply_process_settings(rc)
     torch.manual_seed(rc.runtime.seed)
     train_set = build_dataset(rc, "train")
     meta = dataset_meta(train_set)

@@ -145,7 +145,12 @@ def build_mal_trainer(
     Auto-resume (TAO): ``train.resume_training_checkpoint_path``, else the work dir's latest
     checkpoint when there is one.
     """
-    from masklab.config.assemble import build_evaluator, build_val_loader, resolve_device
+    from masklab.config.assemble import (
+        apply_process_settings,
+        build_evaluator,
+        build_val_loader,
+        resolve_device,
+    )
     from masklab.engine.distributed import get_info
     from masklab.engine.hooks.checkpoint import CheckpointHook
     from masklab.engine.hooks.eval import EvalHook
@@ -163,8 +168,7 @@ def build_mal_trainer(
             f"{rc.source}: train: missing section; a MAL training run needs train.num_epochs, train.lr, ..."
         )
     device = device or resolve_device(rc.runtime.device)
-    if rc.runtime.num_threads:
-        torch.set_num_threads(rc.runtime.num_threads)
+    apply_process_settings(rc)
     seed = t.seed if t.seed >= 0 else None
     torch.manual_seed(t.seed if seed is not None else rc.runtime.seed)
     train_set = build_mal_dataset(rc, "train")

@@ -79,4 +79,5 @@ class MalEvaluator:
             if key.startswith("mask_iou") or key in ("segm/AP", "segm/AP50", "segm/AP75", "count", "missing"):
                 shown = "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
                 rows.append(f"{key:<28}{shown:>8}")
+        rows.append(f"({self.metric_description})")
         return "\n".join(rows)
