@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from masklab.data.coco.rle import encode_masks
 from masklab.doctor import DoctorContext
 from masklab.doctor.checks.data_coco import check_coco_annotations, scan_coco
 from masklab.doctor.checks.data_labels import (
@@ -103,3 +105,45 @@ def test_coco_paths_resolve_against_dataset_root(synth_root: Path, make_ctx: Ctx
     found = check_coco_annotations(ctx)
     assert found and all("not found" not in f.evidence for f in found)
     assert any(f.status == "ok" and "annotations" in f.evidence for f in found)
+
+
+def _set_segmentation(data: dict, segm: object, iscrowd: int = 0) -> None:
+    data["annotations"][0]["segmentation"] = segm
+    data["annotations"][0]["iscrowd"] = iscrowd
+
+
+@pytest.mark.parametrize(
+    ("segm", "needle"),
+    [
+        ([[200, 200, 230, 200, 230, 230, 200, 230]], "polygons have zero area inside"),  # outside
+        ([[1, 1, 2, 2, 3, 3]], "polygons have zero area inside"),  # collinear
+        (encode_masks(np.zeros((1, 64, 64), dtype=bool))[0], "RLE has zero area"),  # compressed
+        ({"size": [64, 64], "counts": [64 * 64]}, "RLE has zero area"),  # uncompressed, all zeros
+    ],
+)
+def test_zero_area_masks_of_any_kind_are_degenerate(synth_root: Path, segm: object, needle: str) -> None:
+    data = json.loads((synth_root / "annotations" / "train.json").read_text())
+    _set_segmentation(data, segm)
+    found = scan_coco(data, "x")
+    assert set(found) == {"degenerate"} and needle in found["degenerate"][0], found
+    _set_segmentation(data, segm, iscrowd=1)  # a crowd region is ignored in training: no problem
+    assert "zero area" not in json.dumps(scan_coco(data, "x"))
+
+
+def test_rle_that_does_not_decode_is_reported(synth_root: Path) -> None:
+    data = json.loads((synth_root / "annotations" / "train.json").read_text())
+    last = data["annotations"][-1]
+    last["segmentation"] = {"size": last["segmentation"]["size"], "counts": "!!!!zz"}
+    found = scan_coco(data, "x")
+    assert set(found) == {"rle"} and f"id={last['id']}" in found["rle"][0] and "'!!!!zz'" in found["rle"][0]
+    # Masks are rasterised for the first max_images images only (--max-files).
+    assert scan_coco(data, "x", max_images=1) == {}
+
+
+def test_zero_area_advice_matches_the_loader(tmp_path: Path, synth_root: Path, make_ctx: Ctx) -> None:
+    ann = _coco(tmp_path, synth_root, lambda d: _set_segmentation(d, [[70, 70, 90, 70, 90, 90]]))
+    node = f"{{type: CocoInstanceDataset, ann_file: {ann}, img_dir: {synth_root / 'images/train'}}}"
+    ctx = make_ctx(synth_root, f"dataset.train={node}", f"dataset.val={node}")
+    (f,) = [f for f in check_coco_annotations(ctx) if f.check == "data.coco[train].degenerate"]
+    assert f.status == "error" and "zero area inside the 64x64 image" in f.evidence
+    assert "dataset.train.on_bad: skip" in f.advice

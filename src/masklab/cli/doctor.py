@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=8, help="train-pipeline samples to check and draw (default 8)"
     )
     parser.add_argument(
-        "--max-files", type=int, default=0, help="label files scanned per split at most (0 = all)"
+        "--max-files",
+        type=int,
+        default=0,
+        help="label maps, or COCO images and their masks, read per split at most (0 = all)",
     )
 
 

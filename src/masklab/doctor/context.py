@@ -1,7 +1,8 @@
 """What the checks share: the resolved config and lazily built datasets, model and one batch.
 
 Each object is built at most once; a build failure is remembered (as the user-facing message) so
-that every check depending on it reports the same one line instead of a traceback.
+that the checks depending on it report it once (:meth:`DoctorContext.first_report`) and the others
+say they were skipped, instead of each printing a traceback or the same line again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from masklab.config.schema import ResolvedConfig
-from masklab.errors import MasklabError
+from masklab.errors import DataError, MasklabError
 
 
 class Unavailable(Exception):
@@ -31,7 +32,8 @@ class DoctorContext:
         work_dir: where the report and pictures go.
         steps: optimiser steps of the overfit-one-batch check.
         samples: train-pipeline samples drawn for the transforms check (and the picture grid).
-        max_files: label/annotation files scanned per split at most (0 = all).
+        max_files: label maps, or COCO images and the masks of their annotations, read per split
+            at most (0 = all).
     """
 
     rc: ResolvedConfig
@@ -41,6 +43,15 @@ class DoctorContext:
     max_files: int = 0
     pictures: list[Path] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
+    _reported: dict[str, str] = field(default_factory=dict)
+
+    def first_report(self, problem: str, check: str) -> str:
+        """The check that reports ``problem`` (a one-line message): the first one to ask.
+
+        A check that gets its own name back reports the problem; any other says it was skipped
+        and names the one returned, so a shared failure is printed once.
+        """
+        return self._reported.setdefault(problem, check)
 
     def _get(self, key: str, build: Any) -> Any:
         if key not in self._cache:
@@ -88,7 +99,62 @@ class DoctorContext:
 
         def build() -> Any:
             size = min(self.rc.train.batch_size, 2) if self.rc.train is not None else 2
-            loader = build_dataloader(self.dataset("train"), batch_size=size, shuffle=False, seed=0)
-            return next(iter(loader))
+            ds = self.dataset("train")
+            loader = build_dataloader(ds, batch_size=size, shuffle=False, seed=0)
+            try:
+                return next(iter(loader))
+            except MasklabError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (a sample that does not load is a data problem)
+                raise DataError(f"a train batch cannot be loaded: {_locate(ds, size, exc)}") from exc
 
         return self._get("batch", build)
+
+
+def describe_item(ds: Any, split: str, index: int) -> str:
+    """``dataset.<split>[i]`` with its image file (and annotation ids for COCO-backed datasets)."""
+    here = f"dataset.{split}[{index}]"
+    try:
+        images, items = getattr(ds, "images", None), getattr(ds, "items", None)
+        if images is not None and hasattr(images[index], "file_name"):
+            image = images[index]
+            path = Path(getattr(ds, "img_dir", "")) / image.file_name
+            coco = getattr(ds, "coco", None)
+            ids = [a.id for a in coco.annotations if a.image_id == image.id] if coco is not None else []
+            return f"{here}: {path}" + (f", annotation ids {ids}" if ids else "")
+        if isinstance(items, list) and isinstance(items[index], tuple):
+            return f"{here}: {', '.join(str(p) for p in items[index])}"
+    except Exception:  # noqa: BLE001  (describing is best effort; the index still says which)
+        pass
+    return here
+
+
+def load_sample(ds: Any, split: str, index: int) -> Any:
+    """``ds[index]``; an exception that is not a :class:`MasklabError` gets a note naming the item."""
+    try:
+        return ds[index]
+    except MasklabError:
+        raise
+    except Exception as exc:
+        exc.add_note(f"while loading {describe_item(ds, split, index)}")
+        raise
+
+
+def crash_text(exc: BaseException) -> str:
+    """``Type: message`` plus what the exception says about where (notes, a file name)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+    where = [" ".join(str(n).split()) for n in getattr(exc, "__notes__", [])]
+    filename = getattr(exc, "filename", None)
+    if filename and str(filename) not in text:
+        where.append(f"file {filename}")
+    return text + (f" ({'; '.join(where)})" if where else "")
+
+
+def _locate(ds: Any, size: int, exc: BaseException) -> str:
+    """Which of the first ``size`` samples fails (the batch is loaded in order); else the bare error."""
+    for i in range(min(size, len(ds))):
+        try:
+            load_sample(ds, "train", i)
+        except Exception as located:  # noqa: BLE001
+            return crash_text(located)
+    return crash_text(exc)

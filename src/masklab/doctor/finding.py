@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Status = Literal["ok", "warn", "error"]
-STATUS_ORDER: dict[str, int] = {"ok": 0, "warn": 1, "error": 2}
+Status = Literal["ok", "skip", "warn", "error"]
+# ``skip`` ranks above ``ok`` only: a check is skipped when another row already reports, as an error,
+# what stops it from running, so a skip never decides the verdict on its own.
+STATUS_ORDER: dict[str, int] = {"ok": 0, "skip": 1, "warn": 2, "error": 3}
 
 
 @dataclass(frozen=True)
@@ -15,7 +17,8 @@ class Finding:
 
     Attributes:
         check: dotted name, ``<family>.<check>`` (e.g. ``data.labels``).
-        status: ``ok``, ``warn`` (likely to hurt) or ``error`` (will break or silently ruin training).
+        status: ``ok``, ``warn`` (likely to hurt), ``error`` (will break or silently ruin training) or
+            ``skip`` (could not run because of a problem another row reports).
         evidence: what was measured, naming files, keys and values.
         advice: what to do about it (empty when nothing needs doing).
     """
@@ -27,7 +30,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.status not in STATUS_ORDER:
-            raise ValueError(f"Finding.status must be ok, warn or error, got {self.status!r}")
+            raise ValueError(f"Finding.status must be ok, skip, warn or error, got {self.status!r}")
 
 
 def ok(check: str, evidence: str) -> Finding:
@@ -43,6 +46,11 @@ def warn(check: str, evidence: str, advice: str) -> Finding:
 def error(check: str, evidence: str, advice: str) -> Finding:
     """An ``error`` finding."""
     return Finding(check, "error", evidence, advice)
+
+
+def skipped(check: str, evidence: str) -> Finding:
+    """A ``skip`` finding: ``evidence`` names the row that reports why the check could not run."""
+    return Finding(check, "skip", evidence)
 
 
 def worst(findings: list[Finding]) -> Status:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from masklab.doctor.finding import Finding, worst
 
-_STYLE = {"ok": "green", "warn": "yellow", "error": "bold red"}
+_STYLE = {"ok": "green", "skip": "dim", "warn": "yellow", "error": "bold red"}
 
 
 def console_table(findings: Sequence[Finding], title: str = "masklab doctor") -> Table:
@@ -36,11 +36,18 @@ def print_report(findings: Sequence[Finding], console: Console | None = None) ->
 
 
 def summary(findings: Sequence[Finding]) -> str:
-    """``doctor: 2 errors, 1 warning, 14 ok``."""
-    n = {s: sum(f.status == s for f in findings) for s in ("error", "warn", "ok")}
-    verdict = {"error": "fix the errors before training", "warn": "review the warnings", "ok": "all clear"}
+    """``doctor: 2 errors, 1 warnings, 14 ok, 4 skipped - ...`` (skipped only when some were)."""
+    n = {s: sum(f.status == s for f in findings) for s in ("error", "warn", "ok", "skip")}
+    verdict = {
+        "error": "fix the errors before training",
+        "warn": "review the warnings",
+        "skip": "some checks could not run",
+        "ok": "all clear",
+    }
+    skips = f", {n['skip']} skipped" if n["skip"] else ""
     return (
-        f"doctor: {n['error']} errors, {n['warn']} warnings, {n['ok']} ok - {verdict[worst(list(findings))]}"
+        f"doctor: {n['error']} errors, {n['warn']} warnings, {n['ok']} ok{skips} - "
+        f"{verdict[worst(list(findings))]}"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable
 
-from masklab.doctor.context import DoctorContext
+from masklab.doctor.context import DoctorContext, crash_text
 from masklab.doctor.finding import Finding, error
 from masklab.doctor.registry import Check, all_checks
 from masklab.errors import MasklabError
@@ -15,8 +15,9 @@ def run_checks(ctx: DoctorContext, checks: Iterable[Check] | None = None) -> lis
     """Findings of ``checks`` (default: all registered) in order.
 
     A check that raises is itself a finding: a user mistake (:class:`MasklabError`) becomes an
-    error naming it; any other exception is reported as a doctor bug with its last frame, so one
-    broken check never hides the others.
+    error naming it; any other exception is reported with what it carries about where (notes such
+    as the sample :func:`~masklab.doctor.context.load_sample` was loading, a file name) and its
+    last frame, so one broken check never hides the others.
     """
     findings: list[Finding] = []
     for check in checks if checks is not None else all_checks():
@@ -26,11 +27,17 @@ def run_checks(ctx: DoctorContext, checks: Iterable[Check] | None = None) -> lis
             findings.append(error(check.qualname, str(exc), "fix the file/key named here"))
         except Exception as exc:  # noqa: BLE001  (isolate checks; report instead of crashing)
             frame = traceback.extract_tb(exc.__traceback__)[-1]
+            loading = any(str(n).startswith("while loading") for n in getattr(exc, "__notes__", []))
+            advice = (
+                "the sample named here does not load, and training would stop there: fix or drop it (see data.*)"
+                if loading
+                else "the model or data breaks an assumption of this check; report it if the run itself works"
+            )
             findings.append(
                 error(
                     check.qualname,
-                    f"check crashed: {type(exc).__name__}: {exc} ({frame.filename}:{frame.lineno})",
-                    "the model or data breaks an assumption of this check; report it if the run itself works",
+                    f"check crashed: {crash_text(exc)} ({frame.filename}:{frame.lineno})",
+                    advice,
                 )
             )
     return findings

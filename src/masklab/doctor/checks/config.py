@@ -1,5 +1,8 @@
 """Config checks: LR vs effective batch, queries vs instances, maxDets vs top-k, class weights,
-SyncBN without a process group, ``num_classes`` vs the dataset metadata."""
+SyncBN without a process group, ``num_classes`` and ``attributes`` vs the dataset metadata.
+
+:func:`model_blockers` tells the model checks which of these errors also stop the model from
+building, so they report "skipped" naming the row instead of repeating its message."""
 
 from __future__ import annotations
 
@@ -106,16 +109,38 @@ def check_num_queries(ctx: DoctorContext) -> list[Finding]:
     return out
 
 
+def topk_conflicts(ctx: DoctorContext) -> list[tuple[str, Any]]:
+    """``(path, value)`` of every ``test_topk`` in the model that differs from ``evaluate.max_dets``."""
+    max_dets = ctx.rc.evaluate.max_dets
+    return [(p, k) for p, k in find_keys(_model_data(ctx), "test_topk") if k != max_dets]
+
+
 @register_check("config", "max_dets")
 def check_max_dets(ctx: DoctorContext) -> list[Finding]:
-    """COCO maxDets and the model's inference top-k should be the same number."""
+    """COCO maxDets and the model's inference top-k are one setting, ``evaluate.max_dets``.
+
+    The builder passes ``evaluate.max_dets`` as ``model.test_topk``, so a different
+    ``model.test_topk`` stops the model from building; a ``test_topk`` deeper in the model is not
+    derived, and a different value only skews AP.
+    """
     found = list(find_keys(_model_data(ctx), "test_topk"))
-    if not found:
-        return []
     max_dets = ctx.rc.evaluate.max_dets
+    conflicts = dict(topk_conflicts(ctx))
     out = []
     for path, k in found:
-        if isinstance(k, int) and k < max_dets:
+        if path not in conflicts:
+            out.append(ok("config.max_dets", f"{path}={k} = evaluate.max_dets"))
+        elif path == "model.test_topk":
+            out.append(
+                error(
+                    "config.max_dets",
+                    f"{path}={k!r} but evaluate.max_dets={max_dets}: the model does not build (top-k per "
+                    "image and COCO maxDets are one setting)",
+                    f"remove {path}: it is derived from evaluate.max_dets (set evaluate.max_dets={k!r} "
+                    f"to keep {k!r} detections per image)",
+                )
+            )
+        elif isinstance(k, int) and k < max_dets:
             out.append(
                 warn(
                     "config.max_dets",
@@ -123,16 +148,14 @@ def check_max_dets(ctx: DoctorContext) -> list[Finding]:
                     f"set {path}={max_dets} (one setting for both)",
                 )
             )
-        elif isinstance(k, int) and k > max_dets:
+        else:
             out.append(
                 warn(
                     "config.max_dets",
-                    f"{path}={k} > evaluate.max_dets={max_dets}: {k - max_dets} detections are never scored",
-                    f"set evaluate.max_dets={k} or {path}={max_dets}",
+                    f"{path}={k!r} > evaluate.max_dets={max_dets}: detections beyond {max_dets} are never scored",
+                    f"set evaluate.max_dets={k!r} or {path}={max_dets}",
                 )
             )
-        else:
-            out.append(ok("config.max_dets", f"{path}={k} = evaluate.max_dets"))
     return out
 
 
@@ -205,3 +228,77 @@ def check_num_classes(ctx: DoctorContext) -> list[Finding]:
                 )
             )
     return out
+
+
+def _pairs_text(pairs: list[tuple[Any, Any]]) -> str:
+    return "[" + ", ".join(f"{n}:{v}" for n, v in pairs) + "]"
+
+
+def attribute_mismatch(ctx: DoctorContext) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]] | None:
+    """``(config, data)`` attributes as ``(name, num_values)`` in order when ``model.attributes`` is
+    written and disagrees with the dataset metadata (the builder refuses the model then); else None."""
+    declared = _model_data(ctx).get("attributes")
+    try:
+        meta = ctx.meta()
+    except Unavailable:
+        return None
+    if not isinstance(declared, list) or meta is None or not hasattr(meta, "attributes"):
+        return None
+    config = [(d.get("name"), d.get("num_values")) if isinstance(d, dict) else (d, None) for d in declared]
+    data = [(a.name, len(a.values)) for a in meta.attributes]
+    return None if config == data else (config, data)
+
+
+def _attribute_differences(config: list[tuple[Any, Any]], data: list[tuple[Any, Any]]) -> str:
+    if sorted(config, key=str) == sorted(data, key=str):
+        return "the same attributes in another order (the heads would learn each other's values)"
+    have, want = dict(config), dict(data)
+    parts = [
+        f"{n} has {have[n]} values in the config, {want[n]} in the data"
+        for n in have
+        if n in want and have[n] != want[n]
+    ]
+    parts += [f"{n} is not in the data" for n in have if n not in want]
+    parts += [f"{n} is missing from the config" for n in want if n not in have]
+    return ", ".join(parts) or "the order differs"
+
+
+@register_check("config", "attributes")
+def check_attributes(ctx: DoctorContext) -> list[Finding]:
+    """A written ``model.attributes`` lists the dataset's attributes: names, order, value counts."""
+    declared = _model_data(ctx).get("attributes")
+    if declared is None:
+        return []
+    found = attribute_mismatch(ctx)
+    if found is None:
+        try:
+            data = [(a.name, len(a.values)) for a in ctx.meta().attributes]
+        except (Unavailable, AttributeError):
+            return []
+        return [ok("config.attributes", f"model.attributes {_pairs_text(data)} match the dataset metadata")]
+    config, data = found
+    return [
+        error(
+            "config.attributes",
+            f"model.attributes {_pairs_text(config)} vs the dataset metadata {_pairs_text(data)} "
+            f"(name:num_values, in order): {_attribute_differences(config, data)}; the model does not build",
+            f"remove model.attributes (derived from the dataset metadata) or declare {_pairs_text(data)} in that order",
+        )
+    ]
+
+
+def model_blockers(ctx: DoctorContext) -> dict[str, str]:
+    """Config keys that a config row reports as an error and that stop the model from building:
+    dotted key -> the row (the model checks then say they were skipped instead of repeating it)."""
+    keys = {"model.attributes": "config.attributes"} if attribute_mismatch(ctx) else {}
+    keys.update({p: "config.max_dets" for p, _ in topk_conflicts(ctx) if p == "model.test_topk"})
+    n = _num_classes(ctx)
+    if n is not None:
+        keys.update(
+            {
+                p: "config.num_classes"
+                for p, v in find_keys(_model_data(ctx), "num_classes")
+                if v not in (n, None)
+            }
+        )
+    return keys

@@ -1,12 +1,15 @@
 """Data checks for COCO instance files (``masklab.data.coco``): unknown categories and attribute
-values, empty/degenerate masks and boxes, boxes outside the image, duplicate ids, unreadable images.
+values, empty/degenerate masks and boxes, RLEs that do not decode, boxes outside the image,
+duplicate ids, unreadable images.
 
 The file is scanned entry by entry (not through the loader, which stops at the first problem), so
-the report counts every problem and names the first of each kind.
+the report counts every problem and names the first of each kind. Masks are rasterised at their
+image's size (zero-area non-crowd masks, corrupt RLEs) for the images ``--max-files`` lets through.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,13 @@ def coco_files(ctx: DoctorContext) -> list[tuple[str, Path, Path | None]]:
     return out
 
 
-def scan_coco(data: Any, where: str) -> dict[str, list[str]]:
-    """Problems of a parsed COCO dict by kind, each a list of one-line descriptions."""
+def scan_coco(data: Any, where: str, max_images: int = 0) -> dict[str, list[str]]:
+    """Problems of a parsed COCO dict by kind, each a list of one-line descriptions.
+
+    Every annotation is checked from its JSON; the masks (area, RLE decoding) of the annotations
+    on the first ``max_images`` images in file order (0 = all) are also rasterised at their
+    image's size, as the dataset decodes them.
+    """
     from masklab.data.coco.load import parse_attribute_metas
 
     found: dict[str, list[str]] = defaultdict(list)
@@ -48,6 +56,8 @@ def scan_coco(data: Any, where: str) -> dict[str, list[str]]:
     except DataError as exc:
         found["attribute"].append(str(exc))
         attrs = {}
+    listed = [im.get("id") for im in data.get("images", []) if isinstance(im, dict)]
+    measured = set(listed if max_images <= 0 else listed[:max_images])
     seen: set[Any] = set()
     for ann in data.get("annotations", []):
         if not isinstance(ann, dict):
@@ -67,6 +77,8 @@ def scan_coco(data: Any, where: str) -> dict[str, list[str]]:
             found["image_ref"].append(f"{here}: image_id {ann.get('image_id')!r} is not among the images")
         _scan_attributes(ann, attrs, here, found)
         _scan_geometry(ann, image, here, found)
+        if image is not None and ann.get("image_id") in measured:
+            _scan_mask(ann, image, here, found)
     return found
 
 
@@ -109,34 +121,64 @@ def _scan_geometry(
                 found["outside"].append(f"{here}: bbox {bbox} leaves the {W}x{H} image")
     segm = ann.get("segmentation")
     if isinstance(segm, list):
-        polys = [p for p in segm if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polys:
-            found["degenerate"].append(f"{here}: segmentation has no polygon with 3+ points")
-        elif image is not None and _polygon_area(polys) <= 0:
-            found["degenerate"].append(f"{here}: segmentation polygons have zero area")
-    elif isinstance(segm, dict) and image is not None:
-        try:
-            from pycocotools import mask as mask_utils
+        bad = [k for k, p in enumerate(segm) if not _is_polygon(p)]
+        if not segm or bad:
+            which = f"segmentation[{bad[0]}]" if bad else "segmentation"
+            found["degenerate"].append(f"{here}: {which} is not a polygon of 3+ finite points")
+    elif segm is not None and not isinstance(segm, dict):
+        found["degenerate"].append(f"{here}: segmentation is {type(segm).__name__}; expected polygons or RLE")
 
-            from masklab.data.coco.rle import ann_to_rle  # noqa: F401  (same decoding as the dataset)
 
-            rle = (
-                segm
-                if not isinstance(segm.get("counts"), list)
-                else mask_utils.frPyObjects(segm, image.get("height"), image.get("width"))
+def _is_polygon(p: Any) -> bool:
+    return (
+        isinstance(p, list)
+        and len(p) >= 6
+        and len(p) % 2 == 0
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+    )
+
+
+def _scan_mask(ann: dict[str, Any], image: dict[str, Any], here: str, found: dict[str, list[str]]) -> None:
+    """Rasterise the annotation's mask as the dataset does: RLEs must decode at the image's size,
+    and a non-crowd mask must cover at least one pixel of the image."""
+    from pycocotools import mask as mask_utils
+
+    from masklab.data.coco.rle import segmentation_to_rle
+
+    segm, H, W = ann.get("segmentation"), image.get("height"), image.get("width")
+    if not (isinstance(H, int) and isinstance(W, int) and H > 0 and W > 0):
+        return
+    if isinstance(segm, list):
+        if not segm or not all(_is_polygon(p) for p in segm):
+            return  # reported by _scan_geometry
+        area = float(mask_utils.area(segmentation_to_rle(segm, H, W)))
+        what = f"segmentation polygons have zero area inside the {W}x{H} image"
+    elif isinstance(segm, dict):
+        size, counts = segm.get("size"), segm.get("counts")
+        if not isinstance(size, list) or size != [H, W]:
+            found["rle"].append(f"{here}: segmentation.size {size!r} is not the image's [{H}, {W}]")
+            return
+        if isinstance(counts, list) and (
+            not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != H * W
+        ):
+            found["rle"].append(f"{here}: segmentation.counts (uncompressed) do not sum to h*w={H * W}")
+            return
+        if not isinstance(counts, str | list):
+            found["rle"].append(
+                f"{here}: segmentation.counts is {type(counts).__name__}; expected str or list"
             )
-            if float(mask_utils.area(rle)) <= 0:
-                found["degenerate"].append(f"{here}: segmentation mask is empty")
-        except Exception as exc:  # noqa: BLE001  (a malformed RLE is exactly what we report)
-            found["degenerate"].append(f"{here}: segmentation RLE does not decode ({type(exc).__name__})")
-
-
-def _polygon_area(polys: list[list[float]]) -> float:
-    total = 0.0
-    for p in polys:
-        xs, ys = p[0::2], p[1::2]
-        total += abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))) / 2
-    return total
+            return
+        try:  # area() accepts a corrupt string; decode() is what the dataset calls, and checks it
+            area = float(mask_utils.decode(segmentation_to_rle(segm, H, W)).sum())
+        except (ValueError, TypeError, UnicodeError) as exc:
+            shown = repr(counts) if len(repr(counts)) <= 26 else repr(counts)[:24] + "..."
+            found["rle"].append(f"{here}: segmentation.counts {shown} does not decode ({exc})")
+            return
+        what = "segmentation RLE has zero area (all zeros)"
+    else:
+        return
+    if area <= 0 and not ann.get("iscrowd"):
+        found["degenerate"].append(f"{here}: {what}")
 
 
 _ADVICE = {
@@ -144,7 +186,11 @@ _ADVICE = {
     "attribute": ("error", "declare the attribute/value in the top-level 'attributes' or fix the annotation"),
     "image_ref": ("error", "add the image entry or drop the annotation"),
     "duplicate_id": ("error", "give every image and annotation a unique id"),
-    "degenerate": ("error", "drop empty/degenerate annotations (or load with on_bad: skip)"),
+    "degenerate": (
+        "error",
+        "drop these annotations, or set dataset.{split}.on_bad: skip (the loader raises a DataError on them)",
+    ),
+    "rle": ("error", "re-encode these masks at the image's size: the dataset cannot decode them"),
     "outside": ("warn", "clip the boxes to the image; check the x, y, w, h order"),
     "structure": ("error", "fix the JSON structure"),
 }
@@ -166,27 +212,41 @@ def check_coco_annotations(ctx: DoctorContext) -> list[Finding]:
         if not isinstance(data, dict):
             out.append(error(name, f"{ann_file}: top level is not an object", "fix the annotation file"))
             continue
-        found = scan_coco(data, str(ann_file))
+        found = scan_coco(data, str(ann_file), ctx.max_files)
         for kind, items in found.items():
             status, advice = _ADVICE[kind]
             make = error if status == "error" else warn
             out.append(
-                make(f"{name}.{kind}", f"{ann_file}: {len(items)} problems, first: {items[0]}", advice)
+                make(
+                    f"{name}.{kind}",
+                    f"{ann_file}: {len(items)} problems, first: {items[0]}",
+                    advice.format(split=split),
+                )
             )
-        out.extend(_check_coco_images(name, data, img_dir))
+        out.extend(_check_coco_images(name, data, img_dir, ctx.max_files))
         if not found:
-            n = len(data.get("annotations", []))
-            out.append(ok(name, f"{ann_file}: {n} annotations, categories/attributes/geometry consistent"))
+            n, m = len(data.get("annotations", [])), len(data.get("images", []))
+            if ctx.max_files > 0 and ctx.max_files < m:
+                m = ctx.max_files
+                scope = f"masks decoded on the first {m} images"
+            else:
+                scope = "masks decoded"
+            out.append(
+                ok(name, f"{ann_file}: {n} annotations, categories/attributes/geometry consistent, {scope}")
+            )
     return out
 
 
-def _check_coco_images(name: str, data: dict[str, Any], img_dir: Path | None) -> list[Finding]:
+def _check_coco_images(
+    name: str, data: dict[str, Any], img_dir: Path | None, max_images: int = 0
+) -> list[Finding]:
     from masklab.data.io import read_image
 
     if img_dir is None:
         return []
     bad: list[str] = []
-    for im in data.get("images", []):
+    images = data.get("images", [])
+    for im in images if max_images <= 0 else images[:max_images]:
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
             continue
         try:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from masklab.doctor.context import DoctorContext, Unavailable
-from masklab.doctor.finding import Finding, error, ok, warn
+from masklab.doctor.finding import Finding, error, ok, skipped, warn
 from masklab.doctor.registry import register_check
 from masklab.errors import MasklabError
 
@@ -209,9 +209,38 @@ def _prepared(ctx: DoctorContext, name: str) -> tuple[nn.Module, Any] | Finding:
     try:
         return ctx.fresh_model(), ctx.batch()
     except Unavailable as exc:
-        return error(
-            name, f"cannot build the model or a batch: {exc}", "fix the config/data errors above first"
-        )
+        return not_run(ctx, name, str(exc))
+
+
+def not_run(ctx: DoctorContext, name: str, why: str) -> Finding:
+    """The row of a model check whose model or batch cannot be built (``why``, the build error).
+
+    The problem is printed once: when config rows already report every error of the build (the
+    builder joins them with "; "), or dataset.train does not build (data.labels reports it), the
+    check is skipped naming those rows; otherwise the first model check reports it and the others
+    are skipped naming that one.
+    """
+    from masklab.doctor.checks.config import model_blockers
+
+    blockers = model_blockers(ctx)
+    rows = [
+        {row for key, row in blockers.items() if f"{key}: " in part or part.startswith(f"{key}:")}
+        for part in why.split("; ")
+    ]
+    if all(rows):
+        shown = " and ".join(sorted(set().union(*rows)))
+        return skipped(name, f"skipped: the model cannot be built until {shown} is fixed")
+    try:
+        ctx.dataset("train")
+    except Unavailable:
+        if "train" in ctx.splits:
+            return skipped(name, "skipped: dataset.train cannot be built (see data.labels[train])")
+    first = ctx.first_report(why, name)
+    if first != name:
+        return skipped(name, f"skipped: the model or a train batch cannot be built (see {first})")
+    return error(
+        name, f"cannot build the model or a batch: {why}", "fix the config key or data file named here"
+    )
 
 
 def _run(ctx: DoctorContext, name: str, fn: Any, *args: Any) -> list[Finding]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from masklab.doctor.context import DoctorContext, Unavailable
+from masklab.doctor.context import DoctorContext, Unavailable, load_sample
 from masklab.doctor.finding import Finding, error, ok
 from masklab.doctor.registry import register_check
 from masklab.errors import MasklabError
@@ -112,7 +112,7 @@ def check_train_pipeline(ctx: DoctorContext) -> list[Finding]:
     tiles = []
     for i in range(n):
         try:
-            sample = ds[i]
+            sample = load_sample(ds, "train", i)  # a crash names the image and its annotations
         except MasklabError as exc:
             problems.append(str(exc))
             continue
