@@ -40,6 +40,11 @@ class TimmBackbone(nn.Module):
         norm_eval: keep every BatchNorm in eval mode (running statistics frozen) while training.
         drop_path_rate: stochastic depth rate (passed to timm when non-zero).
         in_chans: number of input channels.
+        out_norm: a LayerNorm over the channels of every returned map (the per-output norms of the
+            original Mask2Former Swin backbone and of HF's ``hidden_states_norms``), saved as ``out_norms.<i>``.
+        pad_windows_first: Swin only: pad to whole windows before the cyclic shift, as the original Swin
+            and HF do (timm shifts first; see :mod:`.swin_padding`). Needed for HF-converted Swin weights
+            to give HF's features at sizes that are not multiples of 32 x window.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Swin/ViT).
     """
 
@@ -53,6 +58,8 @@ class TimmBackbone(nn.Module):
         norm_eval: bool = False,
         drop_path_rate: float = 0.0,
         in_chans: int = 3,
+        out_norm: bool = False,
+        pad_windows_first: bool = False,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -79,10 +86,20 @@ class TimmBackbone(nn.Module):
                     f"backbone: unknown timm model {model_name!r} (similar: {', '.join(close)})"
                 ) from None
             raise
+        if pad_windows_first:
+            from masklab.models.backbones.swin_padding import pad_windows_first as use_original_padding
+
+            if not use_original_padding(self.model):
+                raise ModelError(
+                    f"backbone {model_name!r}: pad_windows_first is for timm Swin models, and this one has "
+                    "no Swin blocks"
+                )
         info = self.model.feature_info
         self.feature_info = FeatureInfo(channels=list(info.channels()), strides=list(info.reduction()))
         # Swin-like models return NHWC maps; heads expect NCHW.
         self._nhwc = str(getattr(getattr(self.model, "output_fmt", "NCHW"), "value", "NCHW")) == "NHWC"
+        # Registered only when asked for, so checkpoints of backbones without it keep their keys.
+        self.out_norms = nn.ModuleList(nn.LayerNorm(c) for c in info.channels()) if out_norm else None
         self.model_name = model_name
         self.in_chans = in_chans
         self.norm_eval = norm_eval
@@ -95,6 +112,14 @@ class TimmBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps, one per out index, fine to coarse, each (B, C_i, H/s_i, W/s_i)."""
         feats = self.model(x)
+        if self.out_norms is not None:
+            if self._nhwc:
+                feats = [norm(f) for norm, f in zip(self.out_norms, feats, strict=True)]
+            else:
+                feats = [
+                    norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                    for norm, f in zip(self.out_norms, feats, strict=True)
+                ]
         if self._nhwc:
             feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
         return list(feats)
