@@ -34,6 +34,32 @@ def test_config_show_unknown_key_is_one_line(capsys: pytest.CaptureFixture[str])
     assert "lrr" in err[0] and "'lr'" in err[0]
 
 
+MAL_CONFIG = DEMO_CONFIG.parents[1] / "mal" / "mal_tiny_synthetic-64.yaml"
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "needle"),
+    [
+        (DEMO_CONFIG, "model.decode_head.chanels=3", "model.decode_head.chanels: unknown key for FCNHead; did you mean 'channels'?"),
+        (MAL_CONFIG, "model.mask_head_num_conv=3", "did you mean 'mask_head_num_convs'?"),
+        (MAL_CONFIG, "dataset.train_ann_pth=x", "did you mean 'train_ann_path'?"),
+        (MAL_CONFIG, "dataset.crop_size=abc", "dataset.crop_size: expected int, got str 'abc'"),
+        (MAL_CONFIG, "model.frozen_stages=[1,2]", "model.frozen_stages: expected one value"),
+        (MAL_CONFIG, "model.teacher_momentum=0.1", "model.teacher_momentum: expected a decay in [0.5, 1)"),
+        (MAL_CONFIG, "train.max_epochs=3", "train.max_epochs: a MAL spec sets this through the TAO key(s) num_epochs"),
+        (DEMO_CONFIG, "evaluate.tta.scales=[]", "evaluate.tta.scales: expected at least one resize ratio"),
+    ],
+)  # fmt: skip
+def test_config_show_checks_what_train_checks(
+    config, override: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``config show`` binds every node as a run does (it printed these configs and exited 0)."""
+    code = main(["config", "show", str(config), override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: <override>: ") and needle in err[0], err
+
+
 def test_data_synth_writes_coco_and_labels(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "s"
     assert (

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
 from torch import nn
 
-from masklab.config import Derived, Lazy, build_node, call_bound, load_config, registries
+from masklab.config import Derived, Lazy, build_dataclass, build_node, call_bound, load_config, registries
+from masklab.config.nodes import Config
 from masklab.config.registry import Registry
 from masklab.errors import ConfigError, DataError
 
@@ -216,7 +218,8 @@ def test_bad_dotted_paths():
 
 
 def test_constructor_errors():
-    with pytest.raises(ConfigError, match=r"^x\.yaml: p: Picky: mode 'value' is not supported$"):
+    # The error names the key the constructor's message starts with (its value is already in it).
+    with pytest.raises(ConfigError, match=r"^x\.yaml: p\.mode: mode 'value' is not supported$"):
         build_node({"type": "config_components:Picky", "mode": "value"}, path="p", source="x.yaml")
     with pytest.raises(DataError, match=r"^labels\.png: label 9 out of range$"):
         build_node({"type": "config_components:Picky", "mode": "data"}, path="p", source="x.yaml")
@@ -262,3 +265,38 @@ def test_call_bound_checks_then_calls():
     assert call_bound(config_components.make_pair, {"left": 1, "right": 2}, path="p") == (1, 2)
     with pytest.raises(ConfigError, match=r"p\.left: expected int, got str 'a'"):
         call_bound(config_components.make_pair, {"left": "a"}, path="p")
+
+
+def test_no_suggestion_for_a_merely_similar_key():
+    from masklab.config.suggest import closest
+
+    # num_convs (an FCNHead key) on another head is not a misspelt num_classes (ratio 0.6).
+    assert closest("num_convs", ["in_channels", "num_classes", "channels"]) is None
+    assert closest("chanels", ["in_channels", "num_classes", "channels"]) == "channels"
+    with pytest.raises(ConfigError) as err:
+        build_node({"type": "config_components:Head", "num_convs": 2}, path="h", in_channels=3, num_classes=2)
+    assert "h.num_convs: unknown key for Head (valid keys: in_channels, num_classes, channels)" in str(
+        err.value
+    )
+    assert "did you mean" not in str(err.value)
+
+
+@dataclasses.dataclass
+class _Ordered:
+    a: int
+    b: int
+
+    def __post_init__(self) -> None:
+        if self.a <= self.b + 1:
+            raise ValueError("a must exceed b")
+
+
+def test_constructor_check_blames_the_key_it_names():
+    # A rule over several keys blames the one an override set, else the one it leads with, and
+    # shows that key's value (the message did not).
+    cfg = Config({"a": 1, "b": 0}, {"a": "x.yaml", "b": "<override>"}, filename="x.yaml")
+    with pytest.raises(ConfigError, match=r"^<override>: p\.b: a must exceed b \(got 0\)$"):
+        build_dataclass(_Ordered, cfg, path="p")
+    cfg = Config({"a": 1, "b": 0}, {"a": "x.yaml", "b": "y.yaml"}, filename="x.yaml")
+    with pytest.raises(ConfigError, match=r"^x\.yaml: p\.a: a must exceed b \(got 1\)$"):
+        build_dataclass(_Ordered, cfg, path="p")

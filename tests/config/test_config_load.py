@@ -171,3 +171,22 @@ def test_on_off_yes_no_stay_strings_true_false_are_booleans(tmp_path) -> None:
     cfg = load_config(path, ["f=off", "g=true"])
     assert cfg.to_dict() == {"a": "off", "b": "yes", "c": True, "d": False, "e": "on", "f": "off", "g": True}
     assert load_config(path).pretty().count("off") >= 1  # dumps back as a string the loader reads the same
+
+
+def test_overriding_type_replaces_the_node_as_a_file_would(write):
+    write("base.yaml", "model: {type: M, head: {type: FCNHead, num_convs: 2, channels: 8}}\n")
+    top = write("top.yaml", "_base_: base.yaml\n")
+    cfg = load_config(top, ["model.head.type=PSPHead"])
+    assert cfg.to_dict()["model"]["head"] == {"type": "PSPHead"}  # num_convs does not carry over
+    assert cfg.source("model.head") == "<override>" and cfg.source("model.head.channels") == "<override>"
+    # The command line is one layer: keys it sets survive a type change, before or after it.
+    for overrides in (
+        ["model.head.type=PSPHead", "model.head.channels=16"],
+        ["model.head.channels=16", "model.head.type=PSPHead"],
+    ):
+        cfg = load_config(top, overrides)
+        assert cfg.to_dict()["model"]["head"] == {"type": "PSPHead", "channels": 16}, overrides
+        assert cfg.source("model.head.channels") == "<override>"
+    # The same type is an ordinary key: the node's other keys stay.
+    same = load_config(top, ["model.head.type=FCNHead"]).to_dict()["model"]["head"]
+    assert same == {"type": "FCNHead", "num_convs": 2, "channels": 8}

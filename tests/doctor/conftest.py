@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from masklab.config import load_config, resolve_sections
 from masklab.config.assemble import resolve
 from masklab.config.schema import ResolvedConfig
 from masklab.doctor import DoctorContext
@@ -40,8 +41,15 @@ def data_copy(synth_root: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_ctx(tmp_path: Path) -> Callable[..., DoctorContext]:
-    def make(root: Path, *overrides: str, config: Path = TINY, steps: int = 3) -> DoctorContext:
-        rc: ResolvedConfig = resolve(config, [f"dataset.root={root}", *overrides])
+    def make(
+        root: Path, *overrides: str, config: Path = TINY, steps: int = 3, nodes: bool = True
+    ) -> DoctorContext:
+        """``nodes=False`` checks only the typed sections, so a test may plant model keys the tiny
+        model does not take (another family's ``model.decoder``) to drive a config check."""
+        all_overrides = [f"dataset.root={root}", *overrides]
+        rc: ResolvedConfig = (
+            resolve(config, all_overrides) if nodes else resolve_sections(load_config(config, all_overrides))
+        )
         return DoctorContext(rc, tmp_path / "doctor", steps=steps, samples=2)
 
     return make

@@ -81,6 +81,7 @@ def test_queries_and_max_dets(synth_root: Path, make_ctx: Ctx) -> None:
         "model.decoder={num_queries: 1}",
         "model.test_topk=50",
         "evaluate.max_dets=100",
+        nodes=False,
     )
     q = cfg_checks.check_num_queries(ctx)[0]
     assert q.status == "error" and "model.decoder.num_queries=1" in q.evidence
@@ -88,7 +89,7 @@ def test_queries_and_max_dets(synth_root: Path, make_ctx: Ctx) -> None:
     assert d.status == "error" and "model.test_topk=50" in d.evidence and "max_dets=100" in d.evidence
     assert "remove model.test_topk" in d.advice
     # A test_topk deeper in the model is not derived by the builder: a different value only skews AP.
-    nested = make_ctx(synth_root, "model.decoder={test_topk: 50}", "evaluate.max_dets=100")
+    nested = make_ctx(synth_root, "model.decoder={test_topk: 50}", "evaluate.max_dets=100", nodes=False)
     d = cfg_checks.check_max_dets(nested)[0]
     assert d.status == "warn" and "AP@100 sees only 50" in d.evidence
 

@@ -18,25 +18,20 @@ from torch import nn
 
 from masklab.config import registries
 from masklab.config.build import build_node, node_factory
+from masklab.config.check import SPLITS, check_config
 from masklab.config.load import load_config
 from masklab.config.nodes import Config
-from masklab.config.schema import ResolvedConfig, resolve_sections
+from masklab.config.schema import ResolvedConfig
 from masklab.errors import ConfigError
-
-SPLITS = ("train", "val", "test")
 
 
 def resolve(config: str | Path | Config | ResolvedConfig, overrides: Iterable[str] = ()) -> ResolvedConfig:
-    """Load (if needed) and validate a config."""
+    """Load (if needed) and validate a config: every key of every section and node (see
+    :func:`masklab.config.check.check_config`)."""
     if isinstance(config, ResolvedConfig):
         return config
     cfg = config if isinstance(config, Config) else load_config(config, list(overrides))
-    rc = resolve_sections(cfg)
-    if rc.task == "mal":  # TAO-shaped dataset/model sections are checked with the rest
-        from masklab.models.mal.config import check_mal_nodes
-
-        check_mal_nodes(rc)
-    return rc
+    return check_config(cfg)  # sections and every node, nothing built: all problems in one line
 
 
 def place_model(model: torch.nn.Module, rc: ResolvedConfig, device: torch.device) -> torch.nn.Module:
@@ -245,7 +240,12 @@ def build_val_loader(rc: ResolvedConfig, dataset: Any) -> Any:
 
 
 def train_loader_factory(rc: ResolvedConfig, dataset: Any) -> Callable[[int], Any]:
-    """``start -> loader`` for the trainer: an infinite, seeded loader skipping ``start`` batches."""
+    """``start -> loader`` for the trainer: an infinite, seeded loader skipping ``start`` batches.
+
+    Each sample's random transforms draw from ``sample_seed(runtime.seed, its global position)``
+    (:mod:`masklab.data.loader`), so the batches after ``start`` are the uninterrupted run's with
+    any ``train.num_workers``: resume is exact.
+    """
     from masklab.data.loader import build_dataloader
 
     assert rc.train is not None
@@ -295,13 +295,24 @@ def default_work_dir(rc: ResolvedConfig) -> Path:
 
 
 # ------------------------------------------------------------------------------------ trainer
-def apply_eval_settings(model: nn.Module, rc: ResolvedConfig) -> None:
-    """Evaluation settings (whole/slide, crop, stride, TTA) live outside the model config."""
+def apply_eval_settings(model: nn.Module, rc: ResolvedConfig, settings: Any = None) -> None:
+    """How predictions are computed (whole/slide, crop, stride, TTA) lives outside the model config.
+
+    Args:
+        model: a model with ``set_test_mode`` (others are left alone).
+        rc: the resolved config.
+        settings: an ``InferenceModeConfig``; default ``rc.evaluate`` (evaluation, validation).
+            The Inferencer passes :func:`masklab.inference.settings.inference_settings`.
+
+    The default ``tta`` (scales ``[1.0]``, no flip) augments nothing: the model is given no TTA and
+    predicts through its plain path (one padded forward, raw logits), as MMSeg does without ``--tta``.
+    """
     setter = getattr(model, "set_test_mode", None)
     if setter is None:
         return
-    ev = rc.evaluate
-    setter(mode=ev.mode, crop_size=ev.crop_size, stride=ev.stride, tta=ev.tta)
+    s = rc.evaluate if settings is None else settings
+    identity = [float(x) for x in s.tta.scales] == [1.0] and not s.tta.flip
+    setter(mode=s.mode, crop_size=s.crop_size, stride=s.stride, tta=None if identity else s.tta)
 
 
 def build_optimizer_and_schedule(
@@ -418,6 +429,9 @@ def build_trainer(
     val_loop = None
     if with_val and rc.dataset is not None and "val" in rc.dataset:
         val_set = build_dataset(rc, "val")
+        from masklab.data.split_meta import check_same_meta
+
+        check_same_meta(train_set, val_set, rc.source)  # before any file is written
         val_loop = ValLoop(
             model, build_val_loader(rc, val_set), build_evaluator(rc, val_set), precision=rc.runtime.precision
         )

@@ -23,6 +23,7 @@ import difflib
 import importlib
 import inspect
 import pathlib
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -31,11 +32,12 @@ from typing import Any, Literal, TypeVar, Union
 
 from masklab.config import registries
 from masklab.config.lazy import Lazy
-from masklab.config.nodes import Config, join
+from masklab.config.nodes import OVERRIDE, Config, join
 from masklab.config.registry import Registry
+from masklab.config.suggest import did_you_mean
 from masklab.errors import ConfigError, MasklabError
 
-__all__ = ["Derived", "build_dataclass", "build_model", "build_node", "call_bound", "describe"]
+__all__ = ["Derived", "build_dataclass", "build_model", "build_node", "call_bound", "check_node", "describe"]
 
 _NONE = type(None)
 _FAIL = object()  # conversion failed; the reason is already in Context.errors
@@ -53,6 +55,16 @@ class Derived:
     reason: str = ""
 
 
+class _Deferred:
+    """A value the owner will derive when it builds the node (check-only passes: see :func:`check_node`)."""
+
+    def __repr__(self) -> str:
+        return "<derived by the owner>"
+
+
+_DEFERRED = _Deferred()
+
+
 @dataclass(frozen=True)
 class _Checked:
     """Stands for a node that passed its checks during the check-only pass (nothing was built)."""
@@ -68,6 +80,7 @@ class _Context:
     origin: Callable[[str], str]  # full dotted path -> file that set it
     build: bool = False
     errors: list[str] = field(default_factory=list)
+    top: str = ""  # the file the config was loaded from (its own keys win over its bases')
 
     def where(self, path: str) -> str:
         return self.origin(path)
@@ -79,11 +92,16 @@ class _Context:
             self.errors.append(line)
 
     def fork(self) -> _Context:
-        return _Context(self.root_path, self.origin, self.build)
+        return _Context(self.root_path, self.origin, self.build, top=self.top)
 
     def raise_errors(self) -> None:
         if self.errors:
             raise ConfigError("; ".join(self.errors))
+
+
+def _new_context(node: object, path: str, source: str) -> _Context:
+    top = node.filename if isinstance(node, Config) else source
+    return _Context(path, _origin_for(node, path, source), top=top)
 
 
 def _origin_for(node: object, path: str, source: str) -> Callable[[str], str]:
@@ -356,14 +374,24 @@ def _bind(
         if key in params or var_kw:
             kwargs[key] = _convert(raw, hints.get(key, Any), kpath, ctx)
             continue
-        close = difflib.get_close_matches(str(key), list(params), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(params) or 'none'})"
+        hint = did_you_mean(key, params) or f" (valid keys: {', '.join(params) or 'none'})"
         ctx.error(kpath, f"unknown key for {name}{hint}")
     for key, given in (provided or {}).items():
+        if given is _DEFERRED:
+            # Derived later by the owner, only for constructors that name the key (as the owner
+            # checks); a value the config states is checked against its annotation above.
+            if key in params and key not in node:
+                kwargs[key] = given
+            continue
         value, reason = (given.value, given.reason) if isinstance(given, Derived) else (given, "")
         if key not in params and not var_kw:
             ctx.error(path, f"{name} does not take {key!r}, which its owner supplies; pick a type that does")
-        elif key in node and kwargs.get(key, _FAIL) is not _FAIL and not _equal(kwargs[key], value):
+        elif (
+            key in node
+            and node[key] is not None
+            and kwargs.get(key, _FAIL) is not _FAIL
+            and not _equal(kwargs[key], value)
+        ):
             ctx.error(
                 join(path, key),
                 f"config says {_plain(node[key])!r} but {reason or f'the caller derives {value!r}'}",
@@ -376,21 +404,68 @@ def _bind(
     return _FAIL if len(ctx.errors) > before else kwargs
 
 
-def _call(factory: Callable[..., Any], kwargs: dict[str, Any], path: str, where: str) -> Any:
+def _call(factory: Callable[..., Any], kwargs: dict[str, Any], path: str, ctx: _Context) -> Any:
+    """``factory(**kwargs)``; a ``TypeError``/``ValueError`` it raises (a cross-field check in
+    ``__post_init__``) is recorded against the key it is about, and ``_FAIL`` returned."""
     try:
         return factory(**kwargs)
     except MasklabError:
         raise
     except (TypeError, ValueError) as exc:
-        prefix = f"{where}: " if where else ""
-        raise ConfigError(f"{prefix}{path}: {_name(factory)}: {exc}") from exc
+        key, message = _blame(factory, kwargs, path, str(exc), ctx)
+        ctx.error(join(path, key) if key else path, message)
+        return _FAIL
+
+
+_LEAD = re.compile(r"^([A-Za-z_]\w*)(:\s*)?")
+
+
+def _blame(
+    factory: Callable[..., Any], kwargs: Mapping[str, Any], path: str, message: str, ctx: _Context
+) -> tuple[str | None, str]:
+    """The key a constructor's error is about, and the message to show under it.
+
+    Constructors word their checks ``"name: expected ..."`` or ``"name must ..."``, or name the
+    fields a rule ties together (``"set exactly one of max_iters and max_epochs"``). Of the keys
+    named, the one set last is blamed (it is what the user just changed): by a command-line
+    override, then by the config file itself, then by a base; a key left at its default comes last.
+    Ties go to the leading key, then to the order of mention. Nothing named: the node's own path.
+    """
+    params = _signature(factory)[0]
+    spots = {p: m.start() for p in params if (m := re.search(rf"(?<![\w.]){re.escape(p)}(?!\w)", message))}
+    lead = _LEAD.match(message)
+    leader = lead.group(1) if lead and lead.group(1) in params else None
+    named = sorted(spots, key=lambda p: (p != leader, spots[p]))
+
+    def layer(p: str) -> int:
+        if p not in kwargs:
+            return 3
+        where = ctx.where(join(path, p))
+        return 0 if where == OVERRIDE else 1 if where == ctx.top else 2
+
+    key = min(named, key=layer) if named else None
+    if key is None:
+        return None, f"{_name(factory)}: {message}"
+    if key == leader and lead.group(2):
+        message = message[lead.end() :]
+    shown = repr(_shown(kwargs[key])) if key in kwargs else ""
+    if shown and "got" not in message and shown not in message:
+        message += f" (got {shown})"
+    return key, message
+
+
+def _shown(value: Any) -> Any:
+    """A converted value as the config wrote it (tuples back to lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_shown(v) for v in value]
+    return _plain(value)
 
 
 def _build_dataclass(cls: type, node: Mapping[str, Any], path: str, ctx: _Context) -> Any:
     kwargs = _bind(cls, node, path, ctx, skip_type=not _has_type_field(cls))
     if kwargs is _FAIL:
         return _FAIL
-    return _call(cls, kwargs, path, ctx.where(path)) if ctx.build else _Checked(cls)
+    return _call(cls, kwargs, path, ctx) if ctx.build else _Checked(cls)
 
 
 # -- resolving type names ----------------------------------------------------------------------
@@ -463,8 +538,9 @@ def _build_node(
         return _FAIL
     if not ctx.build:
         return _Checked(factory)
-    where = ctx.where(join(path, "type"))
-    return Lazy(factory, kwargs, path, source=where) if lazy else _call(factory, kwargs, path, where)
+    if lazy:
+        return Lazy(factory, kwargs, path, source=ctx.where(join(path, "type")))
+    return _call(factory, kwargs, path, ctx)
 
 
 def _two_pass(run: Callable[[_Context], Any], ctx: _Context) -> Any:
@@ -475,6 +551,19 @@ def _two_pass(run: Callable[[_Context], Any], ctx: _Context) -> Any:
     out = run(ctx)
     ctx.raise_errors()
     return out
+
+
+def _check_shape(node: Any, path: str, source: str, ctx: _Context) -> None:
+    """A node is a mapping with a ``type``; anything else is one error before any binding."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(
+            f"{source + ': ' if source else ''}{path}: expected a {{type: ...}} mapping, got {_show(node)}"
+        )
+    if "type" not in node:
+        where = ctx.where(path)
+        raise ConfigError(
+            f"{where + ': ' if where else ''}{path}: missing 'type' (a registered name or pkg.module:Name)"
+        )
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -499,17 +588,42 @@ def build_node(
     Raises:
         ConfigError: every unknown, missing or mistyped key in the node tree, in one line.
     """
-    ctx = _Context(path, _origin_for(node, path, source))
-    if not isinstance(node, Mapping):
-        raise ConfigError(
-            f"{source + ': ' if source else ''}{path}: expected a {{type: ...}} mapping, got {_show(node)}"
-        )
-    if "type" not in node:
-        where = ctx.where(path)
-        raise ConfigError(
-            f"{where + ': ' if where else ''}{path}: missing 'type' (a registered name or pkg.module:Name)"
-        )
+    ctx = _new_context(node, path, source)
+    _check_shape(node, path, source, ctx)
     return _two_pass(lambda c: _build_node(node, None, path, c, registry=registry, provided=provided), ctx)
+
+
+def check_node(
+    node: Any,
+    *,
+    path: str,
+    source: str = "",
+    registry: Registry | None = None,
+    deferred: tuple[str, ...] = (),
+) -> list[str]:
+    """Every problem :func:`build_node` would report for ``node``, without building anything.
+
+    The check-only pass of the build: types are looked up (importing their modules) and every key
+    is bound against its constructor's signature and annotations; no constructor runs.
+
+    Args:
+        node: the ``{type: ...}`` node (a :class:`Config` gives per-key file names).
+        path: dotted path of the node, for errors.
+        source: file to name when ``node`` is a plain mapping.
+        registry: where to look ``type`` up (default: every registry).
+        deferred: keys the owner derives when it builds (``num_classes`` from the dataset
+            metadata): they may be missing; a value the config states is still type-checked.
+
+    Returns:
+        One-line problems (empty when the node would bind).
+    """
+    ctx = _new_context(node, path, source)
+    try:
+        _check_shape(node, path, source, ctx)
+        _build_node(node, None, path, ctx, registry=registry, provided=dict.fromkeys(deferred, _DEFERRED))
+    except ConfigError as exc:
+        ctx.errors.append(str(exc))
+    return ctx.errors
 
 
 def node_factory(
@@ -520,7 +634,7 @@ def node_factory(
     Lets a caller look at the signature before building, e.g. to pass derived values only to
     constructors that accept them.
     """
-    ctx = _Context(path, _origin_for(node, path, source))
+    ctx = _new_context(node, path, source)
     factory = _resolve(node.get("type") if isinstance(node, Mapping) else None, path, ctx, registry, None)
     ctx.raise_errors()
     return factory
@@ -530,14 +644,14 @@ def build_dataclass(
     cls: type, node: Mapping[str, Any], *, path: str, source: str = "", **provided: Any
 ) -> Any:
     """Build dataclass ``cls`` from a mapping of its fields, with the same checks as :func:`build_node`."""
-    ctx = _Context(path, _origin_for(node, path, source))
+    ctx = _new_context(node, path, source)
     if not isinstance(node, Mapping):
         where = ctx.where(path)
         raise ConfigError(f"{where + ': ' if where else ''}{path}: expected a mapping, got {_show(node)}")
 
     def run(c: _Context) -> Any:
         kwargs = _bind(cls, node, path, c, provided=provided, skip_type=not _has_type_field(cls))
-        return kwargs if kwargs is _FAIL or not c.build else _call(cls, kwargs, path, c.where(path))
+        return kwargs if kwargs is _FAIL or not c.build else _call(cls, kwargs, path, c)
 
     return _two_pass(run, ctx)
 
@@ -558,7 +672,7 @@ def call_bound(
 
     def run(c: _Context) -> Any:
         bound = _bind(factory, kwargs, path, c, provided=provided, skip_type=False)
-        return bound if bound is _FAIL or not c.build else _call(factory, bound, path, source)
+        return bound if bound is _FAIL or not c.build else _call(factory, bound, path, c)
 
     return _two_pass(run, ctx)
 

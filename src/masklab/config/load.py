@@ -9,7 +9,8 @@ A config is data: files are parsed with a ``yaml.SafeLoader`` subclass, so a ``!
 - a mapping with ``_delete_: true`` replaces the base mapping instead of merging;
 - a mapping whose ``type:`` differs from the base's is replaced too, so keys of the old component
   never leak into the new one;
-- overrides ``a.b.c=value`` (value parsed as YAML, list indices allowed) apply last.
+- overrides ``a.b.c=value`` (value parsed as YAML, list indices allowed) apply last, as one more
+  layer: ``a.b.type=Other`` replaces ``a.b`` like a file would, keeping only keys set by overrides.
 """
 
 from __future__ import annotations
@@ -214,7 +215,9 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
         last = depth == len(segs) - 1
         parent = ".".join(segs[:depth]) or "the config root"
         if isinstance(node, dict):
-            if last:
+            if last and seg == "type" and depth > 0 and "type" in node and node["type"] != value:
+                _replace_node(node, ".".join(segs[:depth]), value, prov)
+            elif last:
                 node[seg] = value
             else:
                 node = node.setdefault(seg, {})
@@ -233,6 +236,23 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
             )
     _forget(key, prov)
     _record(value, key, OVERRIDE, prov)
+
+
+def _replace_node(node: dict[str, Any], path: str, new_type: Any, prov: dict[str, str]) -> None:
+    """``path.type=New`` on a node of another type: the node is replaced, as a file layer with a
+    changed ``type:`` replaces its base's mapping (the old component's keys would not bind to the
+    new one). Keys set by earlier overrides stay: the command line is one layer, in any order."""
+    head = path + "."
+    kept = {k: v for k, v in node.items() if k != "type" and prov.get(head + str(k)) == OVERRIDE}
+    kept_prov = {
+        k: v for k, v in prov.items() if any(k == head + c or k.startswith(f"{head}{c}.") for c in kept)
+    }
+    node.clear()
+    node["type"] = new_type
+    node.update(kept)
+    _forget(path, prov)
+    prov[path] = OVERRIDE
+    prov.update(kept_prov)
 
 
 # -- public -------------------------------------------------------------------------------------
@@ -262,11 +282,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 def show_config(path: str | Path, overrides: Sequence[str] = ()) -> str:
     """The fully resolved config as YAML text: bases merged, overrides applied, schema defaults filled.
 
-    This is what ``masklab config show`` prints; the sections are validated on the way, so a bad
-    key fails here with the usual one-line error.
+    This is what ``masklab config show`` prints; the config is checked on the way as a run checks
+    it (every section, and every model and dataset node against its constructor, nothing built),
+    so a bad key fails here with the same one-line error.
     """
-    from masklab.config.schema import resolve_sections  # schema builds on this module
+    from masklab.config.check import check_config  # check builds on this module
 
-    resolved = resolve_sections(load_config(path, overrides))
+    resolved = check_config(load_config(path, overrides))
     text = yaml.dump(resolved.to_dict(), Dumper=ConfigDumper, sort_keys=False, default_flow_style=False)
     return f"# resolved from {path}\n{text}"

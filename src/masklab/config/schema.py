@@ -13,13 +13,14 @@ Sections are keyword-only dataclasses so a subclass may add required fields.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from masklab.config.build import build_dataclass
 from masklab.config.nodes import Config
+from masklab.config.suggest import did_you_mean
 from masklab.errors import ConfigError
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "ScheduleConfig",
     "TTAConfig",
     "TrainConfig",
+    "Problems",
+    "collect_sections",
     "register_schema",
     "resolve_sections",
     "schema_for",
@@ -89,7 +92,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ValueError(f"lr: expected a learning rate > 0, got {self.lr}")
 
 
 @dataclass(kw_only=True)
@@ -153,7 +156,7 @@ class TrainConfig:
                      "log_interval", "accumulate_steps"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ValueError(f"{name}: expected >= 1, got {value}")
 
 
 @dataclass(kw_only=True)
@@ -162,6 +165,14 @@ class TTAConfig:
 
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the first validation: a run would otherwise train for an interval
+        # and then stop (an empty list) or fail inside a resize (a zero scale).
+        if not self.scales:
+            raise ValueError("scales: expected at least one resize ratio, e.g. [1.0], got []")
+        if any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales: expected resize ratios > 0, got {self.scales}")
 
 
 @dataclass(kw_only=True)
@@ -179,9 +190,26 @@ class InferenceModeConfig:
     def __post_init__(self) -> None:
         for name in ("max_dets", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        for name in ("crop_size", "stride"):
+            value = getattr(self, name)
+            if value is not None and min(value) < 1:
+                raise ValueError(f"{name}: expected [height, width] of at least 1 pixel, got {list(value)}")
         if self.mode == "slide" and (self.crop_size is None or self.stride is None):
-            raise ValueError("mode 'slide' needs crop_size and stride, both [height, width]")
+            raise ValueError(
+                f"mode: 'slide' needs crop_size and stride, both [height, width] "
+                f"(got crop_size {self._shown(self.crop_size)}, stride {self._shown(self.stride)})"
+            )
+        if self.crop_size is not None and self.stride is not None:
+            if any(s > c for s, c in zip(self.stride, self.crop_size)):
+                raise ValueError(
+                    f"stride: expected at most crop_size {list(self.crop_size)} per side (a longer step "
+                    f"leaves pixels no window covers), got {list(self.stride)}"
+                )
+
+    @staticmethod
+    def _shown(pair: tuple[int, int] | None) -> str:
+        return "null" if pair is None else str(list(pair))
 
 
 @dataclass(kw_only=True)
@@ -210,8 +238,10 @@ class ExportConfig:
     input_size: list[int] = field(default_factory=lambda: [512, 512])
 
     def __post_init__(self) -> None:
-        if len(self.input_size) != 2:
-            raise ValueError(f"input_size must be [height, width], got {self.input_size}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(
+                f"input_size: expected [height, width] of at least 1 pixel, got {self.input_size}"
+            )
 
 
 BASE_SECTIONS: dict[str, type] = {
@@ -228,6 +258,19 @@ _SCHEMAS: dict[str, dict[str, type]] = {task: dict(BASE_SECTIONS) for task in ("
 # Families whose schema module registers their sections; imported before a config of that task
 # is resolved, so resolving never depends on whether ``registries.populate()`` already ran.
 _FAMILY_MODULES: dict[str, str] = {"mal": "masklab.models.mal.config"}
+# How a family's own spec format is named, and the classes its ``model``/``dataset`` sections bind
+# to (they are not ``{type: ...}`` nodes): used to recognise such a spec written without its task.
+_FAMILY_SPECS: dict[str, tuple[str, dict[str, str]]] = {
+    "mal": (
+        "MAL (TAO)",
+        {
+            "dataset": "masklab.models.mal.config:MalDatasetConfig",
+            "model": "masklab.models.mal.config:MalModelConfig",
+        },
+    )
+}
+# Top-level keys of other tools' configs that live in a section here (TAO's results_dir, MMSeg's work_dir).
+_MOVED_TOP_LEVEL: dict[str, str] = {"results_dir": "runtime.work_dir", "work_dir": "runtime.work_dir"}
 
 
 def register_schema(task: str, **section_classes: type) -> None:
@@ -293,38 +336,92 @@ class ResolvedConfig:
         return out
 
 
+class Problems:
+    """Config problems gathered across sections, reported as one ``; ``-separated line.
+
+    Each problem is filed under the top-level key it is about, so the line lists them in the
+    order the config has its sections (``train`` errors before an overridden ``runtime``).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self._order = {str(k): i for i, k in enumerate(cfg)}
+        self._items: list[tuple[str, str]] = []
+
+    def add(self, section: str, message: str) -> None:
+        """File ``message`` (one or more ``; ``-joined problems) under top-level key ``section``."""
+        if message and all(message != m for _, m in self._items):
+            self._items.append((section, message))
+
+    def extend(self, other: Problems) -> None:
+        for section, message in other._items:
+            self.add(section, message)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def line(self) -> str:
+        """The problems in config order (a stable sort: within a section, in the order found)."""
+        # ``task`` decides how everything else reads: first even when the file does not write it.
+        last = len(self._order)
+        ordered = sorted(self._items, key=lambda it: self._order.get(it[0], -1 if it[0] == "task" else last))
+        return "; ".join(m for _, m in ordered)
+
+    def raise_if_any(self) -> None:
+        if self._items:
+            raise ConfigError(self.line())
+
+
 def resolve_sections(cfg: Config) -> ResolvedConfig:
     """Validate the top-level sections of ``cfg`` against the schema of its ``task``.
 
     Raises:
-        ConfigError: an unknown task or top-level key, or any bad key in a section (all of a
-            section's problems in one line).
+        ConfigError: an unknown task or top-level key, or any bad key in any section: every
+            problem of every section in one line.
+    """
+    problems = Problems(cfg)
+    rc = collect_sections(cfg, problems)
+    problems.raise_if_any()
+    assert rc is not None
+    return rc
+
+
+def collect_sections(cfg: Config, problems: Problems) -> ResolvedConfig | None:
+    """Validate the sections of ``cfg``, adding every problem to ``problems`` instead of raising.
+
+    Returns:
+        The resolved config, where a section that failed is None; None when nothing more can be
+        checked (an unknown task, or a spec of another family written without its ``task:``).
     """
     task = cfg.get("task", "semantic")
     if isinstance(task, str) and task in _FAMILY_MODULES:
         importlib.import_module(_FAMILY_MODULES[task])
     if task not in _SCHEMAS:
-        close = difflib.get_close_matches(str(task), list(_SCHEMAS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"{cfg.source('task')}: task: unknown task {task!r}{hint} (known: {', '.join(_SCHEMAS)})"
+        hint = did_you_mean(str(task), _SCHEMAS)
+        problems.add(
+            "task",
+            f"{cfg.source('task')}: task: unknown task {task!r}{hint} (known: {', '.join(_SCHEMAS)})",
         )
+        return None
     schema = _SCHEMAS[task]
     known = ["task", *schema, *PASSTHROUGH]
-    unknown = [k for k in cfg if k not in known]
-    if unknown:
-        parts = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (sections: {', '.join(known)})"
-            parts.append(f"{cfg.source(str(key))}: {key}: unknown top-level key{hint}")
-        raise ConfigError("; ".join(parts))
+    for key in (k for k in cfg if k not in known):
+        problems.add(str(key), _unknown_top_level(cfg, str(key), known))
     sections: dict[str, Any] = {}
+    failed = Problems(cfg)
     for name, cls in schema.items():
         if name not in cfg or cfg[name] is None:
             sections[name] = None if name == "train" or name not in BASE_SECTIONS else cls()
             continue
-        sections[name] = build_dataclass(cls, cfg[name], path=name, source=cfg.source(name))
+        try:
+            sections[name] = build_dataclass(cls, cfg[name], path=name, source=cfg.source(name))
+        except ConfigError as exc:
+            sections[name] = None
+            failed.add(name, str(exc))
+    foreign = _other_family(cfg, task) if failed or problems or _untyped_nodes(cfg) else None
+    if foreign is not None:  # the other family's line replaces a wall of schema errors
+        problems.add("task", foreign)
+        return None
+    problems.extend(failed)
     extra = {k: v for k, v in sections.items() if k not in BASE_SECTIONS and v is not None}
     return ResolvedConfig(
         task=task,
@@ -339,3 +436,65 @@ def resolve_sections(cfg: Config) -> ResolvedConfig:
         config=cfg,
         extra=extra,
     )
+
+
+def _unknown_top_level(cfg: Config, key: str, known: list[str]) -> str:
+    where = cfg.source(key)
+    if key in _MOVED_TOP_LEVEL:
+        dest = _MOVED_TOP_LEVEL[key]
+        return f"{where}: {key}: not a top-level key here; write it as {dest} (got {cfg[key]!r})"
+    hint = did_you_mean(key, known) or f" (sections: {', '.join(known)})"
+    return f"{where}: {key}: unknown top-level key{hint}"
+
+
+def _untyped_nodes(cfg: Config) -> bool:
+    """``model``/``dataset`` shaped unlike component nodes (a TAO spec's ``model: {arch: ...}``)."""
+    model, dataset = cfg.get("model"), cfg.get("dataset")
+    return (isinstance(model, Mapping) and "type" not in model) or (
+        isinstance(dataset, Mapping) and "type" in dataset
+    )
+
+
+def _field_names(cls: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
+def _family_markers(cfg: Config, task: str, family: str) -> list[str]:
+    """Dotted keys of ``cfg`` that ``family``'s schema knows and ``task``'s does not, one per section."""
+    importlib.import_module(_FAMILY_MODULES[family])
+    ours, theirs = _SCHEMAS[task], _SCHEMAS[family]
+    nodes = _FAMILY_SPECS.get(family, ("", {}))[1]
+    markers = []
+    for section in cfg:
+        value = cfg[section]
+        if not isinstance(value, Mapping):
+            continue
+        if section in nodes:
+            module, _, name = nodes[section].partition(":")
+            keys = _field_names(getattr(importlib.import_module(module), name)) - {"type"}
+        else:
+            keys = _field_names(theirs.get(section)) - _field_names(ours.get(section))
+        hit = next((k for k in value if k in keys), None)
+        if hit is not None:
+            markers.append(f"{section}.{hit}")
+    return markers
+
+
+def _other_family(cfg: Config, task: str) -> str | None:
+    """One line when ``cfg`` reads as a spec of another family than its ``task`` (two sections
+    or more with that family's keys), else None."""
+    for family in _FAMILY_MODULES:
+        if family == task:
+            continue
+        markers = _family_markers(cfg, task, family)
+        if len(markers) < 2:
+            continue
+        label = _FAMILY_SPECS.get(family, (family, {}))[0]
+        shown = ", ".join(markers[:3])
+        if "task" in cfg:
+            return (
+                f"{cfg.source('task')}: task: this reads as a {label} spec ({shown}), not a {task} one; "
+                f"write 'task: {family}'"
+            )
+        return f"{cfg.filename}: this reads as a {label} spec ({shown}): add 'task: {family}' at the top"
+    return None
