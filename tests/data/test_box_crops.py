@@ -168,7 +168,10 @@ def test_decoded_images_are_cached_and_crops_do_not_change(tmp_path: Path) -> No
 
 def test_missing_image_is_reported_at_construction(tmp_path: Path) -> None:
     path = _write(tmp_path, [_ann(1, [5, 5, 20, 20])], write_files=False)
-    with pytest.raises(DataError, match=r"a\.png: image file not found \(1 of 1 images"):
+    with pytest.raises(
+        DataError,
+        match=r"boxes\.json: images\[id=1\]\.file_name 'a\.png': no such file under .*\(1 of 1 images",
+    ):
         BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=16)
 
 

@@ -104,6 +104,33 @@ def test_build_dataloader_infinite_resume_and_finite() -> None:
         build_dataloader(_ListDataset(0), batch_size=2)
 
 
+class _AugmentedDataset(_ListDataset):
+    """Each item's pixels come from a draw of torch's global RNG, as a random transform's would."""
+
+    def __getitem__(self, i: int):
+        return make_sample(6, 6, n=1, seed=int(torch.randint(0, 2**31, ()).item()))
+
+
+def _images(loader, n: int) -> list[torch.Tensor]:
+    it = iter(loader)
+    return [next(it).images for _ in range(n)]
+
+
+def test_infinite_loader_augmentation_follows_the_position_not_the_worker() -> None:
+    ds = _AugmentedDataset(5)
+    common = dict(batch_size=2, seed=4, infinite=True, distributed=False)
+    before = torch.get_rng_state()
+    full = _images(build_dataloader(ds, num_workers=0, **common), 5)
+    assert torch.equal(
+        torch.get_rng_state(), before
+    )  # the main process's RNG (dropout, checkpoint) untouched
+    resumed = _images(build_dataloader(ds, num_workers=1, start_iter=2, **common), 3)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, full[2:]))
+    assert not torch.equal(full[0], full[1])
+    other_seed = _images(build_dataloader(ds, num_workers=0, **{**common, "seed": 5}), 1)
+    assert not torch.equal(other_seed[0], full[0])
+
+
 def test_shard_sampler_covers_each_index_once_across_ranks() -> None:
     from masklab.data.samplers import ShardSampler
 

@@ -91,3 +91,61 @@ def test_missing_label_file_and_pipeline(tmp_path: Path) -> None:
     (tmp_path / "ann" / "a.png").unlink()
     with pytest.raises(DataError, match=r"missing, first: .*a\.png"):
         FolderSegDataset(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"))
+
+
+def test_empty_dataset_names_folder_suffix_and_split(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1]]), suffix=".png")
+    with pytest.raises(DataError) as err:
+        FolderSegDataset(tmp_path / "img", tmp_path / "ann", classes=("x", "y"))  # default suffix .jpg
+    assert str(err.value) == (
+        f"FolderSegDataset.img_dir: no image found: {tmp_path / 'img'} holds no file ending in '.jpg' and "
+        "no split file (every image is used); check img_dir, img_suffix and split"
+    )
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"the split file .*empty\.txt lists no stem"):
+        FolderSegDataset(
+            tmp_path / "img",
+            tmp_path / "ann",
+            img_suffix=".png",
+            classes=("x",),
+            split=tmp_path / "empty.txt",
+        )
+
+
+def test_palette_length_names_the_argument(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1]]))
+    with pytest.raises(
+        DataError,
+        match=r"^FolderSegDataset\.palette: 1 colours for 3 classes; expected one \[R, G, B\] per class$",
+    ):
+        FolderSegDataset(
+            tmp_path / "img",
+            tmp_path / "ann",
+            img_suffix=".png",
+            classes=("a", "b", "c"),
+            palette=[[1, 2, 3]],
+        )
+
+
+def test_meta_json_errors_name_the_file(synth_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(synth_root, root)
+    meta = root / "meta.json"
+    meta.write_text('{"classes": ["a", "b"], "palette": [[0, 0, 0]]}')
+    with pytest.raises(DataError, match=r"meta\.json: palette has 1 colours for 2 classes"):
+        SyntheticSemanticDataset(root)
+    meta.write_text('{"classes": ["a", "b')
+    with pytest.raises(DataError) as err:
+        SyntheticSemanticDataset(root)
+    assert "at at" not in str(err.value) and "line 1, column" in str(err.value)
+
+
+def test_duplicate_names_in_meta_raise() -> None:
+    from masklab.data.meta import AttributeMeta
+
+    with pytest.raises(DataError, match="class 'a' is listed twice"):
+        DatasetMeta(classes=("a", "b", "a"))
+    with pytest.raises(DataError, match="attribute 'color' lists value 'red' twice"):
+        DatasetMeta(classes=("a",), attributes=(AttributeMeta("color", ("red", "red")),))

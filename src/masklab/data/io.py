@@ -6,14 +6,13 @@ dataset is found from the message alone.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from masklab.atomic_files import atomic_path
 from masklab.errors import DataError
 
 # Label PNGs in these modes hold one integer per pixel ("P" = palette PNG, whose indices are the ids).
@@ -83,12 +82,5 @@ def write_png_atomic(path: str | Path, array: np.ndarray | torch.Tensor) -> None
             raise DataError(f"{path}: values {arr.min()}..{arr.max()} do not fit an 8-bit PNG")
         arr = arr.astype(np.uint8)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")

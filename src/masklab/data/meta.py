@@ -49,6 +49,15 @@ def default_palette(num_classes: int, seed: int = 42) -> tuple[tuple[int, int, i
     return tuple(palette)
 
 
+def _first_repeated(names: tuple[str, ...]) -> str | None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 @dataclass(frozen=True)
 class DatasetMeta:
     """What a dataset knows about its labels.
@@ -84,9 +93,20 @@ class DatasetMeta:
                 raise DataError(
                     f"dataset meta: {len(self.category_ids)} category_ids for {len(self.classes)} classes; expected one per class"
                 )
+        repeated = _first_repeated(self.classes)
+        if repeated is not None:
+            raise DataError(
+                f"dataset meta: class {repeated!r} is listed twice in {list(self.classes)}; expected unique names"
+            )
         names = [a.name for a in self.attributes]
         if len(set(names)) != len(names):
             raise DataError(f"dataset meta: duplicate attribute names {names}")
+        for attr in self.attributes:
+            repeated = _first_repeated(attr.values)
+            if repeated is not None:
+                raise DataError(
+                    f"dataset meta: attribute {attr.name!r} lists value {repeated!r} twice in {list(attr.values)}; expected unique names"
+                )
         object.__setattr__(self, "attributes", tuple(self.attributes))
 
     @property
@@ -127,10 +147,13 @@ class DatasetMeta:
             AttributeMeta(str(a["name"]), tuple(str(v) for v in a["values"]))
             for a in data.get("attributes") or ()  # type: ignore[union-attr]
         )
-        return cls(
-            classes=tuple(str(c) for c in data["classes"]),  # type: ignore[union-attr]
-            palette=data.get("palette") or None,  # type: ignore[arg-type]
-            attributes=attrs,
-            ignore_index=int(data.get("ignore_index", 255)),  # type: ignore[arg-type]
-            category_ids=data.get("category_ids"),  # type: ignore[arg-type]
-        )
+        try:
+            return cls(
+                classes=tuple(str(c) for c in data["classes"]),  # type: ignore[union-attr]
+                palette=data.get("palette") or None,  # type: ignore[arg-type]
+                attributes=attrs,
+                ignore_index=int(data.get("ignore_index", 255)),  # type: ignore[arg-type]
+                category_ids=data.get("category_ids"),  # type: ignore[arg-type]
+            )
+        except DataError as exc:  # name the file the inconsistent metadata came from
+            raise DataError(f"{where}: {str(exc).removeprefix('dataset meta: ')}") from None

@@ -59,6 +59,15 @@ class InfiniteSampler(Sampler[int]):
         return torch.randperm(self.dataset_size, generator=g)
 
     def __iter__(self) -> Iterator[int]:
+        return (index for _, index in self.positions())
+
+    def positions(self) -> Iterator[tuple[int, int]]:
+        """``(global position, dataset index)`` pairs of this rank's stream, from ``start_iter`` on.
+
+        The global position numbers every draw of the whole run (epoch ``e``, slot ``i`` is
+        ``e * dataset_size + i``) whatever the world size; loaders seed each sample's
+        augmentation from it (:func:`masklab.data.loader.sample_seed`).
+        """
         k = self.start
         epoch, order = -1, torch.empty(0, dtype=torch.int64)
         while True:
@@ -66,7 +75,7 @@ class InfiniteSampler(Sampler[int]):
             e, i = divmod(pos, self.dataset_size)
             if e != epoch:
                 epoch, order = e, self._epoch_order(e)
-            yield int(order[i])
+            yield pos, int(order[i])
             k += 1
 
 

@@ -60,3 +60,25 @@ def test_sample_contents(tmp_path: Path) -> None:
 def test_filter_empty_and_registry(tmp_path: Path) -> None:
     ds = DATASETS.get("CocoInstanceDataset")(str(_make(tmp_path)), str(tmp_path), filter_empty=True)
     assert [im.id for im in ds.images] == [7]
+
+
+def test_missing_image_file_names_the_entry(tmp_path: Path) -> None:
+    import pytest
+
+    from masklab.errors import DataError
+
+    path = _make(tmp_path)
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "nope.png"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError) as err:
+        CocoInstanceDataset(str(path), str(tmp_path))
+    assert str(err.value) == (
+        f"{path}: images[id=9].file_name 'nope.png': no such file under {tmp_path} (1 of 2 images missing)"
+    )
+    del data["images"][1]["file_name"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"gt\.json: images\[id=9\]: missing 'file_name'"):
+        CocoInstanceDataset(str(path), str(tmp_path))
+    # Only the images the dataset uses must exist: image 9 has no annotation.
+    assert len(CocoInstanceDataset(str(path), str(tmp_path), filter_empty=True)) == 1

@@ -3,8 +3,9 @@
 Every malformed entry is reported as a one-line :class:`DataError` naming the file, the
 annotation id and the field. With ``on_bad="skip"`` the annotation-level problems a user usually
 wants to drop instead (dangling image ids, unknown categories, bad attributes, degenerate
-geometry, duplicate ids) are skipped and counted in :attr:`CocoFile.skipped`; structural problems
-(truncated JSON, duplicate image or category ids, missing keys) always raise.
+geometry, invalid RLE, empty masks of non-crowd instances, duplicate ids) are skipped and counted
+in :attr:`CocoFile.skipped`; structural problems (truncated JSON, duplicate image or category ids
+or names, missing keys, a non-0/1 ``iscrowd``) always raise.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from operator import mul, sub
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ from masklab.data.coco.records import (
     Segmentation,
 )
 from masklab.data.coco.rle import segmentation_area, segmentation_bbox
+from masklab.data.coco.rle_check import check_rle_strings, precheck_rle_counts
 from masklab.data.meta import AttributeMeta
 from masklab.errors import DataError
 
@@ -48,8 +51,9 @@ def read_json(path: str | Path) -> Any:
         with p.open("rb") as fh, gc_paused():
             return json.load(fh)
     except json.JSONDecodeError as exc:
+        # exc.msg may end in "starting at" (e.g. "Unterminated string starting at"): say where apart.
         raise DataError(
-            f"{p}: not valid JSON (truncated or corrupt?): {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{p}: not valid JSON (truncated or corrupt?): {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{p}: not UTF-8 text ({exc.reason})") from None
@@ -97,9 +101,13 @@ def parse_coco(
     counts = dict.fromkeys(CocoSkipCounts().as_dict(), 0)
     seen: set[int] = set()
     anns: list[CocoAnnotation] = []
+    # RLE strings are checked in one batch before pycocotools ever reads one (it trusts them).
+    rle_checks = precheck_rle_counts(data["annotations"])
     for i, raw in enumerate(data["annotations"]):
         try:
-            ann = _parse_annotation(raw, i, where, img_by_id, cat_ids, attr_by_name, attributes_required)
+            ann = _parse_annotation(
+                raw, i, where, img_by_id, cat_ids, attr_by_name, attributes_required, rle_checks.get(i)
+            )
             if ann.id in seen:
                 raise _Skip(
                     "duplicate_id",
@@ -147,6 +155,7 @@ def _parse_images(raw: list[Any], where: str) -> tuple[CocoImage, ...]:
 def _parse_categories(raw: list[Any], where: str) -> tuple[CocoCategory, ...]:
     cats: list[CocoCategory] = []
     seen: set[int] = set()
+    names: dict[str, int] = {}
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
             raise DataError(f"{where}: categories[{i}] is {type(entry).__name__}; expected an object")
@@ -159,6 +168,13 @@ def _parse_categories(raw: list[Any], where: str) -> tuple[CocoCategory, ...]:
             raise DataError(
                 f"{where}: category id={cid}: field 'name' is {name!r}; expected a non-empty string"
             )
+        if name in names:
+            # Two labels with one name: metrics, reports and class subsets could not tell them apart.
+            raise DataError(
+                f"{where}: category id={cid}: field 'name' {name!r} is also the name of category "
+                f"id={names[name]}; expected unique category names"
+            )
+        names[name] = cid
         cats.append(
             CocoCategory(cid, name, str(entry.get("supercategory", "")), bool(entry.get("isthing", True)))
         )
@@ -182,7 +198,15 @@ def parse_attribute_metas(raw: Any, where: str) -> tuple[AttributeMeta, ...]:
             )
         if any(m.name == entry["name"] for m in metas):
             raise DataError(f"{where}: attributes[{i}]: name {entry['name']!r} is declared twice")
-        metas.append(AttributeMeta(entry["name"], tuple(str(v) for v in entry["values"])))
+        values = tuple(str(v) for v in entry["values"])
+        repeated = next((v for k, v in enumerate(values) if v in values[:k]), None)
+        if repeated is not None:
+            # Annotations may give a value by name: a repeated name would be ambiguous.
+            raise DataError(
+                f"{where}: attributes[{i}] ({entry['name']!r}): value {repeated!r} is listed twice in "
+                f"'values' {list(values)}; expected unique value names"
+            )
+        metas.append(AttributeMeta(entry["name"], values))
     return tuple(metas)
 
 
@@ -194,6 +218,7 @@ def _parse_annotation(
     cat_ids: set[int],
     attrs: Mapping[str, AttributeMeta],
     attributes_required: bool,
+    rle_check: tuple[str | None, int] | None = None,
 ) -> CocoAnnotation:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: annotations[{index}] is {type(raw).__name__}; expected an object")
@@ -211,8 +236,14 @@ def _parse_annotation(
             "unknown_category",
             f"{here}: field 'category_id' is {category_id}, which is not among the categories",
         )
-    iscrowd = bool(raw.get("iscrowd", 0))
-    segm = _check_segmentation(raw.get("segmentation"), image, here)
+    iscrowd = raw.get("iscrowd", 0)
+    if type(iscrowd) not in (int, bool) or iscrowd not in (0, 1):
+        # bool("0") is True: a string flag would silently turn every instance into a crowd region.
+        raise DataError(f"{here}: field 'iscrowd' is {iscrowd!r}; expected 0 or 1 (an integer or boolean)")
+    iscrowd = bool(iscrowd)
+    segm = _check_segmentation(raw.get("segmentation"), image, here, rle_check)
+    if segm is not None and not iscrowd:
+        _check_not_empty(segm, image, here, rle_check)
     bbox = _check_bbox(raw.get("bbox"), segm, image, here)
     area = raw.get("area")
     if area is None:
@@ -284,7 +315,9 @@ def parse_attribute_values(
     return out
 
 
-def _check_segmentation(segm: Any, image: CocoImage, here: str) -> Segmentation | None:
+def _check_segmentation(
+    segm: Any, image: CocoImage, here: str, rle_check: tuple[str | None, int] | None
+) -> Segmentation | None:
     if segm is None:
         return None
     if isinstance(segm, list):
@@ -292,7 +325,8 @@ def _check_segmentation(segm: Any, image: CocoImage, here: str) -> Segmentation 
             raise _Skip("bad_segmentation", f"{here}: field 'segmentation' is an empty polygon list")
         for k, poly in enumerate(segm):
             ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
-            ok = ok and all(type(v) in (int, float) and math.isfinite(v) for v in poly)
+            # One sum finds any inf/nan (it propagates) once the types are known to be numbers.
+            ok = ok and set(map(type, poly)) <= _NUMBER_TYPES and math.isfinite(sum(poly))
             if not ok:
                 n = len(poly) if isinstance(poly, list) else type(poly).__name__
                 raise _Skip(
@@ -302,27 +336,105 @@ def _check_segmentation(segm: Any, image: CocoImage, here: str) -> Segmentation 
         return segm
     if isinstance(segm, dict):
         size, counts = segm.get("size"), segm.get("counts")
-        if list(size or []) != [image.height, image.width]:
+        h, w = image.height, image.width
+        if list(size or []) != [h, w]:
             raise _Skip(
                 "bad_segmentation",
-                f"{here}: field 'segmentation.size' is {size!r}; expected [{image.height}, {image.width}] (the image's height, width)",
+                f"{here}: field 'segmentation.size' is {size!r}; expected [{h}, {w}] (the image's height, width)",
             )
-        if not isinstance(counts, str | list) or (
-            isinstance(counts, list) and not all(isinstance(c, int) for c in counts)
-        ):
+        if isinstance(counts, str):
+            problem = (rle_check or _check_one_rle(counts, h, w))[0]
+            if problem is not None:
+                raise _Skip(
+                    "bad_segmentation",
+                    f"{here}: field 'segmentation.counts' is not a valid compressed RLE of size [{h}, {w}]: {problem}",
+                )
+            return segm
+        if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
             raise _Skip(
                 "bad_segmentation",
-                f"{here}: field 'segmentation.counts' is malformed; expected an RLE string or int list",
+                f"{here}: field 'segmentation.counts' is malformed; expected an RLE string or a list of non-negative integers",
             )
-        if isinstance(counts, list) and sum(counts) != image.height * image.width:
+        if sum(counts) != h * w:
             raise _Skip(
                 "bad_segmentation",
-                f"{here}: field 'segmentation.counts' sums to {sum(counts)}; expected {image.height * image.width} (h*w)",
+                f"{here}: field 'segmentation.counts' sums to {sum(counts)}; expected {h * w} (h*w)",
             )
         return segm
     raise _Skip(
         "bad_segmentation", f"{here}: field 'segmentation' is {type(segm).__name__}; expected polygons or RLE"
     )
+
+
+_NUMBER_TYPES = {int, float}
+
+
+def _check_one_rle(counts: str, height: int, width: int) -> tuple[str | None, int]:
+    problems, areas = check_rle_strings([counts], [(height, width)])
+    return problems[0], int(areas[0])
+
+
+def _check_not_empty(
+    segm: Segmentation, image: CocoImage, here: str, rle_check: tuple[str | None, int] | None
+) -> None:
+    """A non-crowd instance whose mask has no pixel is a :class:`_Skip` ("empty_mask").
+
+    Such an instance has no box and no area: it would train a query on nothing and count as a
+    ground truth no prediction can match.
+    """
+    h, w = image.height, image.width
+    if isinstance(segm, dict):
+        counts = segm["counts"]
+        if isinstance(counts, str):
+            area = (rle_check or _check_one_rle(counts, h, w))[1]
+        else:
+            area = sum(counts[1::2])  # type: ignore[index]
+        if area == 0:
+            raise _Skip(
+                "empty_mask",
+                f"{here}: field 'segmentation' is an RLE without foreground pixels; expected a non-empty mask for a non-crowd instance",
+            )
+        return
+    problem = _polygon_problem(segm, h, w)
+    if problem is not None:
+        raise _Skip(
+            "empty_mask",
+            f"{here}: field 'segmentation' {problem}; expected a polygon covering pixels of the {w}x{h} image",
+        )
+
+
+def _polygon_problem(polys: list[list[float]], height: int, width: int) -> str | None:
+    """Why polygons cover no pixel, or None. Exact (rasterised) only for thin, tiny or clipped ones."""
+    area = box_perimeter = 0.0
+    all_outside = inside = True
+    for poly in polys:
+        xs, ys = poly[0::2], poly[1::2]
+        xn, yn = xs[1:] + xs[:1], ys[1:] + ys[:1]
+        area += abs(sum(map(mul, xs, yn)) - sum(map(mul, xn, ys))) / 2  # shoelace
+        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+        box_perimeter += 2 * ((x1 - x0) + (y1 - y0))
+        all_outside = all_outside and (x1 <= 0 or x0 >= width or y1 <= 0 or y0 >= height)
+        inside = inside and x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
+    if area == 0:
+        return "has zero area (its points are collinear or repeated)"
+    if all_outside:
+        return "lies outside the image"
+    # A convex shape with area / perimeter >= 1 holds a disk of radius >= 1, hence a pixel centre;
+    # its perimeter is at most its box's. Anything thinner or smaller, or cut by the border, is
+    # rasterised as the dataset does (rare: about the objects under 8x8 pixels).
+    if inside and (area >= box_perimeter or area >= _perimeter(polys)):
+        return None
+    if segmentation_area(polys, height, width) == 0:
+        return "covers no pixel (too thin or small, or outside the image)"
+    return None
+
+
+def _perimeter(polys: list[list[float]]) -> float:
+    total = 0.0
+    for poly in polys:
+        xs, ys = poly[0::2], poly[1::2]
+        total += sum(map(math.hypot, map(sub, xs[1:] + xs[:1], xs), map(sub, ys[1:] + ys[:1], ys)))
+    return total
 
 
 def _check_bbox(

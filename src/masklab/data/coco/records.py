@@ -84,9 +84,12 @@ class CocoSkipCounts:
         dangling_image: ``image_id`` not among the images.
         unknown_category: ``category_id`` not among the categories.
         bad_attribute: attribute name or value not in the metadata, or missing while required.
-        bad_segmentation: degenerate polygon (fewer than 3 points, odd length, non-finite) or malformed RLE.
+        bad_segmentation: degenerate polygon (fewer than 3 points, odd length, non-finite) or malformed
+            RLE (wrong size, ``counts`` that do not decode to runs covering the image).
         bad_box: missing, non-finite, negative or zero-size box, or a ``score`` that is not a finite number.
         duplicate_id: annotation id already used by an earlier annotation (the first one is kept).
+        empty_mask: a non-crowd instance whose mask has no pixel (collinear polygon, polygon outside
+            the image, all-zero RLE).
     """
 
     dangling_image: int = 0
@@ -95,6 +98,7 @@ class CocoSkipCounts:
     bad_segmentation: int = 0
     bad_box: int = 0
     duplicate_id: int = 0
+    empty_mask: int = 0
 
     @property
     def total(self) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +11,12 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
+from masklab.atomic_files import atomic_write
 from masklab.data.coco.gc_pause import gc_paused
 from masklab.data.coco.load import read_json
 from masklab.data.coco.records import CocoCategory, CocoFile, CocoImage
 from masklab.data.coco.rle import Rle, encode_masks, rle_to_pycoco
+from masklab.data.coco.rle_check import precheck_rle_counts
 from masklab.data.meta import AttributeMeta
 from masklab.errors import DataError
 from masklab.structures.predictions import InstancePrediction
@@ -90,13 +90,16 @@ def parse_coco_results(data: Any, gt: CocoFile, where: str = "<memory>") -> tupl
     attrs = {a.name: a for a in gt.attributes}
     # loadRes decides the area rule from the first result only (see CocoDetection.area).
     box_area = bool(data) and isinstance(data[0], dict) and bool(data[0].get("bbox"))
+    # Every RLE string is checked, in one batch, before pycocotools reads any: it trusts them, and a
+    # garbage one gives silently wrong areas and IoUs (or reads past the string).
+    bad_rle = {i: p for i, (p, _) in precheck_rle_counts(data).items() if p is not None}
     dets: list[CocoDetection] = []
     for i, raw in enumerate(data):
-        det = _parse_plain(raw, images, cats, box_area)
+        det = None if i in bad_rle else _parse_plain(raw, images, cats, box_area)
         dets.append(
             det
             if det is not None
-            else _parse_checked(raw, images, cats, attrs, box_area, f"{where}: result [{i}]")
+            else _parse_checked(raw, images, cats, attrs, box_area, f"{where}: result [{i}]", bad_rle.get(i))
         )
     return tuple(dets)
 
@@ -148,8 +151,12 @@ def _parse_checked(
     attrs: dict[str, AttributeMeta],
     box_area: bool,
     here: str,
+    rle_problem: str | None = None,
 ) -> CocoDetection:
-    """Validate one result field by field; raises the one-line :class:`DataError` naming the field."""
+    """Validate one result field by field; raises the one-line :class:`DataError` naming the field.
+
+    ``rle_problem`` is what :func:`precheck_rle_counts` found wrong with the ``counts`` string.
+    """
     if not isinstance(raw, dict):
         raise DataError(f"{here} is {type(raw).__name__}; expected an object")
     image = images.get(raw.get("image_id"))  # type: ignore[arg-type]
@@ -170,6 +177,11 @@ def _parse_checked(
         if not ok or list(segm.get("size") or []) != [image.height, image.width]:
             raise DataError(
                 f"{here}: field 'segmentation' must be a compressed RLE with size [{image.height}, {image.width}]"
+            )
+        if rle_problem is not None:
+            raise DataError(
+                f"{here}: field 'segmentation.counts' is not a valid compressed RLE of size "
+                f"[{image.height}, {image.width}]: {rle_problem}"
             )
     bbox = raw.get("bbox")
     if bbox is None:
@@ -226,16 +238,8 @@ def write_coco_results(path: str | Path, detections: Sequence[CocoDetection]) ->
     ``segmentation`` and, when present, ``attributes`` ``{name: value_id}`` and
     ``attribute_scores`` ``{name: prob}``.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump([d.to_json() for d in detections], fh)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps([d.to_json() for d in detections])
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def detections_from_prediction(

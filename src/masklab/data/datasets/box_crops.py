@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from masklab.config.registries import DATASETS
-from masklab.data.coco.images import read_coco_image
+from masklab.data.coco.images import check_image_files, read_coco_image
 from masklab.data.coco.load import load_coco
 from masklab.data.coco.records import CocoAnnotation
 from masklab.errors import DataError
@@ -179,7 +179,8 @@ class BoxCropDataset(Dataset[BoxCrop]):
     """One :class:`BoxCrop` per box of a COCO file, for MAL training or labeling.
 
     Which boxes are kept:
-        * training: crowd boxes, boxes with w or h <= 0 or non-finite (``empty``), annotations
+        * training: crowd boxes, boxes with w or h <= 0 or non-finite or non-crowd masks without
+          a pixel (``empty``), annotations
           load_coco finds malformed otherwise (bad segmentation or attributes, duplicate id:
           ``malformed``), boxes fully outside the image (``outside_image``), with w or h <= 2 or
           area <= ``min_obj_size`` (``too_small``) or area > ``max_obj_size`` (``too_large``) are
@@ -259,7 +260,8 @@ class BoxCropDataset(Dataset[BoxCrop]):
         self._label_of = {cid: i for i, cid in enumerate(coco.category_ids)}
         self.skipped: dict[str, int] = {
             "crowd": 0,
-            "empty": coco.skipped.bad_box,  # zero-size or non-finite boxes (load_coco's bad_box)
+            # zero-size or non-finite boxes (load_coco's bad_box) and masks without a pixel
+            "empty": coco.skipped.bad_box + coco.skipped.empty_mask,
             "malformed": coco.skipped.bad_segmentation
             + coco.skipped.bad_attribute
             + coco.skipped.duplicate_id,
@@ -303,15 +305,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
 
     def _check_images_exist(self) -> None:
         needed = sorted({ann.image_id for ann, _ in self.entries})
-        missing = [
-            self.img_dir / self.images[i].file_name
-            for i in needed
-            if not (self.img_dir / self.images[i].file_name).is_file()
-        ]
-        if missing:
-            raise DataError(
-                f"{missing[0]}: image file not found ({len(missing)} of {len(needed)} images referenced by {self.ann_path} are missing)"
-            )
+        check_image_files(self.img_dir, [self.images[i] for i in needed], self.ann_path)
 
     def read_image(self, image_id: int) -> torch.Tensor:
         """(3, H, W) uint8 image, decoded once and kept in a small LRU cache.

@@ -10,7 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from masklab.config.registries import DATASETS
-from masklab.data.coco.images import read_coco_image
+from masklab.data.coco.images import check_image_files, read_coco_image
 from masklab.data.coco.load import OnBad, load_coco
 from masklab.data.coco.records import CocoAnnotation, CocoFile, CocoImage
 from masklab.data.coco.rle import ann_to_rle
@@ -27,7 +27,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     Category ids are mapped to contiguous labels in ascending id order (``metainfo.category_ids[label]``
     gives the id back). Crowd regions become instances with ``ignore=True``. Annotations without
     ``segmentation`` (box-only files, e.g. mask auto-labeling input) get their filled box as mask.
-    Attribute values missing from an annotation are ``-1``.
+    Attribute values missing from an annotation are ``-1``. Every image entry the dataset uses must
+    name an existing file (checked when the dataset is built). See ``docs/datasets.md``.
 
     Args:
         ann_file: COCO instances JSON (top-level ``attributes: [{name, values}]`` optional).
@@ -68,6 +69,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             images = tuple(im for im in images if any(not a.iscrowd for a in by_image[im.id]))
         self.images: tuple[CocoImage, ...] = images
         self._anns = by_image
+        check_image_files(self.img_dir, self.images, self.coco.path)
+        self.meta_source = f"ann_file {self.coco.path}"  # where the metadata comes from, for messages
 
     def __len__(self) -> int:
         return len(self.images)

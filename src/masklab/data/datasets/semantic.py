@@ -45,6 +45,13 @@ def label_lut(
     return lut
 
 
+def _check_palette(name: str, palette: Sequence[Sequence[int]] | None, num_classes: int) -> None:
+    if palette is not None and len(palette) != num_classes:
+        raise DataError(
+            f"{name}.palette: {len(palette)} colours for {num_classes} classes; expected one [R, G, B] per class"
+        )
+
+
 @DATASETS.register()
 class FolderSegDataset(Dataset):
     """Images in ``img_dir`` paired with single-channel label PNGs in ``ann_dir``.
@@ -69,6 +76,8 @@ class FolderSegDataset(Dataset):
     """
 
     METAINFO: DatasetMeta | None = None
+    # Split files the items come from (VOCDataset may join several); named when nothing is found.
+    _splits: Sequence[Path] = ()
 
     def __init__(
         self,
@@ -95,6 +104,21 @@ class FolderSegDataset(Dataset):
         self.label_map = dict(label_map or {}) or subset_map
         self._lut = label_lut(reduce_zero_label, self.label_map, ignore_index)
         self.items = self._list_items(split)
+        if not self.items:
+            raise DataError(self._empty_message(split))
+
+    def _empty_message(self, split: str | Path | None) -> str:
+        """One line naming the folder, suffix and split file(s) that together found no image."""
+        splits = [str(p) for p in self._splits] or ([str(split)] if split is not None else [])
+        listing = (
+            f"the split file {', '.join(splits)} lists no stem"
+            if splits
+            else "no split file (every image is used)"
+        )
+        return (
+            f"{type(self).__name__}.img_dir: no image found: {self.img_dir} holds no file ending in "
+            f"{self.img_suffix!r} and {listing}; check img_dir, img_suffix and split"
+        )
 
     def _resolve_meta(
         self, classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None, ignore_index: int
@@ -105,9 +129,13 @@ class FolderSegDataset(Dataset):
         if classes is None:
             if base is None:
                 raise DataError(f"{name}: 'classes' is required (no built-in class list for this dataset)")
+            _check_palette(name, palette, len(base.classes))
+            self.meta_source = f"{name} built-in classes"
             pal = base.palette if palette is None else tuple(tuple(p) for p in palette)
             return DatasetMeta(base.classes, pal, base.attributes, ignore_index), None
         classes = tuple(classes)
+        _check_palette(name, palette, len(classes))
+        self.meta_source = f"{name} 'classes' argument"
         subset_map = None
         if base is not None and classes != base.classes:
             unknown = [c for c in classes if c not in base.classes]
@@ -125,6 +153,7 @@ class FolderSegDataset(Dataset):
         return DatasetMeta(classes, pal, (), ignore_index), subset_map  # type: ignore[arg-type]
 
     def _list_items(self, split: str | Path | None) -> list[tuple[Path, Path]]:
+        """(image, label) pairs from ``split`` or, without one, every image under ``img_dir``."""
         name = type(self).__name__
         if not self.img_dir.is_dir():
             raise DataError(f"{name}.img_dir: {self.img_dir} is not a directory")
@@ -235,7 +264,9 @@ class SyntheticSemanticDataset(FolderSegDataset):
         try:
             meta = DatasetMeta.from_json(json.loads(meta_path.read_text()), where=str(meta_path))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise DataError(
+                f"{meta_path}: invalid JSON ({exc.msg}; line {exc.lineno}, column {exc.colno})"
+            ) from None
         if split not in ("train", "val"):
             raise DataError(f"SyntheticSemanticDataset.split: {split!r}; expected 'train' or 'val'")
         super().__init__(
@@ -250,3 +281,4 @@ class SyntheticSemanticDataset(FolderSegDataset):
         )
         # Keep the attributes too: instance-level consumers read them from the same meta.
         self.metainfo = meta
+        self.meta_source = str(meta_path)

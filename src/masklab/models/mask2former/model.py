@@ -30,7 +30,9 @@ class Mask2Former(nn.Module):
     Args:
         backbone: a module with ``feature_info`` (channels and strides 4, 8, 16, 32) returning 4 maps.
         num_classes: C real classes (from the dataset metadata when the config leaves it out).
-        attributes: one :class:`AttributeSpec` (or mapping of its fields) per attribute.
+        attributes: one :class:`AttributeSpec` (or mapping of its fields) per attribute; None (a
+            config's ``null`` or no key) = derived from the dataset metadata by the builder, none
+            when the model is built without metadata.
         pixel_decoder: deferred :class:`MSDeformAttnPixelDecoder`; ``in_channels`` is supplied here.
         decoder: deferred :class:`Mask2FormerTransformerDecoder`; channels, classes and attributes supplied here.
         class_weight: class loss / cost weight.
@@ -57,7 +59,7 @@ class Mask2Former(nn.Module):
         self,
         backbone: nn.Module,
         num_classes: int,
-        attributes: Sequence[AttributeSpec] = (),
+        attributes: Sequence[AttributeSpec] | None = None,
         pixel_decoder: Lazy[MSDeformAttnPixelDecoder] | Callable[..., MSDeformAttnPixelDecoder] | None = None,
         decoder: Lazy[Mask2FormerTransformerDecoder]
         | Callable[..., Mask2FormerTransformerDecoder]
