@@ -2,16 +2,21 @@
 
     from masklab import Inferencer
     inferencer = Inferencer("configs/segformer/segformer_mit-b0_1xb8-1800i_synthetic-128x128.yaml", "work_dirs/demo/checkpoints/iter_0001800.pth")
-    predictions = inferencer("images/", out_dir="out/")   # out/pred/*.png and out/vis/*.png
+    predictions = inferencer("images/", out_dir="out/")   # out/pred/**/*.png and out/vis/**/*.png
 
-Inputs may be an image path, a folder, an (H, W, 3) RGB uint8 array, or a list of those.
-``init_model``, ``inference_model`` and ``show_result`` are the MMSeg-style function forms.
+Inputs may be an image path, a folder (searched recursively, hidden files and folders skipped;
+outputs mirror its subfolders), an (H, W, 3) RGB uint8 array, or a list of those; see
+:mod:`masklab.inference.inputs` for the output names. Predictions are computed with the config's
+``inference`` settings, ``evaluate``'s where ``inference`` leaves a key unset
+(:mod:`masklab.inference.settings`). ``init_model``, ``inference_model`` and ``show_result`` are
+the MMSeg-style function forms.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,50 +28,28 @@ from masklab.config import registries
 from masklab.config.build import build_node
 from masklab.config.schema import ResolvedConfig
 from masklab.data.meta import DatasetMeta
-from masklab.errors import CheckpointError, DataError
-from masklab.structures import InstancePrediction, Sample, SampleMeta, SemanticPrediction
+from masklab.errors import CheckpointError, ConfigError, DataError
+from masklab.inference.arguments import check_opacity, custom_meta
+from masklab.inference.inputs import (
+    IMAGE_SUFFIXES,
+    InferenceInput,
+    check_unique_names,
+    collect_inputs,
+)
+from masklab.inference.settings import inference_settings, setting_source
+from masklab.structures import Batch, InstancePrediction, Sample, SampleMeta, SemanticPrediction
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "InferenceInput",
+    "Inferencer",
+    "collect_inputs",
+    "inference_model",
+    "init_model",
+    "show_result",
+]
+
 Prediction = SemanticPrediction | InstancePrediction
-
-
-@dataclass(frozen=True)
-class InferenceInput:
-    """One image to run on: its pixels and where it came from."""
-
-    image: torch.Tensor  # (3, H, W) uint8
-    name: str  # output file stem
-    file_name: str = ""
-
-
-def collect_inputs(inputs: Any) -> list[InferenceInput]:
-    """Expand a path, folder, array or list of them into images (sorted within a folder)."""
-    from masklab.data.io import read_image
-
-    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    out: list[InferenceInput] = []
-    for k, item in enumerate(items):
-        if isinstance(item, np.ndarray):
-            if item.ndim != 3 or item.shape[2] != 3:
-                raise DataError(f"input #{k}: expected an (H, W, 3) RGB array, got shape {item.shape}")
-            out.append(
-                InferenceInput(
-                    torch.from_numpy(np.ascontiguousarray(item.astype(np.uint8))).permute(2, 0, 1),
-                    f"array_{k:04d}",
-                )
-            )
-            continue
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            out.extend(InferenceInput(read_image(f), f.stem, str(f)) for f in files)
-        elif path.is_file():
-            out.append(InferenceInput(read_image(path), path.stem, str(path)))
-        else:
-            raise DataError(f"{path}: no such image file or folder")
-    return out
 
 
 class Inferencer:
@@ -74,10 +57,19 @@ class Inferencer:
 
     Args:
         config: a config path (or an already resolved config).
-        weights: a checkpoint file; None keeps the freshly initialised weights (for smoke tests).
+        weights: a checkpoint file; None takes ``inference.checkpoint`` (else ``evaluate.checkpoint``)
+            and, when neither is set, keeps the freshly initialised weights (for smoke tests).
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         overrides: dotted config overrides.
-        classes, palette: override the class names / colours used in overlays.
+        classes: class names for the overlays, one per class the checkpoint was trained for.
+        palette: overlay colours, one RGB triple of ints 0-255 per class.
+
+    Attributes:
+        settings: the effective ``inference`` section (unset keys taken from ``evaluate``).
+
+    Raises:
+        ConfigError: ``classes`` / ``palette`` that do not fit the model, a bad setting.
+        CheckpointError: a missing checkpoint, or one for another model (naming the file).
     """
 
     def __init__(
@@ -89,48 +81,80 @@ class Inferencer:
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        from masklab.config.assemble import (
-            apply_eval_settings,
-            build_model,
-            place_model,
-            resolve,
-            resolve_device,
-        )
+        from masklab.config.assemble import apply_eval_settings, place_model, resolve, resolve_device
 
         self.cfg = resolve(config, overrides)
+        self.settings = inference_settings(self.cfg)
+        if weights is None:
+            weights = self.settings.checkpoint
         payload = load_payload(weights) if weights is not None else None
-        meta = find_meta(self.cfg, payload)
-        if classes is not None or palette is not None:
-            meta = DatasetMeta(
-                classes=tuple(classes) if classes is not None else meta.classes,
-                palette=tuple(tuple(p) for p in palette)
-                if palette is not None
-                else (meta.palette if classes is None else None),
-                attributes=meta.attributes,
-                ignore_index=meta.ignore_index,
-                category_ids=meta.category_ids,
-            )
-        self.meta = meta
+        saved = find_meta(self.cfg, payload)
+        self.meta = custom_meta(saved, classes, palette)
         self.device = resolve_device(device)
-        self.model: nn.Module = build_model(self.cfg, meta)
+        self.model: nn.Module = self._build(self.meta)
         if payload is not None:
-            from masklab.engine.checkpoint import load_model_weights
-
-            load_model_weights(self.model, payload, strict=True)
-        apply_eval_settings(self.model, self.cfg)
+            assert weights is not None
+            self._load(payload, Path(weights), saved, classes)
+        apply_eval_settings(self.model, self.cfg, self.settings)
         place_model(self.model, self.cfg, self.device).eval()
         self.pipeline = _test_pipeline(self.cfg)
 
+    def _build(self, meta: DatasetMeta) -> nn.Module:
+        """The model, its top-k (``model.test_topk``) tied to the inference ``max_dets``.
+
+        The builder ties ``model.test_topk`` to ``evaluate.max_dets``; the Inferencer builds from a
+        copy of the config whose ``evaluate.max_dets`` is the effective inference one.
+        """
+        from masklab.config.assemble import build_model
+
+        rc, n = self.cfg, self.settings.max_dets
+        if n != rc.evaluate.max_dets:
+            written = rc.model.get("test_topk") if rc.model is not None else None
+            if written is not None and written != n:
+                raise ConfigError(
+                    f"{rc.config.source('model.test_topk')}: model.test_topk: config says {written} but "
+                    f"{setting_source(rc, 'max_dets')} is {n} (top-k per image at inference); set one of them"
+                )
+            rc = dataclasses.replace(rc, evaluate=dataclasses.replace(rc.evaluate, max_dets=n))
+        return build_model(rc, meta)
+
+    def _load(
+        self, payload: dict[str, Any], path: Path, saved: DatasetMeta, classes: Sequence[str] | None
+    ) -> None:
+        """Strict load; a mismatch names the checkpoint file, or ``classes`` when its count is the cause."""
+        from masklab.engine.checkpoint import load_model_weights
+
+        try:
+            load_model_weights(self.model, payload, strict=True)
+        except CheckpointError as exc:
+            n = len(saved.classes)
+            if classes is not None and len(classes) != n and _fits(self._build(saved), payload):
+                shown = ", ".join(saved.classes[:4]) + (", ..." if n > 4 else "")
+                raise ConfigError(
+                    f"classes: {len(classes)} names given but {path} holds a model for {n} classes "
+                    f"({shown}); give {n} names"
+                ) from None
+            # The payload was read once; name the file it came from, as `masklab evaluate` does.
+            raise CheckpointError(str(exc).replace("<state dict>", str(path), 1)) from None
+
     @torch.no_grad()
-    def predict(self, inputs: Any, batch_size: int = 1) -> list[tuple[InferenceInput, Prediction]]:
+    def predict(self, inputs: Any, batch_size: int | None = None) -> list[tuple[InferenceInput, Prediction]]:
         """Predictions at each input's original resolution, paired with the input, in input order.
 
-        Under ``torchrun`` each rank predicts a disjoint share of the inputs and every rank gets
-        the merged list back (in input order, so the written files equal a single process's).
+        ``batch_size`` defaults to ``inference.batch_size``. Under ``torchrun`` each rank predicts
+        a disjoint share of the inputs and every rank gets the merged list back (in input order,
+        so the written files equal a single process's).
         """
+        return self._predict(collect_inputs(inputs), batch_size)
+
+    def _predict(
+        self, items: list[InferenceInput], batch_size: int | None
+    ) -> list[tuple[InferenceInput, Prediction]]:
         from masklab.engine.distributed import all_gather_object, get_info
 
-        items = collect_inputs(inputs)
+        batch_size = self.settings.batch_size if batch_size is None else batch_size
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size: {batch_size!r}; expected an integer >= 1")
         info = get_info()
         indices = (
             list(range(info.rank, len(items), info.world_size))
@@ -148,37 +172,84 @@ class Inferencer:
         self, items: list[InferenceInput], ids: list[int], batch_size: int
     ) -> list[tuple[InferenceInput, Prediction]]:
         from masklab.data.loader import collate
-        from masklab.engine.norm_guard import single_value_norm_guard
 
         results: list[tuple[InferenceInput, Prediction]] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             samples = [self._sample(item, ids[start + i]) for i, item in enumerate(chunk)]
             batch = self.model.data_preprocessor(collate(samples), training=False)
-            with single_value_norm_guard(batch.images, "inference"):
-                preds = self.model(batch, mode="predict")
+            preds = self._forward(batch, chunk)
             results.extend(zip(chunk, [_to_cpu(p) for p in preds]))
         return results
+
+    def _forward(self, batch: Batch, chunk: list[InferenceInput]) -> list[Prediction]:
+        """``model(batch, mode="predict")``; an image too small for the network, even padded to the
+        size divisor, is one line naming the file and its size instead of a traceback from a layer."""
+        try:
+            return self.model(batch, mode="predict")
+        except (RuntimeError, ValueError) as exc:
+            reason = _too_small_reason(exc)
+            if reason is None:
+                raise
+            ph, pw = batch.images.shape[-2:]
+            shown = ", ".join(f"{i.label} ({i.image.shape[1]}x{i.image.shape[2]})" for i in chunk[:3])
+            more = f" and {len(chunk) - 3} more" if len(chunk) > 3 else ""
+            crop = getattr(self.model, "crop_size", None)
+            slide = getattr(self.model, "test_mode", None) == "slide" and crop is not None
+            if slide and crop[0] <= ph and crop[1] <= pw:  # else the windows are the whole (padded) image
+                raise DataError(
+                    f"{shown}{more}: sliding windows of {crop[0]}x{crop[1]} are too small for this "
+                    f"model ({reason}); use a larger {setting_source(self.cfg, 'crop_size')}"
+                ) from exc
+            raise DataError(
+                f"{shown}{more}: too small for this model even padded to {ph}x{pw} ({reason}); "
+                "use larger images (e.g. upscaled) or a model with a smaller output stride"
+            ) from exc
 
     def __call__(
         self,
         inputs: Any,
         out_dir: str | Path | None = None,
         opacity: float | None = None,
-        batch_size: int = 1,
+        batch_size: int | None = None,
     ) -> list[Prediction]:
-        """Predict, and when ``out_dir`` is given write ``pred/`` and ``vis/`` there (rank 0 only)."""
+        """Predict, and write ``pred/`` and ``vis/`` under ``out_dir`` (rank 0 only).
+
+        ``out_dir``, ``opacity`` and ``batch_size`` default to ``inference.out_dir`` (None: write
+        nothing), ``inference.opacity`` and ``inference.batch_size``. Inputs whose outputs would
+        overwrite each other are refused before anything runs.
+        """
         from masklab.engine.distributed import is_main_process
 
-        results = self.predict(inputs, batch_size=batch_size)
-        if out_dir is not None and is_main_process():
-            self.write(results, Path(out_dir), self.cfg.inference.opacity if opacity is None else opacity)
+        out = out_dir if out_dir is not None else self.settings.out_dir
+        alpha = self._opacity(opacity) if out is not None or opacity is not None else 0.0
+        items = collect_inputs(inputs)
+        if out is not None:
+            check_unique_names(items)
+        results = self._predict(items, batch_size)
+        if out is not None and is_main_process():
+            self.write(results, Path(out), alpha)
         return [pred for _, pred in results]
 
+    def _opacity(self, opacity: float | None) -> float:
+        if opacity is not None:
+            return check_opacity(opacity, "opacity")
+        key = "inference.opacity"
+        return check_opacity(self.settings.opacity, f"{self.cfg.config.source(key)}: {key}")
+
     def write(self, results: list[tuple[InferenceInput, Prediction]], out_dir: Path, opacity: float) -> None:
+        """``pred/<name>.png`` label maps (instance models: one ``pred/instances.json``) and
+        ``vis/<name>.png`` overlays, ``<name>`` being each input's output name (subfolders mirrored).
+
+        ``instances.json`` is a COCO results list; each entry's ``image_id`` is its input's index
+        (in input order, folders sorted) and ``file_name`` the input's path relative to its folder
+        (``array_0003`` for arrays), so every result traces back to its file.
+        """
         from masklab.inference.writers import write_label_png, write_rgb_png
         from masklab.visualization.overlay import overlay_instances, overlay_semantic
 
+        opacity = check_opacity(opacity, "opacity")
+        check_unique_names([item for item, _ in results])
         palette = self.meta.palette or ()
         for item, pred in results:
             if isinstance(pred, SemanticPrediction):
@@ -192,19 +263,29 @@ class Inferencer:
                     self.meta.classes,
                     palette,
                     values,
-                    self.cfg.inference.score_threshold,
+                    self.settings.score_threshold,
                     opacity,
                 )
             write_rgb_png(out_dir / "vis" / f"{item.name}.png", vis)
         if results and isinstance(results[0][1], InstancePrediction):
-            from masklab.data.coco.results import write_prediction_results
+            self._write_instances(results, out_dir / "pred" / "instances.json")
 
-            write_prediction_results(
-                out_dir / "pred" / "instances.json",
-                [p for _, p in results],
-                self.meta.category_ids,
-                self.meta.attributes,
-            )
+    def _write_instances(self, results: list[tuple[InferenceInput, Prediction]], path: Path) -> None:
+        import json
+
+        from masklab.atomic_files import atomic_write
+        from masklab.data.coco.results import detections_from_prediction
+
+        ids = self.meta.category_ids or tuple(range(len(self.meta.classes)))
+        names = [a.name for a in self.meta.attributes]
+        entries = [
+            {**det.to_json(), "file_name": item.relative}
+            for item, pred in results
+            if isinstance(pred, InstancePrediction)
+            for det in detections_from_prediction(pred, ids, names)
+        ]
+        text = json.dumps(entries)
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     def _sample(self, item: InferenceInput, index: int) -> Sample:
         h, w = int(item.image.shape[1]), int(item.image.shape[2])
@@ -215,10 +296,43 @@ class Inferencer:
         return sample
 
 
+def _fits(model: nn.Module, payload: dict[str, Any]) -> bool:
+    """Whether ``payload``'s weights load strictly into ``model``."""
+    from masklab.engine.checkpoint import load_model_weights
+
+    try:
+        load_model_weights(model, payload, strict=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+# Layers' own words for an input smaller than they can take (conv, pooling, resize, norm).
+_KERNEL = re.compile(r"input size per channel: \((\d+) x (\d+)\)\. Kernel size: \((\d+) x (\d+)\)")
+_TOO_SMALL = (
+    "Kernel size can't be greater than actual input size",
+    "Output size is too small",
+    "output sizes should be greater than 0",
+    "more than 1 value per channel",
+)
+
+
+def _too_small_reason(exc: Exception) -> str | None:
+    """What a layer said about a too-small input, shortened; None for any other error."""
+    text = str(exc)
+    if not any(s in text for s in _TOO_SMALL):
+        return None
+    kernel = _KERNEL.search(text)
+    if kernel:
+        h, w, kh, kw = kernel.groups()
+        return f"a {kh}x{kw} kernel met a {h}x{w} feature map"
+    if "more than 1 value per channel" in text:
+        return "a normalisation layer saw a single value per channel"
+    return text.split(".")[0][:120]
+
+
 def _to_cpu(pred: Prediction) -> Prediction:
     """Predictions leave the device as soon as they are made (memory, and gathering across ranks)."""
-    import dataclasses
-
     changes = {
         f.name: getattr(pred, f.name).cpu()
         for f in dataclasses.fields(pred)
@@ -269,9 +383,13 @@ def init_model(config: str | Path, checkpoint: str | Path | None = None, device:
     return Inferencer(config, checkpoint, device=device)
 
 
-def inference_model(model: Inferencer, images: Any) -> list[Prediction]:
-    """Predictions for one image or a list of them."""
-    return model(images)
+def inference_model(model: Inferencer, images: Any) -> Prediction | list[Prediction]:
+    """Predict as MMSeg's ``inference_model``: one prediction for one image (a path or an array),
+    a list for a list (or a folder)."""
+    preds = model(images)
+    if isinstance(images, (list, tuple)) or (isinstance(images, (str, Path)) and Path(images).is_dir()):
+        return preds
+    return preds[0]
 
 
 def show_result(
@@ -285,6 +403,7 @@ def show_result(
     from masklab.inference.writers import write_rgb_png
     from masklab.visualization.overlay import overlay_instances, overlay_semantic
 
+    opacity = check_opacity(opacity, "opacity")
     item = collect_inputs(image)[0]
     if isinstance(result, SemanticPrediction):
         vis = overlay_semantic(

@@ -127,3 +127,44 @@ def test_lazy_head_restating_num_classes_differently_is_refused() -> None:
     head = Lazy(FCNHead, {"channels": 8, "num_classes": 5}, path="model.decode_head")
     with pytest.raises(ConfigError, match="model.decode_head.num_classes"):
         EncoderDecoder(TinyBackbone(), head, num_classes=3, data_preprocessor=nn.Identity())
+
+
+class ShapeRecordingBackbone(TinyBackbone):
+    """TinyBackbone that remembers the size of every input it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+        return super().forward(x)
+
+
+def test_tta_views_are_padded_to_the_size_divisor_like_the_plain_path() -> None:
+    """A TTA view is cut out of the padded batch; it is padded again before the forward, so a 20 px
+    image meets the network at 32 px in TTA as without it (at 20 px a stride-32 network failed)."""
+    from masklab.data.preprocessor import DataPreprocessor
+
+    torch.manual_seed(0)
+    backbone = ShapeRecordingBackbone()
+    model = EncoderDecoder(
+        backbone,
+        functools.partial(FCNHead, channels=8, in_index=1, dropout_ratio=0.0),
+        num_classes=3,
+        data_preprocessor=DataPreprocessor(size_divisor=32),
+    ).eval()
+    raw = Batch(
+        images=torch.randint(0, 256, (1, 3, 20, 20), dtype=torch.uint8),
+        metas=[SampleMeta(ori_shape=(20, 20), img_shape=(20, 20))],
+    )
+    batch = model.data_preprocessor(raw)
+    plain = model(batch, mode="predict")[0]
+    model.set_test_mode("whole", tta=TTASettings(scales=(1.0,), flip=False))
+    same = model(batch, mode="predict")[0]
+    torch.testing.assert_close(same.logits.softmax(0), plain.logits.softmax(0), atol=1e-5, rtol=1e-4)
+    backbone.sizes.clear()
+    model.set_test_mode("whole", tta=TTASettings(scales=(0.5, 1.0, 1.7), flip=True))
+    pred = model(batch, mode="predict")[0]
+    assert pred.label_map.shape == (20, 20)
+    assert backbone.sizes == [(32, 32)] * 4 + [(64, 64)] * 2, backbone.sizes

@@ -159,7 +159,7 @@ class EncoderDecoder(nn.Module):
             if self.test_mode == "whole"
             else f"slide crop {self.crop_size} stride {self.stride}"
         )
-        if self.tta is not None:
+        if self.tta is not None and (list(self.tta.scales) != [1.0] or self.tta.flip):
             text += f", TTA scales {list(self.tta.scales)} flip {self.tta.flip}"
         return text
 
@@ -219,6 +219,23 @@ class EncoderDecoder(nn.Module):
             )
         return self.encode_decode(images)
 
+    def padded_inference(self, images: torch.Tensor) -> torch.Tensor:
+        """:meth:`inference` on ``images`` padded to the preprocessor's ``size_divisor`` (bottom and
+        right, with its ``pad_val``), cropped back to the images' size.
+
+        TTA views are cut out of the padded batch and rescaled, so each is padded again the way the
+        data preprocessor pads a batch: an image smaller than the network's stride then predicts in
+        TTA as it does without (MMSeg's TTA pipeline pads every view through the preprocessor too).
+        """
+        divisor = getattr(self.data_preprocessor, "size_divisor", None) or 1
+        h, w = images.shape[-2:]
+        ph, pw = -(-h // divisor) * divisor, -(-w // divisor) * divisor
+        if (ph, pw) == (h, w):
+            return self.inference(images)
+        pad_val = float(getattr(self.data_preprocessor, "pad_val", 0.0))
+        padded = F.pad(images, (0, pw - w, 0, ph - h), value=pad_val)
+        return self.inference(padded)[..., :h, :w]
+
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[SemanticPrediction]:
         """One :class:`SemanticPrediction` per image: padding cropped (``img_shape``), resized to ``ori_shape``."""
@@ -231,7 +248,7 @@ class EncoderDecoder(nn.Module):
                 logits = batch_logits[i : i + 1, :, :h, :w]
             else:
                 probs = tta_inference(
-                    self.inference,
+                    self.padded_inference,
                     batch.images[i : i + 1, :, :h, :w],
                     self.tta.scales,
                     self.tta.flip,
