@@ -99,7 +99,7 @@ def _image(raw):
         (_zero, "expected positive width and height"),
         (_outside, "outside its"),
         (_category, "not among the categories"),
-        (_image, "not found"),
+        (_image, "images[id=1].file_name 'nope.png': no such file under"),
     ],
 )
 def test_bad_boxes_are_one_line_errors_and_no_output(
@@ -137,6 +137,16 @@ def test_train_infer_evaluate_round_trip(
     # Auto-resume: a second call with more iterations continues from the latest checkpoint.
     assert main([*run, "train.max_iters=4"]) == 0
     assert (work / "checkpoints" / "iter_0000004.pth").is_file()
+    # Auto-resume from a checkpoint past what the spec asks for: said in one line, nothing trained.
+    capsys.readouterr()
+    assert main([*run, "train.max_iters=2"]) == 0
+    printed = capsys.readouterr().out
+    assert (
+        "checkpoint already at iteration 4 >= the 2 the spec asks for (train.max_iters=2); nothing trained"
+        in printed
+    )
+    assert "done: 4 iterations" in printed
+    assert (work / "checkpoints" / "latest").read_text().strip() == "iter_0000004.pth"
     out = tmp_path / "labels.json"
     assert _infer(tiny_synth, ckpt, _boxes(tmp_path, tiny_synth), out) == 0
     metrics = tmp_path / "metrics.json"
@@ -144,5 +154,105 @@ def test_train_infer_evaluate_round_trip(
     assert main(["evaluate", CONFIG, str(ckpt), *common, "--out", str(metrics), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "mask_iou" in printed and printed.count("size buckets by GT area") == 1
+    assert "NaN" not in metrics.read_text() and "NaN" not in (work / "log.jsonl").read_text()  # strict JSON
     got = json.loads(metrics.read_text())["metrics"]
     assert 0.0 <= got["mask_iou"] <= 1.0 and "segm/AP" in got and got["missing"] == 0
+
+
+def _spec_paths(tiny_synth: Path, boxes: Path, dump: Path) -> list[str]:
+    return [f"inference.ann_path={boxes}", f"inference.img_dir={tiny_synth / 'images' / 'val'}",
+            f"inference.label_dump_path={dump}"]  # fmt: skip
+
+
+def test_infer_takes_paths_from_the_spec_inference_section(
+    tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    """``masklab infer SPEC CKPT`` labels what the TAO spec's inference section names; flags override it."""
+    boxes, dump = _boxes(tmp_path, tiny_synth), tmp_path / "dump" / "labels.json"
+    spec = [*TINY, *_spec_paths(tiny_synth, boxes, dump)]
+    assert main(["infer", CONFIG, str(tiny_ckpt), *spec]) == 0
+    src, got = json.loads(boxes.read_text()), json.loads(dump.read_text())
+    assert [a["id"] for a in got["annotations"]] == [a["id"] for a in src["annotations"]]
+    flag_out = tmp_path / "flag.json"
+    dump.unlink()
+    assert main(["infer", CONFIG, str(tiny_ckpt), *spec, "--out", str(flag_out)]) == 0
+    assert flag_out.is_file() and not dump.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "a MAL config labels boxes: use --boxes BOXES.json --images DIR --out LABELS.json "
+             "(or the spec's inference.ann_path / img_dir / label_dump_path)"),
+        (["--out", "x.json"], "a MAL config labels boxes: use --boxes BOXES.json --images DIR "
+                              "(or the spec's inference.ann_path / img_dir)"),
+        (["--input", "imgs", "--out", "x"], "--input imgs: a MAL config labels boxes: use --boxes BOXES.json"),
+    ],
+)  # fmt: skip
+def test_mal_spec_without_boxes_names_the_missing_keys(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main(["infer", CONFIG, str(tiny_ckpt), *TINY, *extra]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def mal_ckpt_with_config(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> Path:
+    """A MAL checkpoint that stores its config, as training writes it (payload key ``config``)."""
+    from masklab.config.assemble import resolve
+
+    path = tmp_path_factory.mktemp("ckpt") / "mal_with_config.pth"
+    torch.save({**torch.load(tiny_ckpt), "config": resolve(CONFIG, TINY).to_dict()}, path)
+    return path
+
+
+def test_mal_checkpoint_with_a_semantic_config_names_both_tasks(
+    tiny_synth: Path, mal_ckpt_with_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import DEMO_CONFIG
+
+    args = ["infer", str(DEMO_CONFIG), str(mal_ckpt_with_config), "--input",
+            str(tiny_synth / "images" / "val"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert "'task: mal' checkpoint" in err and "'task: semantic' config" in err, err
+    assert "--boxes BOXES.json" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_semantic_checkpoint_with_a_mal_config_names_both_tasks(
+    tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "semantic.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"task": "semantic"}}, ckpt)
+    out = tmp_path / "labels.json"
+    assert _infer(tiny_synth, ckpt, _boxes(tmp_path, tiny_synth), out) != 0
+    err = capsys.readouterr().err.strip()
+    assert "'task: semantic' checkpoint" in err and "'task: mal' config" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_swapped_image_size_is_named_before_the_box(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A width/height swapped in images[] puts boxes outside the declared image: the size is the error."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (160, 96), (90, 120, 30)).save(images / "a.png")  # 160 wide, 96 high
+    raw = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 96, "height": 160}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [110, 10, 30, 30]}],
+    }
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(raw))
+    out = tmp_path / "labels.json"
+    args = ["infer", CONFIG, str(tiny_ckpt), *TINY, "--boxes", str(boxes), "--images", str(images),
+            "--out", str(out)]  # fmt: skip
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"images[0] (id=1): width/height 96x160 but the file {images / 'a.png'} is 160x96" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()

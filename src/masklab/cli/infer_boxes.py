@@ -7,18 +7,34 @@ pasted back at the crop's offset, clipped at the image borders, thresholded per 
 box, a box entirely outside its image, a category or image id missing from the file, a missing
 image file. The output is written atomically (a crash leaves no partial file). ``--vis`` writes
 overlays to ``<out stem>_vis/<image file name>.png``.
+
+As ``tao model mal inference`` reads its spec, ``masklab infer MAL_SPEC CKPT`` with no flags takes
+the boxes, the image folder and the output file from the spec's ``inference.ann_path``,
+``inference.img_dir`` and ``inference.label_dump_path``; ``--boxes`` / ``--images`` / ``--out``
+override them. A checkpoint whose stored config is of another task than the given config is a
+one-line error naming both tasks (either way round: :func:`is_labeling_call` catches a MAL
+checkpoint given with a semantic or instance config before that path starts).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from masklab.errors import ConfigError, DataError
+
+# (flag, placeholder, key of the spec's inference section) of what labeling needs.
+_PATHS = (
+    ("--boxes", "BOXES.json", "ann_path"),
+    ("--images", "DIR", "img_dir"),
+    ("--out", "LABELS.json", "label_dump_path"),
+)
 
 
 def label_boxes(
@@ -32,9 +48,8 @@ def label_boxes(
     from masklab.config.assemble import resolve_device
     from masklab.data.coco.load import read_json
     from masklab.data.coco.rle import encode_masks
-    from masklab.data.datasets.box_crops import BoxCropDataset
     from masklab.engine.checkpoint import load_model_weights
-    from masklab.models.mal.build import build_mal_model, mal_train_section
+    from masklab.models.mal.build import build_mal_model, mal_train_section, open_box_dataset
     from masklab.models.mal.config import mal_dataset_config
     from masklab.models.mal.labeling import label_dataset
 
@@ -45,9 +60,9 @@ def label_boxes(
         raise DataError(f"{images}: image folder not found")
     raw = read_json(boxes)
     t = mal_train_section(rc)
-    dataset = BoxCropDataset(
-        str(boxes),
-        str(images),
+    dataset = open_box_dataset(
+        boxes,
+        images,
         training=False,
         crop_size=mal_dataset_config(rc).crop_size,
         test_margin_rate=(t.test_margin_rate[0], t.test_margin_rate[1]),
@@ -97,29 +112,128 @@ def write_overlays(coco: dict[str, Any], masks: dict[int, np.ndarray], images: P
     return written
 
 
+def config_task(config: str, overrides: Sequence[str]) -> str | None:
+    """The ``task`` of a config file (bases and overrides applied, sections not validated), or
+    None when the file is missing (the command's own resolve reports that)."""
+    from masklab.config.load import load_config
+
+    if not Path(config).is_file():
+        return None
+    return str(load_config(config, list(overrides)).get("task", "semantic"))
+
+
+def stored_task(checkpoint: str | Path) -> str | None:
+    """The ``task`` of the config a training checkpoint stores (payload key ``config``), or None.
+
+    Memory-mapped, so the weights are not read. None for a safetensors file, a plain state dict,
+    or a file that cannot be read: the loader that follows reports those.
+    """
+    import torch
+
+    path = Path(checkpoint)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - only a hint; the real load raises its own one-line error
+        return None
+    config = payload.get("config") if isinstance(payload, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def check_checkpoint_task(checkpoint: str | Path, task: str, config: str) -> None:
+    """One line naming both tasks when ``checkpoint`` was trained with a config of another task."""
+    stored = stored_task(checkpoint)
+    if stored is None or stored == task:
+        return
+    if stored == "mal":
+        hint = (
+            f"a MAL checkpoint labels boxes: masklab infer MAL_CFG {checkpoint} --boxes BOXES.json "
+            "--images DIR --out LABELS.json"
+        )
+    else:
+        hint = (
+            f"use a checkpoint trained with a 'task: {task}' config, or infer with a 'task: {stored}' config"
+        )
+    raise ConfigError(
+        f"{checkpoint}: a 'task: {stored}' checkpoint (its stored config), but {config} is a "
+        f"'task: {task}' config; {hint}"
+    )
+
+
+def is_labeling_call(args: argparse.Namespace) -> bool:
+    """Whether ``masklab infer`` is MAL labeling: ``--boxes`` given, or a ``task: mal`` config.
+
+    For any other config, a MAL checkpoint is refused here in one line (the semantic / instance
+    path would fail on the dataset metadata without naming the checkpoint).
+    """
+    if args.boxes is not None:
+        return True
+    task = config_task(args.config, args.overrides)
+    if task is None:
+        return False
+    if task == "mal":
+        return True
+    if stored_task(args.checkpoint) == "mal":  # other mismatches are the semantic/instance path's
+        check_checkpoint_task(args.checkpoint, task, args.config)
+    return False
+
+
+def labeling_paths(args: argparse.Namespace, rc: Any) -> tuple[Path, Path, Path]:
+    """``(boxes, images, out)``: each flag, else the spec's ``inference`` key (TAO's inference spec)."""
+    if args.input is not None:
+        raise ConfigError(
+            f"{args.config}: --input {args.input}: a MAL config labels boxes: use --boxes BOXES.json "
+            "--images DIR (or the spec's inference.ann_path / img_dir), not --input"
+        )
+    found: list[Path] = []
+    missing: list[tuple[str, str, str]] = []
+    for (flag, meta, key), given in zip(_PATHS, (args.boxes, args.images, args.out), strict=True):
+        value = given if given is not None else getattr(rc.inference, key, None)
+        if value is None or str(value) == "":
+            missing.append((flag, meta, key))
+        else:
+            found.append(Path(value))
+    if missing:
+        flags = " ".join(f"{flag} {meta}" for flag, meta, _ in missing)
+        keys = " / ".join(key for _, _, key in missing)
+        raise ConfigError(
+            f"{args.config}: a MAL config labels boxes: use {flags} (or the spec's inference.{keys})"
+        )
+    return found[0], found[1], found[2]
+
+
+def _origin(args: argparse.Namespace, flag: str, key: str) -> str:
+    return flag if getattr(args, flag[2:]) is not None else f"inference.{key} of {args.config}"
+
+
 def run(args: argparse.Namespace) -> int:
-    """The ``infer --boxes`` command."""
+    """The labeling command: ``infer --boxes``, or a MAL spec's ``inference`` section."""
     from masklab.cli.common import resolve_for_cli
     from masklab.engine.checkpoint import atomic_write
 
-    if args.images is None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would label every box and write the file
         raise ConfigError(
-            "infer --boxes: --images DIR (the folder the boxes' file_name refer to) is required"
+            "infer --boxes: MAL labeling runs in one process; start it without torchrun "
+            f"(WORLD_SIZE is {os.environ['WORLD_SIZE']})"
         )
     rc = resolve_for_cli(args.config, args.overrides)
     if rc.task != "mal":
         raise ConfigError(f"{args.config}: infer --boxes needs a 'task: mal' config, got task {rc.task!r}")
-    boxes = Path(args.boxes)
+    check_checkpoint_task(args.checkpoint, rc.task, args.config)
+    boxes, images, out = labeling_paths(args, rc)
     if not boxes.is_file():
-        raise DataError(f"{boxes}: boxes file not found")
-    coco, masks = label_boxes(rc, args.checkpoint, boxes, Path(args.images), device=args.device)
-    out = Path(args.out)
+        raise DataError(f"{boxes}: boxes file not found ({_origin(args, '--boxes', 'ann_path')})")
+    if not images.is_dir():
+        raise DataError(f"{images}: image folder not found ({_origin(args, '--images', 'img_dir')})")
+    coco, masks = label_boxes(rc, args.checkpoint, boxes, images, device=args.device)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(coco)
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"{len(coco['annotations'])} boxes labeled -> {out}")
     if args.vis:
         vis_dir = out.with_name(f"{out.stem}_vis")
-        n = write_overlays(coco, masks, Path(args.images), vis_dir)
+        n = write_overlays(coco, masks, images, vis_dir)
         print(f"{n} overlays -> {vis_dir}")
     return 0

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from masklab.config.schema import ResolvedConfig
+from masklab.data.coco.load import load_coco
 from masklab.data.datasets.box_crops import BoxCropDataset
-from masklab.errors import ConfigError
+from masklab.errors import ConfigError, DataError
 from masklab.models.mal.config import (
     ARCHS,
     TINY_ARCHS,
@@ -27,7 +28,14 @@ from masklab.models.mal.encoders import MalTinyEncoder, MalViTEncoder
 from masklab.models.mal.model import MALModel
 from masklab.models.mal.schedule import mal_decay, per_sample_lr
 
-__all__ = ["build_mal_dataset", "build_mal_model", "build_mal_trainer", "mal_train_section"]
+__all__ = [
+    "build_mal_dataset",
+    "build_mal_model",
+    "build_mal_trainer",
+    "image_size_mismatch",
+    "mal_train_section",
+    "open_box_dataset",
+]
 
 
 def mal_train_section(rc: ResolvedConfig) -> MalTrainConfig:
@@ -47,7 +55,7 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
         )
     t = mal_train_section(rc)
     train_mode = split == "train" if training is None else training
-    return BoxCropDataset(
+    return open_box_dataset(
         ann,
         img,
         training=train_mode,
@@ -58,6 +66,66 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
         max_obj_size=ds.max_obj_size,
         load_mask=ds.load_mask and not train_mode,
     )
+
+
+def open_box_dataset(ann_path: str | Path, img_dir: str | Path, **kwargs: Any) -> BoxCropDataset:
+    """``BoxCropDataset(ann_path, img_dir, **kwargs)``; wrong image sizes in the file are named first.
+
+    A box lying outside the ``width``/``height`` its ``images[]`` entry declares is what a wrong
+    size looks like (swapped most often), and the dataset would blame the box. When the dataset
+    refuses the file (labeling, evaluation) or drops boxes as outside their image (training), the
+    files of the images holding such boxes (read anyway, by every MAL run) are sized first, and a
+    size that disagrees with the file is the one-line error instead.
+    """
+    try:
+        dataset = BoxCropDataset(str(ann_path), str(img_dir), **kwargs)
+    except DataError as exc:
+        found = image_size_mismatch(ann_path, img_dir)
+        if found is not None:
+            raise DataError(found) from exc
+        raise
+    if dataset.skipped["outside_image"]:
+        found = image_size_mismatch(ann_path, img_dir)
+        if found is not None:
+            raise DataError(found)
+    return dataset
+
+
+def image_size_mismatch(ann_path: str | Path, img_dir: str | Path) -> str | None:
+    """The first ``images[]`` entry holding a box beyond its declared size whose file has another size.
+
+    Returns the one-line message (``images[i] (id=..): width/height WxH but the file F is W'xH'``),
+    or None. Only image headers are read; missing or unreadable files are left to the dataset's
+    own errors.
+    """
+    from PIL import Image
+
+    try:
+        coco = load_coco(ann_path, on_bad="skip")
+    except DataError:
+        return None  # the dataset reports what is wrong with the file itself
+    images = coco.image_by_id()
+    suspects = {
+        a.image_id
+        for a in coco.annotations
+        if a.bbox[0] + a.bbox[2] > images[a.image_id].width
+        or a.bbox[1] + a.bbox[3] > images[a.image_id].height
+    }
+    for index, img in enumerate(coco.images):
+        if img.id not in suspects:
+            continue
+        path = Path(img_dir) / img.file_name
+        try:
+            with Image.open(path) as f:
+                width, height = f.size
+        except (OSError, ValueError):
+            continue
+        if (width, height) != (img.width, img.height):
+            return (
+                f"{ann_path}: images[{index}] (id={img.id}): width/height {img.width}x{img.height} "
+                f"but the file {path} is {width}x{height}"
+            )
+    return None
 
 
 def _backbone(rc: ResolvedConfig) -> nn.Module:
@@ -217,5 +285,16 @@ def build_mal_trainer(
     trainer.model_meta = None
     trainer.lr_message = f"MAL lr {t.lr:g} per sample x total batch {t.batch_size * world} = {lr:g}; {max_iters} iterations, warmup {warmup}"
     source = t.resume_training_checkpoint_path
-    trainer.resume(source)  # None -> the work dir's latest checkpoint, if any
+    used = trainer.resume(source)  # None -> the work dir's latest checkpoint, if any
+    if used is not None and trainer.iter >= max_iters:
+        # As TAO (Lightning) does with a checkpoint at or past max_epochs: nothing to train, exit 0,
+        # but said, so that a shorter spec on an old work dir does not pass for a finished run.
+        asked = f"train.num_epochs={t.num_epochs} x {per_epoch} iterations per epoch"
+        if t.max_iters:
+            asked = f"train.max_iters={t.max_iters}"
+        if get_info().rank == 0:  # print, not trainer.log: the console would wrap the line
+            print(
+                f"{used}: checkpoint already at iteration {trainer.iter} >= the {max_iters} the spec asks "
+                f"for ({asked}); nothing trained (raise train.num_epochs, or use a new runtime.work_dir)"
+            )
     return trainer

@@ -9,6 +9,7 @@ from typing import Any
 from masklab.data.coco.load import load_coco
 from masklab.data.coco.records import CocoFile
 from masklab.data.coco.rle import Rle, encode_masks
+from masklab.engine.distributed import all_gather_object
 from masklab.evaluation.coco.evaluator import CocoEvaluator
 from masklab.evaluation.coco.instance_iou import instance_iou
 from masklab.structures.predictions import InstancePrediction
@@ -23,6 +24,11 @@ class MalEvaluator:
     ``mask_iou_small/medium/large`` (COCO area buckets of the GT annotation), ``mask_iou/<category>``,
     and ``segm/AP``... (COCO AP of the pseudo-labels as detections ranked by their score). Boxes of
     images never processed are not counted; a processed box without prediction scores IoU 0.
+
+    Under a process group every rank holds the boxes its sampler gave it (an image's boxes are
+    spread over the ranks: one sample per box), so :meth:`compute` gathers every rank's masks and
+    image ids before scoring, and the COCO part gathers its detections itself: every rank returns
+    the numbers of the whole set, equal to one process's.
 
     Args:
         gt: the COCO file with ground-truth masks (or its path).
@@ -60,10 +66,18 @@ class MalEvaluator:
         )
 
     def compute(self) -> dict[str, float]:
-        """Instance IoU over the processed images' annotations, then COCO AP."""
-        anns = tuple(a for a in self.gt.annotations if a.image_id in self._image_ids)
+        """Instance IoU over the processed images' annotations (all ranks' boxes), then COCO AP."""
+        masks, image_ids = self._masks, self._image_ids
+        # The same gather the COCO evaluator does for its detections (all_gather_object; one
+        # process gets its own part back). A box a padded sampler gave two ranks has one id,
+        # so it is counted once.
+        parts = all_gather_object((masks, sorted(image_ids)))
+        if len(parts) > 1:
+            masks = {ann_id: rle for part, _ in parts for ann_id, rle in part.items()}
+            image_ids = {i for _, ids in parts for i in ids}
+        anns = tuple(a for a in self.gt.annotations if a.image_id in image_ids)
         subset = dataclasses.replace(self.gt, annotations=anns)
-        res = instance_iou(subset, self._masks)
+        res = instance_iou(subset, masks)
         names = {c.id: c.name for c in self.gt.categories}
         metrics = {"mask_iou": res.miou, "count": float(res.count), "missing": float(res.missing)}
         metrics.update({f"mask_iou_{k}": v for k, v in res.per_size.items()})

@@ -82,7 +82,7 @@ class MALModel(nn.Module):
         data_preprocessor: MalDataPreprocessor | None = None,
     ) -> None:
         super().__init__()
-        _check_settings(
+        check_settings(
             teacher_momentum,
             crf_kernel_size,
             crf_zeta,
@@ -284,7 +284,7 @@ class MALModel(nn.Module):
         return preds
 
 
-def _check_settings(
+def check_settings(
     momentum: float,
     kernel_size: int,
     zeta: float,

@@ -1,0 +1,92 @@
+"""MalEvaluator across 2 gloo processes, each fed half of every image's boxes, equals one process fed all."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from masklab.data.coco import parse_coco
+from masklab.data.coco.rle import ann_to_mask
+from masklab.models.mal.evaluator import MalEvaluator
+from masklab.structures import InstancePrediction
+from masklab.structures.sample import SampleMeta
+
+WORLD = 2
+SIZE = 48
+
+
+def _gt() -> dict:
+    """Three images, three squares each, in two categories."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": SIZE, "width": SIZE} for i in (1, 2, 3)]
+    anns = []
+    for i in (1, 2, 3):
+        for k in range(3):
+            x, y, s = 2 + 14 * k, 4 + 5 * i, 8 + 2 * k
+            anns.append(
+                {
+                    "id": 10 * i + k,
+                    "image_id": i,
+                    "category_id": 1 + k % 2,
+                    "bbox": [x, y, s, s],
+                    "segmentation": [[x, y, x + s, y, x + s, y + s, x, y + s]],
+                }
+            )
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _metrics(rank: int, world: int) -> dict[str, float]:
+    """Score the boxes ``rank::world`` (every box when ``world == 1``).
+
+    A MAL val loader samples boxes, not images: each rank gets some boxes of every image.
+    """
+    gt = parse_coco(_gt())
+    images = gt.image_by_id()
+    ev = MalEvaluator(gt)
+    for image_id in images:
+        mine = [a for a in gt.annotations if a.image_id == image_id][rank::world]
+        if not mine:
+            continue
+        # Each box's mask is its GT square shifted by a box-dependent amount: IoUs differ per box.
+        masks = np.stack([np.roll(ann_to_mask(a, images[image_id]), a.id % 4, axis=1) for a in mine])
+        pred = InstancePrediction(
+            masks=torch.from_numpy(masks).bool(),
+            boxes=torch.zeros((len(mine), 4)),
+            labels=torch.tensor([a.category_id - 1 for a in mine]),
+            scores=torch.tensor([0.5 + a.id / 100 for a in mine], dtype=torch.float64),
+            meta=SampleMeta(image_id=image_id),
+            source_ids=torch.tensor([a.id for a in mine]),
+        )
+        ev.process(None, [pred])
+    return ev.compute()
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(_metrics(rank, WORLD)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _same(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_rank_mask_iou_equals_single_process(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    single = _metrics(0, 1)
+    assert single["count"] == 9 and single["missing"] == 0 and 0 < single["mask_iou"] < 1
+    # Every rank reports the whole set: no box of the other rank counted as missing.
+    assert _same(ranks[0], single) and _same(ranks[1], single)
