@@ -156,6 +156,33 @@ def _coco_eval(env: Env, pred: str) -> list[str]:
             "--out", str(env.tmp / "m.json")]  # fmt: skip
 
 
+def _garbage_rle_gt(env: Env) -> list[str]:
+    """``evaluate coco`` whose ground truth has a corrupt RLE string (the prediction file is fine)."""
+    gt = json.loads((env.data / "annotations/val.json").read_text())
+    image = gt["images"][0]
+    gt["annotations"][0]["segmentation"] = {"size": [image["height"], image["width"]], "counts": "!!!!zz"}
+    (env.tmp / "gt.json").write_text(json.dumps(gt))
+    (env.tmp / "pred.json").write_text("[]")
+    return ["evaluate", "coco", "--gt", str(env.tmp / "gt.json"), "--pred", str(env.tmp / "pred.json"),
+            "--out", str(env.tmp / "m.json")]  # fmt: skip
+
+
+def _garbage_rle_pred(env: Env) -> list[str]:
+    gt = json.loads((env.data / "annotations/val.json").read_text())
+    image, cat = gt["images"][0], gt["categories"][0]
+    det = {"image_id": image["id"], "category_id": cat["id"], "bbox": [0, 0, 2, 2], "score": 0.5,
+           "segmentation": {"size": [image["height"], image["width"]], "counts": "!!!!zz"}}  # fmt: skip
+    return _coco_eval(env, json.dumps([det]))
+
+
+def _val_classes_differ(env: Env) -> list[str]:
+    """Train on the synthetic classes, validate the same files read with other class names."""
+    classes = json.loads((env.data / "meta.json").read_text())["classes"]
+    node = (f"{{type: FolderSegDataset, img_dir: {env.data / 'images/val'}, ann_dir: {env.data / 'labels/val'}, "
+            f"img_suffix: .png, classes: [{', '.join(['other', *classes[1:]])}]}}")  # fmt: skip
+    return env.train(f"dataset.val={node}")
+
+
 def _ann(i: int, **kw: object) -> Callable[[dict], None]:
     def mutate(d: dict) -> None:
         d["annotations"][i].update(kw)
@@ -201,6 +228,19 @@ CASES: list[Case] = [
     ("config_no_cuda", lambda e: e.train("runtime.device=cuda:64"), "runtime.device"),
     ("config_unknown_strategy", lambda e: e.train("runtime.strategy=deepspeed"), "deepspeed"),
     ("config_load_from_missing", lambda e: e.train(f"train.load_from={e.tmp / 'w.pth'}"), "w.pth"),
+    # Evaluation settings fail before training, not at the first validation.
+    ("config_tta_no_scales", lambda e: e.train("evaluate.tta.scales=[]"), "<override>: evaluate.tta.scales"),
+    (
+        "config_tta_zero_scale",
+        lambda e: e.train("evaluate.tta.scales=[0]"),
+        "<override>: evaluate.tta.scales",
+    ),
+    ("config_eval_zero_stride", lambda e: e.train("evaluate.stride=[0,0]"), "<override>: evaluate.stride"),
+    (
+        "config_errors_in_two_sections",
+        lambda e: e.train("model.decode_head.chanels=1", "train.max_iter=3"),
+        "did you mean 'channels'?; <override>: train.max_iter: unknown key",
+    ),
     # ------------------------------------------------------------------ semantic data
     ("data_root_missing", lambda e: e.train(f"dataset.root={e.tmp / 'nodata'}"), "nodata"),
     # 32 px images reach the stride-32 stage as 1x1 maps: the GroupNorm head sees one value per group.
@@ -240,6 +280,33 @@ CASES: list[Case] = [
         "id",
     ),
     ("coco_dangling_image", lambda e: e.coco(_ann(0, image_id=777)), "777"),
+    (
+        "coco_corrupt_rle",
+        lambda e: e.coco(_ann(0, segmentation={"size": [32, 32], "counts": "!!!!zz"})),
+        "annotation id=1: field 'segmentation.counts'",
+    ),
+    (
+        "coco_collinear_polygon",
+        lambda e: e.coco(_ann(0, segmentation=[[10, 10, 20, 20, 30, 30]])),
+        "zero area",
+    ),
+    ("coco_iscrowd_string", lambda e: e.coco(_ann(0, iscrowd="0")), "field 'iscrowd' is '0'"),
+    (
+        "coco_missing_image_file",
+        lambda e: e.coco(lambda d: d["images"][0].update(file_name="nope.png")),
+        ".file_name 'nope.png': no such file under",
+    ),
+    (
+        "coco_missing_file_name",
+        lambda e: e.coco(lambda d: d["images"][0].pop("file_name")),
+        "missing 'file_name'",
+    ),
+    (
+        "coco_duplicate_category_name",
+        lambda e: e.coco(lambda d: d["categories"][1].update(name=d["categories"][0]["name"])),
+        "expected unique category names",
+    ),
+    ("data_val_classes_differ", _val_classes_differ, "label 0 is"),
     # ------------------------------------------------------------------ work dir
     (
         "workdir_under_file",
@@ -262,7 +329,19 @@ CASES: list[Case] = [
     ("evaluate_wrong_model", lambda e: _evaluate(e, _other_model_ckpt(e)), "conv_seg"),
     ("infer_missing_input", lambda e: _infer(e, e.ckpt, e.tmp / "noimg"), "noimg"),
     # The 32 px image meets the GroupNorm head as a 1x1 map at stride 32 (as in data_too_small_for_norm).
-    ("infer_too_small_for_norm", lambda e: _infer(e, e.ckpt, _img(e)), "inference: a normalisation layer"),
+    ("infer_too_small_for_norm", lambda e: _infer(e, e.ckpt, _img(e)), "000000.png (32x32): too small"),
+    (
+        "infer_wrong_model",
+        lambda e: _infer(e, _other_model_ckpt(e), _img(e)),
+        "other.pth: weights do not fit",
+    ),
+    ("infer_opacity_above_one", lambda e: [*_infer(e, e.ckpt, _img(e)), "--opacity", "2"], "--opacity: 2.0"),
+    ("infer_opacity_negative", lambda e: [*_infer(e, e.ckpt, _img(e)), "--opacity", "-1"], "[0, 1]"),
+    (
+        "infer_no_out",
+        lambda e: ["infer", str(TINY), str(e.ckpt), f"dataset.root={e.data}", "--input", str(_img(e))],
+        "--out DIR is required",
+    ),
     ("infer_missing_checkpoint", lambda e: _infer(e, e.tmp / "none.pth", _img(e)), "none.pth"),
     (
         "infer_corrupt_input",
@@ -277,6 +356,12 @@ CASES: list[Case] = [
     ),
     ("evaluate_coco_invalid_pred", lambda e: _coco_eval(e, "[{"), "pred.json"),
     ("evaluate_coco_pred_not_list", lambda e: _coco_eval(e, '{"a": 1}'), "pred.json"),
+    ("evaluate_coco_gt_corrupt_rle", _garbage_rle_gt, "gt.json: annotation id="),
+    (
+        "evaluate_coco_pred_corrupt_rle",
+        _garbage_rle_pred,
+        "pred.json: result [0]: field 'segmentation.counts'",
+    ),
     (
         "evaluate_coco_pred_unknown_image",
         lambda e: _coco_eval(

@@ -37,6 +37,14 @@ def test_train_evaluate_infer_resume(
     metrics = json.loads(out_json.read_text())["metrics"]
     assert {"mIoU", "mAcc", "aAcc"} <= set(metrics)
     assert 0.0 <= metrics["aAcc"] <= 1.0
+    assert json.loads(out_json.read_text())["how"].endswith("whole image")
+    # the report says how predictions were made (it said "whole image" for slide and TTA too)
+    slide = ["evaluate.mode=slide", "evaluate.crop_size=[32,32]", "evaluate.stride=[16,16]",
+             "evaluate.tta={scales: [0.5, 1.0], flip: true}"]  # fmt: skip
+    assert main(["evaluate", str(DEMO_CONFIG), str(ckpts[-1]), *common, *slide, "--out", str(out_json),
+                 "--no-progress"]) == 0  # fmt: skip
+    how = json.loads(out_json.read_text())["how"]
+    assert how.endswith("slide crop (32, 32) stride (16, 16), TTA scales [0.5, 1.0] flip True"), how
 
     # infer: one label PNG and one overlay per val image, at the original size
     out_dir = tmp_path / "pred"

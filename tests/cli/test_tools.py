@@ -50,7 +50,7 @@ def test_analyze_logs_plots_keys_of_a_work_dir(tmp_path: Path, capsys: pytest.Ca
     assert "train loss: 3 points, last 0.6667, best 0.6667" in text and "val mIoU: 1 points" in text
     assert Image.open(out).size[0] > 100
     assert main(["analyze-logs", str(work), "--keys", "acc"]) == 2
-    assert "error: log: no values for key 'acc'" in capsys.readouterr().err
+    assert "log.jsonl: no values for key 'acc'" in capsys.readouterr().err
     assert main(["analyze-logs", str(tmp_path / "nowhere")]) == 2
 
 
@@ -67,6 +67,24 @@ def test_browse_dataset_renders_the_train_pipeline(
     assert "64x64; classes: background" in capsys.readouterr().out
     assert main([*args, "--split", "test"]) == 2
     assert "dataset.test: missing" in capsys.readouterr().err
+
+
+def test_browse_dataset_writes_nothing_when_a_sample_is_bad(
+    config: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    bad = sorted((data / "labels" / "train").glob("*.png"))[1]
+    Image.fromarray(np.full((64, 64), 77, np.uint8)).save(bad)  # class 77 of a 7-class dataset
+    out = tmp_path / "browse"
+    args = ["browse-dataset", str(config), f"dataset.root={data}", "--out", str(out), "--num", "2"]
+    assert main(args) == 2
+    assert "77" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # the good first sample was not written either
 
 
 def test_benchmark_reports_params_flops_fps(

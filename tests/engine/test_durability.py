@@ -131,6 +131,25 @@ def test_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+def test_a_text_file_named_pth_is_not_called_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "json.pth"
+    path.write_text('{"model": {}}')
+    with pytest.raises(CheckpointError, match=r"json\.pth: not a readable checkpoint \(not a torch file\)"):
+        load_checkpoint(path)
+
+
+def test_the_latest_pointer_loads_the_checkpoint_it_names(tmp_path: Path) -> None:
+    from masklab.engine.checkpoint import save_checkpoint, write_latest
+
+    folder = tmp_path / "checkpoints"
+    ckpt = save_checkpoint(folder / "iter_0000020.pth", {"model": {"w": torch.ones(1)}, "iteration": 20})
+    write_latest(ckpt)
+    assert load_checkpoint(folder / "latest")["iteration"] == 20
+    (folder / "latest").write_text("iter_0000099.pth\n")
+    with pytest.raises(CheckpointError, match=r"latest: points at 'iter_0000099.pth', which does not exist"):
+        load_checkpoint(folder / "latest")
+
+
 def test_python_yaml_tag_is_refused(tmp_path: Path) -> None:
     from masklab.config.load import load_config
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from masklab.engine import (
@@ -15,6 +16,7 @@ from masklab.engine import (
     build_scheduler,
 )
 from masklab.engine.hooks.base import Hook
+from masklab.errors import CheckpointError
 
 from .toy import ToyModel, toy_loader
 
@@ -79,3 +81,24 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     for name, value in ema_split.items():
         assert torch.equal(value, ema_full[name]), f"ema {name}"
     assert second.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
+
+
+def test_resume_that_does_not_fit_is_one_error_and_creates_no_work_dir(tmp_path: Path) -> None:
+    first = make_trainer(tmp_path / "first", 2, Record(), checkpoint_every=2)
+    first.train()
+    ckpt = tmp_path / "first" / "checkpoints" / "iter_0000002.pth"
+
+    other = ToyModel(num_classes=4)  # another model: its classifier has one class more
+    opt = torch.optim.AdamW(other.parameters(), lr=0.05)
+    trainer = Trainer(other, opt, lambda start: toy_loader(start), 4, work_dir=tmp_path / "w", progress=False)
+    with pytest.raises(
+        CheckpointError, match=r"weights do not fit this model \(2 shape mismatches: cls.weight"
+    ):
+        trainer.resume(ckpt)
+    assert not (tmp_path / "w").exists()  # the work dir is created when training starts
+
+    same = ToyModel()  # the same model with one param group where the checkpoint has several
+    opt = torch.optim.AdamW(same.parameters(), lr=0.05)
+    trainer = Trainer(same, opt, lambda start: toy_loader(start), 4, work_dir=tmp_path / "w", progress=False)
+    with pytest.raises(CheckpointError, match="optimizer state does not fit this run's optimizer"):
+        trainer.resume(ckpt)

@@ -105,3 +105,14 @@ def test_cli_missing_checkpoint_is_a_one_line_error(
     )
     assert code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_onnx_export_of_an_instance_model_is_refused_naming_safetensors() -> None:
+    from masklab.errors import ModelError
+    from masklab.export.onnx import SegmentationGraph
+
+    class QueryModel(torch.nn.Module):  # no encode_decode: a Mask2Former / MAL model
+        pass
+
+    with pytest.raises(ModelError, match=r"export onnx: QueryModel is not supported .*export safetensors"):
+        SegmentationGraph(QueryModel())

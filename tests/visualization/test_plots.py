@@ -47,6 +47,21 @@ def test_read_log_keeps_the_resumed_record(tmp_path: Path) -> None:
         extract_series(read_log(log), ["acc"])
 
 
+def test_a_key_logged_only_as_nan_or_null_is_said_so_with_the_file(tmp_path: Path) -> None:
+    from masklab import strict_json
+
+    log = tmp_path / "log.jsonl"
+    rows = [{"mode": "val", "iteration": 1, "mask_iou_large": float("nan"), "loss": 1.0}]
+    log.write_text("".join(strict_json.dumps(r) + "\n" for r in rows))
+    assert "NaN" not in log.read_text() and '"mask_iou_large": null' in log.read_text()
+    with pytest.raises(
+        DataError, match=r"log\.jsonl: key 'mask_iou_large' is logged but never with a finite"
+    ):
+        extract_series(read_log(log), ["mask_iou_large"], source=str(log))
+    with pytest.raises(DataError, match="logged keys: loss$"):  # the NaN-only key is not offered
+        extract_series(read_log(log), ["acc"])
+
+
 def test_read_log_errors_name_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "log.jsonl"
     bad.write_text('{"iteration": 1, "loss": 1}\n{oops\n')

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     series = []
     for arg in args.logs:
         path = _log_path(arg)
-        run_series = extract_series(read_log(path), args.keys)
+        run_series = extract_series(read_log(path), args.keys, source=str(path))
         if len(args.logs) > 1:  # name each run in the legend by its folder
             for s in run_series:
                 s.mode = f"{path.parent.name} {s.mode}"

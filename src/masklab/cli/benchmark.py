@@ -10,11 +10,12 @@ timed calls after ``--warmup`` untimed ones, each call being the data preprocess
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from masklab import strict_json
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_result(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        Path(args.out).write_text(strict_json.dumps(result, indent=2))
         print(f"written to {args.out}")
     return 0
 

@@ -46,18 +46,20 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     count = min(args.num, len(dataset))
+    rendered = []  # every sample is loaded before anything is written: a bad one leaves no partial folder
     for index in range(count):
         sample = dataset[index]
         name = Path(sample.meta.file_name).stem if sample.meta.file_name else f"image{sample.meta.image_id}"
-        path = out / f"{index:04d}_{name}.png"
-        write_png_atomic(path, render_sample(sample, meta, args.opacity))
+        rendered.append((out / f"{index:04d}_{name}.png", render_sample(sample, meta, args.opacity), sample))
+    for path, picture, sample in rendered:
+        write_png_atomic(path, picture)
         print(f"{path}: {_describe(sample, meta)}")
     print(f"{count} of {len(dataset)} samples of dataset.{args.split} rendered to {out}")
     return 0
 
 
 def _describe(sample: Sample, meta: DatasetMeta) -> str:
-    """``HxW; classes: road, car; 3 instances`` for the console."""
+    """``HxW; classes: road, car`` (semantic) or ``HxW; 3 instances: car x2, person`` for the console."""
     import torch
 
     h, w = sample.image.shape[-2:]
@@ -67,5 +69,12 @@ def _describe(sample: Sample, meta: DatasetMeta) -> str:
         names = [meta.classes[i] if i < meta.num_classes else str(i) for i in ids]
         parts.append("classes: " + (", ".join(names) or "none"))
     if sample.instances is not None:
-        parts.append(f"{len(sample.instances)} instances")
+        from collections import Counter
+
+        counts = Counter(int(v) for v in sample.instances.labels)
+        names = [
+            (meta.classes[i] if 0 <= i < meta.num_classes else str(i)) + (f" x{n}" if n > 1 else "")
+            for i, n in sorted(counts.items())
+        ]
+        parts.append(f"{len(sample.instances)} instances" + (": " + ", ".join(names) if names else ""))
     return "; ".join(parts)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -104,9 +103,10 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         print(evaluator.confusion.format_report())
         print(f"confusion matrix written to {png} and {csv_path}")
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.metrics.json")
+    from masklab import strict_json
     from masklab.engine.checkpoint import atomic_write
 
-    text = json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
+    text = strict_json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"metrics written to {out}")
     return 0

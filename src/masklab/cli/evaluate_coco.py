@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 
+from masklab import strict_json
+from masklab.atomic_files import atomic_write
 from masklab.data.coco.load import load_coco
 from masklab.data.coco.results import load_coco_results
 from masklab.evaluation.coco.ap import evaluate_ap
@@ -54,15 +53,10 @@ def run(args: argparse.Namespace) -> int:
     flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(format_coco_report({params.iou_type: result}, names, attrs, flat, params.describe()))
     if args.out:
-        _write_json(
-            Path(args.out), {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
-        )
+        _write_json(Path(args.out), metrics)
     return 0
 
 
 def _write_json(path: Path, data: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
+    text = strict_json.dumps(data, indent=2)
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from masklab import __version__
 from masklab.errors import MasklabError
@@ -64,6 +66,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     return parser, modules
 
 
+# torch re-raises an exception from a DataLoader worker as ``type(err)(text)`` where ``text`` is
+# "Caught DataError in DataLoader worker process 1.\nOriginal Traceback ...\nmasklab.errors.DataError:
+# <message>"; the error classes join those lines, so the original message is what follows the last
+# "<module>.<class>: " of the text.
+_WORKER_ERROR = re.compile(r"Caught \w+ in DataLoader worker process \d+\. Original Traceback")
+
+
+def error_line(err: MasklabError) -> str:
+    """The one line printed for ``err``: its message, or for an error raised in a DataLoader worker
+    process the original error's message without torch's traceback around it."""
+    text = str(err)
+    if not _WORKER_ERROR.match(text):
+        return text
+    cls = type(err)
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    cut = text.rfind(marker)
+    return text[cut + len(marker) :].strip() if cut >= 0 else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,11 +103,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(importlib.import_module(modules[args.command]).run(args) or 0)
     except MasklabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno is None or err.filename is None:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(err: OSError) -> str:
+    """``path: reason`` for a file-system error on a path (an unwritable ``--out``, a full disk, a
+    folder where a file was expected): the user's to fix, so one line rather than a traceback.
+    Temporary names of atomic writes (``.name.XXXX.tmp``) are shown as the file they stand for."""
+    import errno as errno_codes
+
+    def shown(name: object) -> str:
+        path = Path(str(name))
+        match = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", path.name)
+        return str(path.with_name(match.group(1))) if match else str(path)
+
+    where = shown(err.filename)
+    if err.filename2 is not None:
+        where += f" -> {shown(err.filename2)}"
+    reason = err.strerror or errno_codes.errorcode.get(err.errno or 0, "error")
+    if err.errno == errno_codes.EEXIST and Path(str(err.filename)).is_file():
+        reason = "is a file, where a folder is needed"
+    return f"{where}: {reason.lower() if reason[:1].isupper() and reason[1:2].islower() else reason}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""``masklab train CFG [--work-dir W] [--resume [CKPT]] [--nproc N] [key=value ...]``."""
+"""``masklab train CFG [--work-dir W] [--resume [CKPT]] [--nproc N] [key=value ...]``.
+
+A run that creates its work dir and stops on a user error (a :class:`MasklabError`, e.g. a label
+out of range found in the first batch) before writing its first checkpoint removes the folders it
+created: nothing half-written stays behind. A folder that existed before the run, and the work dir
+of a resumed run, are never removed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from masklab.errors import ConfigError, MasklabError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="latest",
         default=None,
         metavar="CKPT",
-        help="continue from CKPT, or from the work dir's latest checkpoint when no file is given",
+        help="continue from CKPT, or from the work dir's latest checkpoint when no file is given "
+        "(key=value overrides go before --resume, or use --resume=CKPT)",
     )
     parser.add_argument(
         "--nproc", type=int, default=None, help="processes on this machine (launches torchrun)"
@@ -31,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_resume_value(args.resume)
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args)
     from masklab.cli.common import prepare_work_dir, resolve_for_cli
@@ -42,25 +52,63 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(rc.runtime.device)
     info = init_distributed(device=device) if "LOCAL_RANK" in os.environ else None
     work_dir = prepare_work_dir(rc, args.work_dir)
+    created = _outermost_missing(work_dir)  # what this run will create, None if the folder exists
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
+    resuming = bool(args.resume or rc.train.resume)
     try:
         if is_main_process():
             trainer.log(trainer.lr_message) if trainer.lr_message else None
-        if args.resume or rc.train.resume:
+        if resuming:
             source = None if args.resume in (None, "latest") else args.resume
-            used = trainer.resume(source)
+            used = trainer.resume(source)  # before anything is written: a bad checkpoint leaves no folder
             if used is None:
                 raise CheckpointError(f"{work_dir / 'checkpoints'}: no checkpoint to resume from")
         if is_main_process():
             rc.config.dump(work_dir / "config.yaml")
         trainer.train()
+    except MasklabError:
+        if main_process and created is not None and not resuming:
+            _remove_unfinished(created, work_dir)
+        raise
     finally:
         if info is not None and info.is_distributed:
             teardown(trainer.release_model())
     if main_process:
         print(f"done: {trainer.iter} iterations; checkpoints in {work_dir / 'checkpoints'}")
     return 0
+
+
+def _check_resume_value(value: str | None) -> None:
+    """``--resume`` takes an optional value, so ``--resume key=value`` would read the override as
+    the checkpoint path: refuse that (a file whose name holds '=' is still a checkpoint)."""
+    if value is None or "=" not in value or Path(value).is_file():
+        return
+    raise ConfigError(
+        f"--resume {value}: --resume takes a checkpoint path, and this is a key=value override, not a "
+        "file; put overrides before --resume, write --resume=CKPT, or end the command with a bare "
+        "--resume to continue from the work dir's latest checkpoint"
+    )
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself or a parent), or None."""
+    if path.exists():
+        return None
+    top = path.absolute()
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _remove_unfinished(created: Path, work_dir: Path) -> None:
+    """Remove the folders a failed run created, unless it already wrote a checkpoint."""
+    from masklab.engine.checkpoint import CHECKPOINT_DIR
+
+    checkpoints = work_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return
+    shutil.rmtree(created, ignore_errors=True)
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:

@@ -9,59 +9,24 @@ Loading always uses ``torch.load(weights_only=True)``: a checkpoint cannot run c
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from masklab.atomic_files import atomic_path, atomic_write
 from masklab.engine.distributed import unwrap
 from masklab.errors import CheckpointError
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_NAME = "latest"
 PAYLOAD_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "iteration", "rng", "config", "meta")
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Persist the rename itself; not every platform lets a directory be opened.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it onto ``path``.
-
-    On any failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
@@ -105,13 +70,27 @@ def find_latest(work_dir: str | Path) -> Path | None:
     return target
 
 
+def follow_latest(path: Path) -> Path:
+    """``path`` itself, or for a run's ``checkpoints/latest`` pointer (a one-line text file) the
+    checkpoint it names, so ``masklab evaluate CFG work_dir/checkpoints/latest`` works."""
+    if path.name != LATEST_NAME or path.suffix or not path.is_file() or path.stat().st_size > 4096:
+        return path
+    target = find_latest(path.parent.parent) if path.parent.name == CHECKPOINT_DIR else None
+    if target is None:
+        name = path.read_text().strip()
+        target = path.parent / name
+        if not name or not target.is_file():
+            raise CheckpointError(f"{path}: points at {name!r}, which does not exist in {path.parent}")
+    return target
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``).
 
     Raises:
         CheckpointError: the file is missing, torn, holds arbitrary objects, or is not a dict.
     """
-    path = Path(path)
+    path = follow_latest(Path(path))
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
@@ -119,9 +98,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     except pickle.UnpicklingError as exc:
         # torch's message is a paragraph; keep only the part naming the refused global.
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        first = f"unsupported global {found.group(1)}" if found else type(exc).__name__
+        if found is None:  # not a pickle of ours at all (a text or JSON file named .pth)
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch file)") from exc
         raise CheckpointError(
-            f"{path}: refused to load, it holds objects beyond tensors and plain data ({first})"
+            f"{path}: refused to load, it holds objects beyond tensors and plain data "
+            f"(unsupported global {found.group(1)})"
         ) from exc
     except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError, IndexError) as exc:
         # KeyError/IndexError: the safe unpickler reading bytes that are not a pickle (a text file).
@@ -216,22 +197,42 @@ def load_model_weights(
     """
     state, name, from_ema = _read_state_dict(source)
     target = unwrap(model)
-    own = target.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing, unexpected = check_weights_fit(target, state, name, strict=strict)
+    report = LoadReport(missing=missing, unexpected=unexpected, ema=from_ema)
+    target.load_state_dict(state, strict=False)
+    return report
+
+
+def check_weights_fit(
+    model: nn.Module, state: Mapping[str, Any], name: str, strict: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Check a state dict against the (possibly wrapped) model before loading it.
+
+    Returns:
+        ``(missing, unexpected)`` keys.
+
+    Raises:
+        CheckpointError: ``{name}: weights do not fit this model (...)`` when shapes disagree, or
+            when ``strict`` (resume) and keys are missing or unexpected.
+    """
+    own = unwrap(model).state_dict()
+
+    def shape(value: Any) -> tuple[int, ...]:
+        return tuple(getattr(value, "shape", ()))
+
+    mismatched = [k for k, v in state.items() if k in own and shape(own[k]) != shape(v)]
     if mismatched:
-        shown = ", ".join(
-            f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:3]
-        )
+        shown = ", ".join(f"{k} {shape(state[k])} vs model {shape(own[k])}" for k in mismatched[:3])
         raise CheckpointError(
             f"{name}: weights do not fit this model ({len(mismatched)} shape mismatches: {shown})"
         )
     missing = tuple(k for k in own if k not in state)
     unexpected = tuple(k for k in state if k not in own)
-    report = LoadReport(missing=missing, unexpected=unexpected, ema=from_ema)
     if strict and (missing or unexpected):
-        raise CheckpointError(f"{name}: strict load failed; {report.message()}")
-    target.load_state_dict(state, strict=False)
-    return report
+        report = LoadReport(missing=missing, unexpected=unexpected)
+        details = report.message().split("; ", 1)[1]
+        raise CheckpointError(f"{name}: weights do not fit this model ({details})")
+    return missing, unexpected
 
 
 def export_safetensors(model: nn.Module, path: str | Path) -> Path:
@@ -239,14 +240,7 @@ def export_safetensors(model: nn.Module, path: str | Path) -> Path:
     from safetensors.torch import save_model
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # save_model de-duplicates shared tensors, which save_file refuses.
-        save_model(unwrap(model), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_model(unwrap(model), str(tmp))
     return path

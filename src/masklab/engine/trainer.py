@@ -10,9 +10,16 @@ Typical use (no config needed)::
 Resume and the data position: pass ``train_loader`` as a factory ``start -> iterable of Batch``.
 The trainer calls it once, at the start of :meth:`train`, with the number of batches already
 consumed (``iteration * accumulate_steps``, 0 for a fresh run); the factory must build an
-``InfiniteSampler(..., start_iter=start)`` loader whose order depends only on seed and position.
-That is what makes a resumed run equal the uninterrupted one. A plain iterable is accepted too,
-but then a resumed run restarts the data stream from its beginning.
+``InfiniteSampler(..., start_iter=start)`` loader whose order depends only on seed and position,
+and whose samples do too: ``build_dataloader(infinite=True)`` seeds each sample's random
+transforms from ``(seed, global position of the sample)``, never from a worker's running RNG, so
+the batch at a position is the same with any ``num_workers`` and whether the loader was created at
+iteration 0 or at a resume point. That is what makes a resumed run equal the uninterrupted one
+(the main process's RNGs, which dropout and the like draw from, travel in the checkpoint's
+``rng``). A plain iterable is accepted too, but then a resumed run restarts the data stream from
+its beginning.
+
+The work dir is created when :meth:`train` starts, so a failed :meth:`resume` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from masklab.engine.checkpoint import find_latest, load_checkpoint
+from masklab.engine.checkpoint import check_weights_fit, find_latest, load_checkpoint
 from masklab.engine.distributed import (
     get_info,
     is_initialized,
@@ -83,7 +90,7 @@ class Trainer:
         max_iters: optimiser steps in the whole run.
         scheduler: per-iteration LR scheduler (stepped after every iteration), or None.
         hooks: hooks, run in ascending ``priority``.
-        work_dir: run folder (checkpoints, logs); created on rank 0.
+        work_dir: run folder (checkpoints, logs); created on rank 0 when :meth:`train` starts.
         precision: ``fp32``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a GradScaler).
         channels_last: feed the model NHWC images (pair it with a model moved to
             ``torch.channels_last``, as the config builder does for ``runtime.channels_last``).
@@ -150,8 +157,6 @@ class Trainer:
         self.should_stop = False
         self.nonfinite_tolerated = False
         self.dist = get_info()
-        if is_main_process():
-            self.work_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ helpers
     def find_hook(self, cls: type[Hook]) -> Hook | None:
@@ -181,6 +186,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> None:
         """Run from ``self.iter`` to ``max_iters`` (or until a hook sets ``should_stop``)."""
+        if is_main_process():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
         batches = self._batches()
         self.model.train()
         self.call_hooks("before_run")
@@ -344,11 +351,20 @@ class Trainer:
         path = Path(path)
         # CPU first: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state.
         payload = load_checkpoint(path, map_location="cpu")
+        if isinstance(payload.get("model"), dict):
+            # A checkpoint of another model is one line naming the keys, not torch's paragraph.
+            check_weights_fit(self.model, payload["model"], str(path), strict=True)
         missing = [k for k in ("model", "optimizer", "iteration", "rng") if k not in payload]
         if missing:
             raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)}")
         load_model_state_dict(self.model, payload["model"])
-        load_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"])
+        try:
+            load_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"])
+        except (ValueError, KeyError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: optimizer state does not fit this run's optimizer ({type(exc).__name__}: {exc}); "
+                "resume with the optimizer and paramwise settings the checkpoint was trained with"
+            ) from exc
         changed = self._layout_change(payload)
         if self.scheduler is not None and payload.get("scheduler") is not None:
             fresh = list(getattr(self.scheduler, "base_lrs", []))

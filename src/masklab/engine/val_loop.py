@@ -60,6 +60,9 @@ class ValLoop:
         """Evaluate once; the model is left in eval mode (the trainer switches it back)."""
         self.model.eval()
         self.evaluator.reset()
+        how = getattr(unwrap(self.model), "test_description", None)
+        if isinstance(how, str) and hasattr(self.evaluator, "test_description"):
+            self.evaluator.test_description = how  # the report says how predictions were made
         total = len(self.loader) if hasattr(self.loader, "__len__") else None  # type: ignore[arg-type]
         bar = make_progress(progress, console or Console(highlight=False))
         with full_parameters(self.model) as model, bar if bar is not None else contextlib.nullcontext():

@@ -27,7 +27,10 @@ class SegmentationGraph(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not hasattr(model, "encode_decode"):
-            raise ModelError(f"export: {type(model).__name__} is not a semantic segmentor (no encode_decode)")
+            raise ModelError(
+                f"export onnx: {type(model).__name__} is not supported (ONNX export covers the semantic "
+                "segmentors); export its weights with `masklab export safetensors`"
+            )
         self.model = model
         pre = getattr(model, "data_preprocessor", None)
         mean = getattr(pre, "mean", None)

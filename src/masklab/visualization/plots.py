@@ -59,27 +59,37 @@ def read_log(path: str | Path) -> list[dict[str, object]]:
     return [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))]
 
 
-def extract_series(records: Sequence[dict[str, object]], keys: Sequence[str]) -> list[Series]:
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def extract_series(
+    records: Sequence[dict[str, object]], keys: Sequence[str], source: str = "log"
+) -> list[Series]:
     """One :class:`Series` per (key, mode) that has at least one finite numeric value.
 
     Raises:
-        DataError: a requested key appears in no record (the message lists the keys that do).
+        DataError: a requested key has no finite value in any record (the message says whether it
+            is logged with only NaN / null values, or lists the keys that have values); ``source``
+            (the log file) starts the message.
     """
     out: list[Series] = []
     for key in keys:
         by_mode: dict[str, Series] = {}
         for rec in records:
             value = rec.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _finite(value):
                 mode = str(rec.get("mode", "train"))
                 s = by_mode.setdefault(mode, Series(key, mode))
                 s.iterations.append(int(rec["iteration"]))  # type: ignore[call-overload]
                 s.values.append(float(value))
         if not by_mode:
-            known = sorted(
-                {k for r in records for k, v in r.items() if isinstance(v, (int, float))} - {"iteration"}
-            )
-            raise DataError(f"log: no values for key {key!r}; logged keys: {', '.join(known) or 'none'}")
+            if any(key in r for r in records):
+                raise DataError(
+                    f"{source}: key {key!r} is logged but never with a finite value (NaN or null)"
+                )
+            known = sorted({k for r in records for k, v in r.items() if _finite(v)} - {"iteration"})
+            raise DataError(f"{source}: no values for key {key!r}; logged keys: {', '.join(known) or 'none'}")
         out.extend(by_mode.values())
     return out
 

@@ -152,6 +152,25 @@ def test_checkpoint_rotation_and_final_save(tmp_path: Path) -> None:
     assert load_checkpoint(find_latest(tmp_path))["iteration"] == 7  # type: ignore[arg-type]
 
 
+def test_rotation_never_deletes_this_runs_checkpoints_for_an_earlier_longer_runs(tmp_path: Path) -> None:
+    """A fresh 3-iteration run in a work dir holding iter 4-6 of an earlier run: pruning by number
+    deleted the new checkpoints and left ``latest`` pointing at a missing file."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for n in (4, 5, 6):
+        (folder / f"iter_{n:07d}.pth").write_bytes(b"earlier run")
+    model = ToyModel()
+    hook = CheckpointHook(interval=1, max_keep=2)
+    Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), toy_loader(), 3, hooks=[hook], work_dir=tmp_path,
+        progress=False,
+    ).train()  # fmt: skip
+    names = sorted(p.name for p in folder.glob("iter_*.pth"))
+    assert names == [f"iter_{n:07d}.pth" for n in (2, 3, 4, 5, 6)]  # own newest 2 kept, the others untouched
+    latest = find_latest(tmp_path)
+    assert latest == folder / "iter_0000003.pth" and latest.is_file()
+
+
 def test_hooks_run_in_priority_order_and_are_registered(tmp_path: Path) -> None:
     hooks = [LoggerHook(), CheckpointHook(), EvalHook(), EMAHook(), NonFiniteLossHook(), TimerHook()]
     model = ToyModel()

@@ -50,3 +50,27 @@ def test_mask_piloting_from_config_keeps_types_and_checks_keys() -> None:
     typo = {**NODE["decoder"], "mask_piloting": {"group": 2}}
     with pytest.raises(ConfigError, match="model.decoder.mask_piloting.group: unknown key"):
         build_node({**NODE, "decoder": typo}, path="model")
+
+
+def test_null_attributes_over_a_zoo_base_are_derived_from_the_data(tmp_path) -> None:
+    from pathlib import Path
+
+    from masklab.config.assemble import build_model
+    from masklab.data.meta import AttributeMeta, DatasetMeta
+
+    zoo = (
+        Path(__file__).resolve().parents[3]
+        / "configs/mask2former/mask2former_r18_1xb8-1000i_synthetic-128x128.yaml"
+    )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"_base_: {zoo}\nmodel:\n  attributes: null\n")
+    meta = DatasetMeta(("a", "b"), attributes=(AttributeMeta("shade", ("light", "dark")),))
+    model = build_model(cfg, meta)
+    assert [(s.name, s.num_values, s.value_names) for s in model.attributes] == [
+        ("shade", 2, ("light", "dark"))
+    ]
+    assert model.decoder.heads.attribute_embed["shade"].out_features == 3  # + the no-object slot
+    # Declared attributes are still checked against the data.
+    cfg.write_text(f"_base_: {zoo}\n")
+    with pytest.raises(ConfigError, match=r"model.attributes: config declares \[color:4, pattern:3\]"):
+        build_model(cfg, meta)

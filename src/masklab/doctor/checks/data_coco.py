@@ -168,12 +168,19 @@ def _scan_mask(ann: dict[str, Any], image: dict[str, Any], here: str, found: dic
                 f"{here}: segmentation.counts is {type(counts).__name__}; expected str or list"
             )
             return
-        try:  # area() accepts a corrupt string; decode() is what the dataset calls, and checks it
+        if isinstance(counts, str):
+            # pycocotools' decode() can crash the process on a corrupt string (invalid free): the
+            # loader's pure-NumPy check reads it first, as the dataset does.
+            from masklab.data.coco.rle_check import check_rle_strings
+
+            problems, areas = check_rle_strings([counts], [(H, W)])
+            if problems[0] is not None:
+                shown = repr(counts) if len(repr(counts)) <= 26 else repr(counts)[:24] + "..."
+                found["rle"].append(f"{here}: segmentation.counts {shown} does not decode ({problems[0]})")
+                return
+            area = float(areas[0])
+        else:
             area = float(mask_utils.decode(segmentation_to_rle(segm, H, W)).sum())
-        except (ValueError, TypeError, UnicodeError) as exc:
-            shown = repr(counts) if len(repr(counts)) <= 26 else repr(counts)[:24] + "..."
-            found["rle"].append(f"{here}: segmentation.counts {shown} does not decode ({exc})")
-            return
         what = "segmentation RLE has zero area (all zeros)"
     else:
         return

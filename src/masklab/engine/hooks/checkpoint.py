@@ -59,10 +59,18 @@ class CheckpointHook(Hook):
         return path
 
     def _prune(self, trainer: Trainer) -> None:
+        """Keep the newest ``max_keep`` checkpoints up to the current iteration.
+
+        Checkpoints numbered beyond it belong to an earlier, longer run in the same work dir (this
+        one started from scratch): they are left alone, and never count as "newer" than the one
+        just written (which would delete it and leave ``latest`` pointing at nothing).
+        """
         if self.max_keep is None:
             return
         found = sorted(
-            (int(m.group(1)), p) for p in self.folder(trainer).iterdir() if (m := _NAME.match(p.name))
+            (n, p)
+            for p in self.folder(trainer).iterdir()
+            if (m := _NAME.match(p.name)) and (n := int(m.group(1))) <= trainer.iter
         )
         for _, old in found[: -self.max_keep]:
             old.unlink(missing_ok=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Literal
 
+from masklab import strict_json
 from masklab.config.registries import HOOKS
 from masklab.engine.checkpoint import atomic_write
 from masklab.engine.distributed import is_main_process
@@ -70,7 +70,7 @@ class EvalHook(Hook):
         if self._is_better(metrics[key]):
             self.best = {"iteration": trainer.iter, "key": key, "metrics": dict(metrics)}
         if is_main_process():
-            text = json.dumps({"latest": self.latest, "best": self.best}, indent=2)
+            text = strict_json.dumps({"latest": self.latest, "best": self.best}, indent=2)
             atomic_write(trainer.work_dir / "metrics.json", lambda f: f.write(text.encode()))
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from masklab import strict_json
 from masklab.config.registries import HOOKS
 from masklab.engine.distributed import all_reduce_dict, is_main_process
 from masklab.engine.hooks.base import Hook
@@ -49,7 +49,7 @@ class LoggerHook(Hook):
     def _append(self, trainer: Trainer, record: dict[str, Any]) -> None:
         path: Path = trainer.work_dir / "log.jsonl"
         with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json.dumps(record) + "\n")
 
     def after_train_iter(self, trainer: Trainer) -> None:
         state = trainer.state

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch.distributed as dist
 
 from masklab.config.registries import EVALUATORS
@@ -127,8 +126,3 @@ class CocoEvaluator:
         return format_coco_report(
             self.results, names, self.attribute_results, self.metrics, self.metric_description
         )
-
-
-def nan_to_none(metrics: dict[str, float]) -> dict[str, float | None]:
-    """JSON-safe metrics (NaN -> null)."""
-    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}
