@@ -233,6 +233,26 @@ def test_semantic_checkpoint_with_a_mal_config_names_both_tasks(
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_evaluate_and_resume_with_a_mal_checkpoint_and_a_semantic_config_name_both_tasks(
+    command: str, tiny_synth: Path, mal_ckpt_with_config: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Said "weights do not fit (missing 37 ...)" (evaluate) or loaded and failed later (resume)."""
+    from .conftest import DEMO_CONFIG
+
+    common = [f"dataset.root={tiny_synth}", "--no-progress"]
+    if command == "evaluate":
+        args = ["evaluate", str(DEMO_CONFIG), str(mal_ckpt_with_config), *common]
+    else:
+        args = ["train", str(DEMO_CONFIG), *common, "--work-dir", str(tmp_path / "w"),
+                "--resume", str(mal_ckpt_with_config)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'task: mal' checkpoint" in err and "'task: semantic' config" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
 def test_swapped_image_size_is_named_before_the_box(
     tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -288,3 +288,21 @@ def test_instance_batches_pin_and_move_without_blocking_on_cuda() -> None:
     assert torch.equal(moved.instances[0].masks.cpu(), masks) and torch.equal(
         moved.images.cpu(), batch.images
     )
+
+
+def test_log_lines_are_never_wrapped_into_several(tmp_path: Path) -> None:
+    """A console that is not a terminal is 80 columns wide; rich wrapped long loss lines there, so a
+    redirected log (and a one-line message) came out as several lines."""
+    import io
+
+    from rich.console import Console
+
+    model = ToyModel()
+    out = io.StringIO()
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), toy_loader(), 1, work_dir=tmp_path,
+        console=Console(file=out, width=80, highlight=False),
+    )  # fmt: skip
+    message = "iter 10/100  " + "  ".join(f"loss_part_{i} 0.{i:04d}" for i in range(20))
+    trainer.log(message)
+    assert out.getvalue() == message + "\n"

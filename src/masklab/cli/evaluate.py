@@ -62,7 +62,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         place_model,
         resolve_device,
     )
-    from masklab.engine.checkpoint import load_model_weights
+    from masklab.engine.checkpoint import check_checkpoint_task, load_model_weights
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
     from masklab.errors import CheckpointError
@@ -71,6 +71,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
     rc = resolve_for_cli(args.config, args.overrides)
+    check_checkpoint_task(ckpt, rc.task, args.config)  # a MAL checkpoint with a semantic config, ...
     device = resolve_device(rc.runtime.device)
     if "LOCAL_RANK" in os.environ:
         init_distributed(device=device)

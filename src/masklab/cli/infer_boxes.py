@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from masklab.engine.checkpoint import check_checkpoint_task, stored_task
 from masklab.errors import ConfigError, DataError
 
 # (flag, placeholder, key of the spec's inference section) of what labeling needs.
@@ -120,46 +121,6 @@ def config_task(config: str, overrides: Sequence[str]) -> str | None:
     if not Path(config).is_file():
         return None
     return str(load_config(config, list(overrides)).get("task", "semantic"))
-
-
-def stored_task(checkpoint: str | Path) -> str | None:
-    """The ``task`` of the config a training checkpoint stores (payload key ``config``), or None.
-
-    Memory-mapped, so the weights are not read. None for a safetensors file, a plain state dict,
-    or a file that cannot be read: the loader that follows reports those.
-    """
-    import torch
-
-    path = Path(checkpoint)
-    if path.suffix == ".safetensors" or not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - only a hint; the real load raises its own one-line error
-        return None
-    config = payload.get("config") if isinstance(payload, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    return task if isinstance(task, str) else None
-
-
-def check_checkpoint_task(checkpoint: str | Path, task: str, config: str) -> None:
-    """One line naming both tasks when ``checkpoint`` was trained with a config of another task."""
-    stored = stored_task(checkpoint)
-    if stored is None or stored == task:
-        return
-    if stored == "mal":
-        hint = (
-            f"a MAL checkpoint labels boxes: masklab infer MAL_CFG {checkpoint} --boxes BOXES.json "
-            "--images DIR --out LABELS.json"
-        )
-    else:
-        hint = (
-            f"use a checkpoint trained with a 'task: {task}' config, or infer with a 'task: {stored}' config"
-        )
-    raise ConfigError(
-        f"{checkpoint}: a 'task: {stored}' checkpoint (its stored config), but {config} is a "
-        f"'task: {task}' config; {hint}"
-    )
 
 
 def is_labeling_call(args: argparse.Namespace) -> bool:

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return _launch_torchrun(args)
     from masklab.cli.common import prepare_work_dir, resolve_for_cli
     from masklab.config.assemble import build_trainer, resolve_device
+    from masklab.engine.checkpoint import check_checkpoint_task
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.errors import CheckpointError
 
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             trainer.log(trainer.lr_message) if trainer.lr_message else None
         if resuming:
             source = None if args.resume in (None, "latest") else args.resume
+            if source is not None:
+                check_checkpoint_task(source, rc.task, args.config)
             used = trainer.resume(source)  # before anything is written: a bad checkpoint leaves no folder
             if used is None:
                 raise CheckpointError(f"{work_dir / 'checkpoints'}: no checkpoint to resume from")

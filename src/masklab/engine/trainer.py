@@ -171,7 +171,9 @@ class Trainer:
     def log(self, message: str) -> None:
         """Print one console line on rank 0 (through the progress bar when one is live)."""
         if is_main_process():
-            self.console.print(message, markup=False, highlight=False)
+            self.console.print(
+                message, markup=False, highlight=False, soft_wrap=True
+            )  # one line, also in a log file
 
     def current_lr(self) -> float:
         """LR of the first param group."""
