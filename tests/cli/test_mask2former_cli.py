@@ -114,3 +114,15 @@ def test_train_evaluate_infer(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     }
     assert set(dets[0]["attributes"]) == {"color", "pattern"}
     assert len(list((infer_dir / "vis").glob("*.png"))) == 2
+    # --image-ids: results carry the ground truth's ids, so `evaluate coco` scores them as evaluate did
+    gt = data / "annotations" / "val.json"
+    ided = tmp_path / "infer_ids"
+    assert main(["infer", CONFIG, str(ckpt), *common, "--input", str(data / "images" / "val"),
+                 "--out", str(ided), "--image-ids", str(gt)]) == 0  # fmt: skip
+    by_name = {im["file_name"].split("/")[-1]: im["id"] for im in json.loads(gt.read_text())["images"]}
+    ided_dets = json.loads((ided / "pred" / "instances.json").read_text())
+    assert ided_dets and all(d["image_id"] == by_name[d["file_name"]] for d in ided_dets)
+    scored = tmp_path / "coco.json"
+    assert main(["evaluate", "coco", "--gt", str(gt), "--pred", str(ided / "pred" / "instances.json"),
+                 "--max-dets", "1", "10", "20", "--out", str(scored)]) == 0  # fmt: skip
+    assert json.loads(scored.read_text())["AP"] == pytest.approx(metrics["metrics"]["segm/AP"], abs=1e-9)

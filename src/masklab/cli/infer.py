@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--opacity", type=float, default=None, help="overlay opacity in [0, 1] (default inference.opacity)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument(
+        "--image-ids",
+        help="instance models: a COCO file whose images give each result's image_id (matched by file name)",
+    )
     parser.add_argument("--boxes", help="MAL: COCO JSON with the boxes to label")
     parser.add_argument("--images", help="MAL: folder of the images the boxes refer to")
     parser.add_argument("--vis", action="store_true", help="MAL: also write overlays of the pseudo-masks")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         init_distributed(device=resolve_device(args.device or rc.runtime.device))
     try:
         inferencer = Inferencer(rc, args.checkpoint, device=args.device)
-        preds = inferencer(args.input, out_dir=out, opacity=args.opacity)
+        preds = inferencer(args.input, out_dir=out, opacity=args.opacity, image_ids=args.image_ids)
         if is_main_process():
             ranks = get_info().world_size
             shared = f" (shared by {ranks} processes)" if ranks > 1 else ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,12 +212,16 @@ class Inferencer:
         out_dir: str | Path | None = None,
         opacity: float | None = None,
         batch_size: int | None = None,
+        image_ids: str | Path | None = None,
     ) -> list[Prediction]:
         """Predict, and write ``pred/`` and ``vis/`` under ``out_dir`` (rank 0 only).
 
         ``out_dir``, ``opacity`` and ``batch_size`` default to ``inference.out_dir`` (None: write
         nothing), ``inference.opacity`` and ``inference.batch_size``. Inputs whose outputs would
-        overwrite each other are refused before anything runs.
+        overwrite each other are refused before anything runs. ``image_ids``: a COCO file whose
+        ``images`` give the ``image_id`` of each input's entries in ``instances.json`` (matched by
+        file name, :mod:`masklab.inference.image_ids`), so the results evaluate against it; an input
+        it does not list is refused before anything runs.
         """
         from masklab.engine.distributed import is_main_process
 
@@ -226,9 +230,17 @@ class Inferencer:
         items = collect_inputs(inputs)
         if out is not None:
             check_unique_names(items)
+        ids = None
+        if image_ids is not None:
+            from masklab.inference.image_ids import coco_image_ids, lookup_image_ids
+
+            found = lookup_image_ids(
+                [item.relative for item in items], coco_image_ids(image_ids), str(image_ids)
+            )
+            ids = dict(zip((item.relative for item in items), found, strict=True))
         results = self._predict(items, batch_size)
         if out is not None and is_main_process():
-            self.write(results, Path(out), alpha)
+            self.write(results, Path(out), alpha, ids)
         return [pred for _, pred in results]
 
     def _opacity(self, opacity: float | None) -> float:
@@ -237,13 +249,20 @@ class Inferencer:
         key = "inference.opacity"
         return check_opacity(self.settings.opacity, f"{self.cfg.config.source(key)}: {key}")
 
-    def write(self, results: list[tuple[InferenceInput, Prediction]], out_dir: Path, opacity: float) -> None:
+    def write(
+        self,
+        results: list[tuple[InferenceInput, Prediction]],
+        out_dir: Path,
+        opacity: float,
+        image_ids: Mapping[str, int] | None = None,
+    ) -> None:
         """``pred/<name>.png`` label maps (instance models: one ``pred/instances.json``) and
         ``vis/<name>.png`` overlays, ``<name>`` being each input's output name (subfolders mirrored).
 
         ``instances.json`` is a COCO results list; each entry's ``image_id`` is its input's index
-        (in input order, folders sorted) and ``file_name`` the input's path relative to its folder
-        (``array_0003`` for arrays), so every result traces back to its file.
+        (in input order, folders sorted) or, with ``image_ids`` (relative path -> id), the COCO id,
+        and ``file_name`` the input's path relative to its folder (``array_0003`` for arrays), so
+        every result traces back to its file.
         """
         from masklab.inference.writers import write_label_png, write_rgb_png
         from masklab.visualization.overlay import overlay_instances, overlay_semantic
@@ -268,9 +287,14 @@ class Inferencer:
                 )
             write_rgb_png(out_dir / "vis" / f"{item.name}.png", vis)
         if results and isinstance(results[0][1], InstancePrediction):
-            self._write_instances(results, out_dir / "pred" / "instances.json")
+            self._write_instances(results, out_dir / "pred" / "instances.json", image_ids)
 
-    def _write_instances(self, results: list[tuple[InferenceInput, Prediction]], path: Path) -> None:
+    def _write_instances(
+        self,
+        results: list[tuple[InferenceInput, Prediction]],
+        path: Path,
+        image_ids: Mapping[str, int] | None = None,
+    ) -> None:
         import json
 
         from masklab.atomic_files import atomic_write
@@ -280,6 +304,7 @@ class Inferencer:
         names = [a.name for a in self.meta.attributes]
         entries = [
             {**det.to_json(), "file_name": item.relative}
+            | ({"image_id": image_ids[item.relative]} if image_ids is not None else {})
             for item, pred in results
             if isinstance(pred, InstancePrediction)
             for det in detections_from_prediction(pred, ids, names)
