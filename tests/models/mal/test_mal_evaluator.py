@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from masklab.data.coco import parse_coco
 from masklab.data.coco.rle import ann_to_mask
 from masklab.models.mal.evaluator import MalEvaluator
 from masklab.structures import InstancePrediction
 from masklab.structures.sample import SampleMeta
+from tests.two_ranks import metrics_per_rank, same_metrics
 
 WORLD = 2
 SIZE = 48
@@ -68,25 +65,11 @@ def _metrics(rank: int, world: int) -> dict[str, float]:
     return ev.compute()
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(_metrics(rank, WORLD)))
-    finally:
-        dist.destroy_process_group()
-
-
-def _same(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_mask_iou_equals_single_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    ranks = metrics_per_rank(_metrics, tmp_path, WORLD)
     single = _metrics(0, 1)
     assert single["count"] == 9 and single["missing"] == 0 and 0 < single["mask_iou"] < 1
     # Every rank reports the whole set: no box of the other rank counted as missing.
-    assert _same(ranks[0], single) and _same(ranks[1], single)
+    assert same_metrics(ranks[0], single) and same_metrics(ranks[1], single)
