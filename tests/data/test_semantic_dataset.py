@@ -116,7 +116,7 @@ def test_palette_length_names_the_argument(tmp_path: Path) -> None:
     _write(tmp_path, "a", np.array([[0, 1]]))
     with pytest.raises(
         DataError,
-        match=r"^FolderSegDataset\.palette: 1 colours for 3 classes; expected one \[R, G, B\] per class$",
+        match=r"^FolderSegDataset\.palette: 1 colours for 3 classes; expected one RGB triple of ints 0-255 per class \(3 classes\)$",
     ):
         FolderSegDataset(
             tmp_path / "img",

@@ -105,7 +105,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         print(f"confusion matrix written to {png} and {csv_path}")
     out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.metrics.json")
     from masklab import strict_json
-    from masklab.engine.checkpoint import atomic_write
+    from masklab.atomic_files import atomic_write
 
     text = strict_json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
     atomic_write(out, lambda f: f.write(text.encode()))

@@ -171,8 +171,8 @@ def _origin(args: argparse.Namespace, flag: str, key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The labeling command: ``infer --boxes``, or a MAL spec's ``inference`` section."""
+    from masklab.atomic_files import atomic_write
     from masklab.cli.common import resolve_for_cli
-    from masklab.engine.checkpoint import atomic_write
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would label every box and write the file
         raise ConfigError(

@@ -6,9 +6,13 @@ attribute heads), the evaluators (class names) and the writers (palette).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from masklab.errors import DataError
+import numpy as np
+
+from masklab.errors import ConfigError, DataError, MasklabError
 
 
 @dataclass(frozen=True)
@@ -157,3 +161,31 @@ class DatasetMeta:
             )
         except DataError as exc:  # name the file the inconsistent metadata came from
             raise DataError(f"{where}: {str(exc).removeprefix('dataset meta: ')}") from None
+
+
+def check_palette(
+    palette: Any, num_classes: int, name: str = "palette", error: type[MasklabError] = ConfigError
+) -> tuple[tuple[int, int, int], ...]:
+    """``palette`` as one RGB triple of ints 0-255 per class, or ``error`` naming ``name`` (the
+    Inferencer's argument, a dataset's ``<Dataset>.palette``): the one palette check."""
+    expected = f"expected one RGB triple of ints 0-255 per class ({num_classes} classes)"
+    if isinstance(palette, (str, bytes)) or not isinstance(palette, (Sequence, np.ndarray)):
+        raise error(f"{name}: {short_repr(palette)}; {expected}")
+    if len(palette) != num_classes:
+        raise error(f"{name}: {len(palette)} colours for {num_classes} classes; {expected}")
+    out = []
+    for i, colour in enumerate(palette):
+        values = list(colour) if isinstance(colour, (Sequence, np.ndarray)) else [colour]
+        ok = len(values) == 3 and all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in values
+        )
+        if not ok:
+            raise error(f"{name}[{i}]: {short_repr(colour)}; {expected}")
+        out.append((int(values[0]), int(values[1]), int(values[2])))
+    return tuple(out)
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters for an error line (arrays shown as lists)."""
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

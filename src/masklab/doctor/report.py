@@ -76,7 +76,7 @@ def write_markdown(
     path: Path, findings: Sequence[Finding], config: str, pictures: Sequence[Path] = ()
 ) -> Path:
     """Write ``doctor.md`` atomically; returns its path."""
-    from masklab.engine.checkpoint import atomic_write
+    from masklab.atomic_files import atomic_write
 
     text = markdown(findings, config, pictures)
     atomic_write(path, lambda f: f.write(text.encode()))

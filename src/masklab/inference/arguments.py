@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from masklab.data.meta import DatasetMeta
+from masklab.data.meta import DatasetMeta, check_palette, short_repr
 from masklab.errors import ConfigError
 
 
@@ -33,27 +33,8 @@ def check_classes(classes: Any) -> tuple[str, ...]:
         or len(classes) == 0
         or not all(isinstance(c, str) for c in classes)
     ):
-        raise ConfigError(f"classes: {_short(classes)}; expected a list of class names (strings)")
+        raise ConfigError(f"classes: {short_repr(classes)}; expected a list of class names (strings)")
     return tuple(classes)
-
-
-def check_palette(palette: Any, num_classes: int) -> tuple[tuple[int, int, int], ...]:
-    """One RGB triple of ints 0-255 per class."""
-    expected = f"expected one RGB triple of ints 0-255 per class ({num_classes} classes)"
-    if isinstance(palette, (str, bytes)) or not isinstance(palette, (Sequence, np.ndarray)):
-        raise ConfigError(f"palette: {_short(palette)}; {expected}")
-    if len(palette) != num_classes:
-        raise ConfigError(f"palette: {len(palette)} colours for {num_classes} classes; {expected}")
-    out = []
-    for i, colour in enumerate(palette):
-        values = list(colour) if isinstance(colour, (Sequence, np.ndarray)) else [colour]
-        ok = len(values) == 3 and all(
-            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255 for c in values
-        )
-        if not ok:
-            raise ConfigError(f"palette[{i}]: {_short(colour)}; {expected}")
-        out.append((int(values[0]), int(values[1]), int(values[2])))
-    return tuple(out)
 
 
 def custom_meta(
@@ -78,8 +59,3 @@ def custom_meta(
         # Source category ids belong to the classes they came with; another count has none.
         category_ids=meta.category_ids if same_count else None,
     )
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

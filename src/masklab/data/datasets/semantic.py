@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from masklab.config.registries import DATASETS
 from masklab.data.io import read_image, read_label
-from masklab.data.meta import DatasetMeta
+from masklab.data.meta import DatasetMeta, check_palette
 from masklab.errors import DataError
 from masklab.structures import Sample, SampleMeta
 
@@ -46,10 +46,8 @@ def label_lut(
 
 
 def _check_palette(name: str, palette: Sequence[Sequence[int]] | None, num_classes: int) -> None:
-    if palette is not None and len(palette) != num_classes:
-        raise DataError(
-            f"{name}.palette: {len(palette)} colours for {num_classes} classes; expected one [R, G, B] per class"
-        )
+    if palette is not None:
+        check_palette(palette, num_classes, f"{name}.palette", DataError)
 
 
 @DATASETS.register()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from masklab import strict_json
+from masklab.atomic_files import atomic_write
 from masklab.config.registries import HOOKS
-from masklab.engine.checkpoint import atomic_write
 from masklab.engine.distributed import is_main_process
 from masklab.engine.hooks.base import Hook
 from masklab.errors import ConfigError
