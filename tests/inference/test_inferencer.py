@@ -176,3 +176,28 @@ def test_sliding_windows_too_small_name_the_crop_setting(synth: Path) -> None:
         DataError, match=r"array input #0 \(64x64\): sliding windows of 32x32 .*inference.crop_size"
     ):
         inf(_image())
+
+
+# ---------------------------------------------------------------- which device
+def test_no_device_argument_follows_the_configs_runtime_device(
+    synth: Path, fcn_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Inferencer(...)` and `masklab infer` without a device take `runtime.device` (session 10: they
+    took "auto", so `runtime.device: cpu` ran on the GPU, and every torchrun rank asked for cuda:RANK)."""
+    import masklab.config.assemble as assemble
+    from masklab.cli.main import main
+
+    asked: list[str] = []
+    real = assemble.resolve_device
+    monkeypatch.setattr(assemble, "resolve_device", lambda d: asked.append(d) or real("cpu"))
+    overrides = [f"dataset.root={synth}", "runtime.device=cuda:3"]
+    Inferencer(TINY_FCN, fcn_ckpt, overrides=overrides)
+    assert asked == ["cuda:3"]
+    Inferencer(TINY_FCN, fcn_ckpt, device="cpu", overrides=overrides)
+    assert asked[-1] == "cpu"
+    asked.clear()
+    image = tmp_path / "a.png"
+    Image.fromarray(_image()).save(image)
+    argv = ["infer", str(TINY_FCN), str(fcn_ckpt), *overrides, "--input", str(image), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert asked == ["cuda:3"]

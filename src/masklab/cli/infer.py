@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--opacity", type=float, default=None, help="overlay opacity in [0, 1] (default inference.opacity)"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu or cuda[:N] (default: the config's runtime.device)"
+    )
     parser.add_argument(
         "--image-ids",
         help="instance models: a COCO file whose images give each result's image_id (matched by file name)",
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if "LOCAL_RANK" in os.environ:  # under torchrun: each rank predicts its share, rank 0 writes
         init_distributed(device=resolve_device(args.device or rc.runtime.device))
     try:
-        inferencer = Inferencer(rc, args.checkpoint, device=args.device)
+        inferencer = Inferencer(rc, args.checkpoint, device=args.device or rc.runtime.device)
         preds = inferencer(args.input, out_dir=out, opacity=args.opacity, image_ids=args.image_ids)
         if is_main_process():
             ranks = get_info().world_size

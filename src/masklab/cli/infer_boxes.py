@@ -39,7 +39,7 @@ _PATHS = (
 
 
 def label_boxes(
-    rc: Any, checkpoint: str | Path, boxes: str | Path, images: str | Path, *, device: str = "auto"
+    rc: Any, checkpoint: str | Path, boxes: str | Path, images: str | Path, *, device: str | None = None
 ) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """Label every box of ``boxes``: the output COCO dict and annotation id -> (H, W) bool mask.
 
@@ -71,7 +71,7 @@ def label_boxes(
     )
     model = build_mal_model(rc)
     load_model_weights(model, ckpt, strict=True)
-    dev = resolve_device(device if device != "auto" else rc.runtime.device)
+    dev = resolve_device(device or rc.runtime.device)
     masks = label_dataset(model.to(dev), dataset, batch_size=rc.inference.batch_size)
     out_anns = []
     for ann in raw["annotations"]:

@@ -59,7 +59,8 @@ class Inferencer:
         config: a config path (or an already resolved config).
         weights: a checkpoint file; None takes ``inference.checkpoint`` (else ``evaluate.checkpoint``)
             and, when neither is set, keeps the freshly initialised weights (for smoke tests).
-        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``; None (the default) takes the config's
+            ``runtime.device``.
         overrides: dotted config overrides.
         classes: class names for the overlays, one per class the checkpoint was trained for.
         palette: overlay colours, one RGB triple of ints 0-255 per class.
@@ -76,7 +77,7 @@ class Inferencer:
         self,
         config: str | Path | ResolvedConfig,
         weights: str | Path | None = None,
-        device: str = "auto",
+        device: str | None = None,
         overrides: Sequence[str] = (),
         classes: Sequence[str] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
@@ -90,7 +91,7 @@ class Inferencer:
         payload = load_payload(weights) if weights is not None else None
         saved = find_meta(self.cfg, payload)
         self.meta = custom_meta(saved, classes, palette)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device or self.cfg.runtime.device)
         self.model: nn.Module = self._build(self.meta)
         if payload is not None:
             assert weights is not None
@@ -403,7 +404,9 @@ def _test_pipeline(cfg: ResolvedConfig) -> list[Any]:
 
 
 # ------------------------------------------------------------------ MMSeg-style function forms
-def init_model(config: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> Inferencer:
+def init_model(
+    config: str | Path, checkpoint: str | Path | None = None, device: str | None = None
+) -> Inferencer:
     """Build a ready-to-run model (wrapped in an :class:`Inferencer`)."""
     return Inferencer(config, checkpoint, device=device)
 
