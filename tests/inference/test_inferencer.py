@@ -198,6 +198,15 @@ def test_no_device_argument_follows_the_configs_runtime_device(
     asked.clear()
     image = tmp_path / "a.png"
     Image.fromarray(_image()).save(image)
-    argv = ["infer", str(TINY_FCN), str(fcn_ckpt), *overrides, "--input", str(image), "--out", str(tmp_path / "o")]
+    argv = [
+        "infer",
+        str(TINY_FCN),
+        str(fcn_ckpt),
+        *overrides,
+        "--input",
+        str(image),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 0
     assert asked == ["cuda:3"]
