@@ -55,10 +55,13 @@ def test_short_training_gives_masks_that_are_not_box_shaped() -> None:
         crf_num_iter=10,
         mask_thres=(0.5,),
     )
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     gen = torch.Generator().manual_seed(1)
     model.train()
-    for _ in range(300):
+    # lr 2e-3 / 400 steps (session 10): lr 5e-3 / 300 steps learned the shapes on seed 0 with one torch
+    # thread only; with two threads (other float rounding) it collapsed (mean IoU 0.18), and on seeds 2 / 3
+    # it stayed at box-fill. This setting passes seeds 0-2 on one and two threads.
+    for _ in range(400):
         crops = [
             make_box_crop(
                 img,
