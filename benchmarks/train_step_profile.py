@@ -5,8 +5,8 @@ Builds the trainer exactly as ``masklab train`` does (dataset, model, optimiser,
 runs ``--warmup`` steps, times ``--steps`` more (the mean, the device synchronised before and after),
 then profiles ``--profile-steps`` steps with ``torch.profiler`` and prints per-step counts of
 ``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` (host waits), ``cudaMemcpyAsync`` (host-device
-copies), ``cudaLaunchKernel`` (launches) and the summed device time of the kernels. On CPU only the
-time is printed. Data loading is inside the timed steps, as in training (``train.num_workers``).
+copies), ``cudaLaunchKernel`` (launches) and the summed device time of the kernels. On CPU the time is
+printed, and with ``--cpu-table N`` the profiler's N most expensive operators (self CPU time). Data loading is inside the timed steps, as in training (``train.num_workers``).
 
     python benchmarks/train_step_profile.py CONFIG dataset.root=D [overrides] --steps 30
 """
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--cpu-table", type=int, default=0, help="CPU: print the N costliest operators")
     args = parser.parse_args(argv)
 
     from masklab.cli.common import resolve_for_cli
@@ -82,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.device.type == "cuda" and args.profile_steps > 0:
             counts = _profile_counts(trainer, batches, args.profile_steps)
             print("  per step: " + ", ".join(f"{k} {v:.1f}" for k, v in counts.items()))
+        if trainer.device.type == "cpu" and args.cpu_table > 0:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.profile_steps):
+                    trainer.iter = trainer.run_step(batches).iteration
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.cpu_table))
     return 0
 
 

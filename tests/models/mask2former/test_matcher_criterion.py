@@ -105,6 +105,23 @@ def test_pairwise_bce_matches_elementwise_definition() -> None:
     torch.testing.assert_close(pairwise_sigmoid_bce(logits, targets), slow)
 
 
+@pytest.mark.parametrize("scale", [4.0, 60.0, 400.0])
+def test_pairwise_costs_match_their_definitions_on_wide_logits(scale: float) -> None:
+    """The costs' overflow-safe forms (|x| capped at 80 inside exp / sigmoid) equal the float64
+    definitions also for the large logits of an untrained model."""
+    from masklab.models.mask2former.matcher import pairwise_dice, pairwise_sigmoid_bce
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 300, generator=g) * scale
+    targets = (torch.rand(2, 3, 300, generator=g) > 0.5).float()
+    x, t = logits.double(), targets.double()
+    bce = (torch.nn.functional.softplus(x).unsqueeze(2) - x.unsqueeze(2) * t.unsqueeze(1)).mean(-1)
+    p = x.sigmoid()
+    dice = 1 - (2 * p @ t.transpose(1, 2) + 1) / (p.sum(-1)[..., None] + t.sum(-1)[:, None, :] + 1)
+    torch.testing.assert_close(pairwise_sigmoid_bce(logits, targets).double(), bce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pairwise_dice(logits, targets).double(), dice, rtol=1e-5, atol=1e-6)
+
+
 def test_crowd_instances_are_not_targets() -> None:
     from masklab.structures import Instances
 

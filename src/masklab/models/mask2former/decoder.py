@@ -13,6 +13,7 @@ from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.linear_relu import linear_relu
 from masklab.models.layers.position_encoding import PositionEmbeddingSine
+from masklab.models.layers.token_views import map_rows, map_tokens
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 from masklab.models.mask2former.heads import Mask2FormerHeads
 from masklab.models.mask2former.mask_piloting import MaskPiloting, MaskPilotingConfig
@@ -250,7 +251,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
         """
         with torch.no_grad():
             embed = self.heads.mask_embed(self.decoder_norm(queries))
-            return _blocked_positions(torch.bmm(embed, level_features.flatten(2)))
+            return _blocked_positions(torch.bmm(embed, map_rows(level_features)))
 
     def _predict(
         self, queries: torch.Tensor, mask_features: torch.Tensor, mask_size: tuple[int, int] | None
@@ -298,7 +299,7 @@ class Mask2FormerTransformerDecoder(nn.Module):
             h, w = int(feat.shape[-2]), int(feat.shape[-1])
             sizes.append((h, w))
             positions.append(self.position_tokens(h, w, feat.dtype, feat.device))
-            mem = self.input_proj[lvl](feat).flatten(2).transpose(1, 2)
+            mem = map_tokens(self.input_proj[lvl](feat))
             memories.append(mem + self.level_embed.weight[lvl].view(1, 1, -1))
             keys.append(memories[-1] + positions[-1])  # attention keys, shared by the level's layers
         b = mask_features.shape[0]

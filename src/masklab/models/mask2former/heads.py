@@ -9,6 +9,7 @@ from torch import nn
 
 from masklab.errors import ModelError
 from masklab.models.layers.linear_relu import linear_relu
+from masklab.models.layers.token_views import map_rows
 from masklab.models.mask2former.attribute_spec import AttributeSpec
 
 
@@ -91,6 +92,6 @@ class Mask2FormerHeads(nn.Module):
         class_logits = self.class_embed(queries)
         b, _, h, w = mask_features.shape
         # einsum("bqc,bchw->bqhw") as one bmm into (B, Q, H*W): the same product without einsum's copy.
-        mask_logits = torch.bmm(self.mask_embed(queries), mask_features.flatten(2)).view(b, -1, h, w)
+        mask_logits = torch.bmm(self.mask_embed(queries), map_rows(mask_features)).view(b, -1, h, w)
         attrs = {s.name: self.attribute_embed[s.name](queries) for s in self.attributes}
         return class_logits, mask_logits, attrs

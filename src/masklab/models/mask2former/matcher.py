@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from masklab.errors import TrainingError
@@ -19,16 +18,23 @@ from masklab.models.mask2former.targets import Mask2FormerTargets
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) mean BCE, without a (Q, G, P) tensor.
 
-    BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus and one matmul.
+    BCE(x, t) = softplus(x) - x * t, so the pairwise mean is one softplus sum and one matmul. The sum is
+    taken as ``sum(relu(x)) + sum(log(1 + exp(-|x|)))`` with ``|x|`` capped at 80 inside the exponential:
+    ``F.softplus`` ran 4-6x slower on the wide-ranged logits of an untrained model (scalar branches,
+    denormal ``exp``), and the cap and ``log`` for ``log1p`` move a mean over the points by < 1e-7 per
+    point (session 10; (2, 100, 12544) logits, 1 thread: 56-73 -> 13-17 ms).
     """
-    softplus_sum = F.softplus(logits).sum(-1, keepdim=True)
+    decay = logits.abs().clamp_(max=80.0).neg_().exp_()  # exp(-|x|) in [1.8e-35, 1]: never denormal
+    softplus_sum = logits.clamp(min=0).sum(-1, keepdim=True) + decay.add_(1.0).log_().sum(-1, keepdim=True)
     return (softplus_sum - logits @ targets.transpose(-1, -2)) / logits.shape[-1]
 
 
 def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(..., Q, P) logits vs (..., G, P) targets -> (..., Q, G) dice cost ``1 - (2|p t| + 1) / (|p| + |t| + 1)``."""
-    probs = logits.sigmoid()
-    numerator = 2 * probs @ targets.transpose(-1, -2)
+    # Capped at +-80 (sigmoid(-80) = 1.8e-35): below that sigmoid's results are denormal, several times
+    # slower to compute, and equal to 0 for every purpose here.
+    probs = logits.clamp(-80.0, 80.0).sigmoid_()
+    numerator = 2 * (probs @ targets.transpose(-1, -2))  # (2 * probs) @ t would scale all Q x P first
     denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
