@@ -111,6 +111,47 @@ def test_benchmark_reports_params_flops_fps(
     assert "GMACs" in capsys.readouterr().out
 
 
+def test_benchmark_checks_out_before_running(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the benchmark ran although --out cannot be written")
+
+    monkeypatch.setattr("masklab.cli.benchmark.time_inference", never)
+    args = ["benchmark", str(config), "--size", "32", "48", "--num-classes", "3", "--runs", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {tmp_path}: is a folder; expected a file path such as {tmp_path / 'benchmark.json'}\n"
+    )
+    (tmp_path / "file").write_text("")
+    assert main([*args, "--out", str(tmp_path / "file" / "b.json")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {tmp_path / 'file' / 'b.json'}: {tmp_path / 'file'} is a file, where a folder is needed\n"
+    )
+
+
+def test_benchmark_names_a_checkpoint_of_another_model(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from masklab.engine.checkpoint import save_checkpoint
+
+    other = save_checkpoint(tmp_path / "other.pth", {"model": {"conv.weight": torch.zeros(1)}})
+    args = ["benchmark", str(config), str(other), "--size", "32", "32", "--num-classes", "3"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"error: {other}: weights do not fit this model (")
+
+
+def test_benchmark_size_too_small_for_the_model_is_one_line(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GroupNorm on the 1x1 stride-32 map of a 32x32 input: one value per group
+    assert main(["benchmark", str(config), "--size", "32", "32", "--num-classes", "3", "--runs", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --size 32 32: too small for this model even padded to 32x32 (a normalisation layer saw "
+        "a single value per channel); use a larger --size\n"
+    )
+
+
 class _OneConv(nn.Module):
     """A model whose FLOPs are known by hand: one 1x1 conv, 3 -> 4 channels."""
 

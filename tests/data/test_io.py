@@ -48,3 +48,23 @@ def test_rgb_label_rejected(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(DataError, match=r"rgb\.png: label map has mode 'RGB'"):
         read_label(tmp_path / "rgb.png")
+
+
+def test_16_bit_grey_keeps_its_top_8_bits(tmp_path: Path) -> None:
+    # PIL's convert("RGB") saturates 16-bit grey: every value above 255 became white.
+    values = np.array([[0, 255, 256], [4660, 40000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    img = read_image(tmp_path / "g16.png")
+    assert img.shape == (3, 2, 3) and img.dtype == torch.uint8
+    assert img[0].tolist() == [[0, 0, 1], [18, 156, 255]] and (img == img[0]).all()
+
+
+def test_32_bit_grey_beyond_8_bits_is_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(tmp_path / "g32.tif")
+    with pytest.raises(
+        DataError, match=r"g32\.tif: 32-bit integer greyscale image \(mode 'I'\) with values 0\.\.70000"
+    ):
+        read_image(tmp_path / "g32.tif")
+    Image.fromarray(np.array([[0, 200]], dtype=np.int32)).save(tmp_path / "small.tif")
+    assert read_image(tmp_path / "small.tif")[:, 0, 1].tolist() == [200, 200, 200]

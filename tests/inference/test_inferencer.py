@@ -210,3 +210,33 @@ def test_no_device_argument_follows_the_configs_runtime_device(
     ]
     assert main(argv) == 0
     assert asked == ["cuda:3"]
+
+
+# ---------------------------------------------------------------- MMSeg-style function forms
+def test_function_forms_are_exported_by_the_package() -> None:
+    import masklab.inference as package
+    from masklab import Inferencer as top_level  # the README's import
+    from masklab.inference import inferencer as module
+
+    assert top_level is Inferencer and package.Inferencer is Inferencer
+    for name in ("init_model", "inference_model", "show_result"):
+        assert getattr(package, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        package.nope  # noqa: B018
+
+
+def test_show_result_refuses_a_result_of_another_image_size(synth: Path) -> None:
+    inf = _fcn(synth)
+    result = inference_model(inf, _image(64))
+    with pytest.raises(ConfigError, match=r"^result: predicted at 64x64 but image array input #0 is 40x40; "):
+        show_result(inf, _image(40), result)
+
+
+def test_show_result_refuses_a_folder_as_out_file(synth: Path, tmp_path: Path) -> None:
+    inf = _fcn(synth)
+    image = _image(64)
+    with pytest.raises(ConfigError, match=rf"^out_file: {tmp_path} is a folder; expected an image file path"):
+        show_result(inf, image, inference_model(inf, image), out_file=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    vis = show_result(inf, image, inference_model(inf, image), out_file=tmp_path / "v" / "vis.png")
+    assert vis.shape == (64, 64, 3) and (tmp_path / "v" / "vis.png").is_file()

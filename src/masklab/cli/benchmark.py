@@ -48,19 +48,23 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.size) < 1 or args.runs < 1 or args.warmup < 0:
         raise ConfigError("benchmark: --size must be positive, --runs >= 1 and --warmup >= 0")
+    if args.out:  # before the run, not after minutes of timing
+        from masklab.cli.output import check_output_file
+
+        check_output_file(args.out, "--out", "benchmark.json")
     rc = resolve_for_cli(args.config, args.overrides)
     device = resolve_device(args.device or rc.runtime.device)
     payload = _load(args.checkpoint)
     model = build_model(rc, _meta(rc, payload, args.num_classes))
     if payload is not None:
-        from masklab.engine.checkpoint import load_model_weights
+        from masklab.inference.inferencer import load_weights
 
-        load_model_weights(model, payload, strict=True)
+        load_weights(model, payload, args.checkpoint)  # a mismatch names the file
     apply_eval_settings(model, rc)
     place_model(model.eval(), rc, device)
     batch = _dummy_batch(*args.size)
     params = count_parameters(model)
-    flops = count_flops(model, batch)
+    flops = _first_forward(model, batch, args.size)
     times = time_inference(model, batch, device, args.warmup, args.runs)
     median = statistics.median(times)
     result: dict[str, Any] = {
@@ -78,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     }
     print(format_result(result))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(strict_json.dumps(result, indent=2))
+        from masklab.atomic_files import atomic_write
+
+        text = strict_json.dumps(result, indent=2)
+        atomic_write(args.out, lambda f: f.write(text.encode()))
         print(f"written to {args.out}")
     return 0
 
@@ -120,6 +126,26 @@ def _dummy_batch(h: int, w: int) -> Batch:
 
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     return collate([Sample(image=image, meta=SampleMeta(ori_shape=(h, w), img_shape=(h, w)))])
+
+
+def _first_forward(model: nn.Module, batch: Batch, size: list[int]) -> dict[str, Any]:
+    """:func:`count_flops`, whose forward is the first: a ``--size`` too small for the network even
+    padded to the size divisor is one line there, as ``masklab infer`` says it for an image."""
+    from masklab.errors import ConfigError
+    from masklab.inference.inferencer import too_small_reason
+
+    try:
+        return count_flops(model, batch)
+    except (RuntimeError, ValueError) as exc:
+        reason = too_small_reason(exc)
+        if reason is None:
+            raise
+        divisor = getattr(model.data_preprocessor, "size_divisor", None) or 1
+        padded = f" even padded to {-(-size[0] // divisor) * divisor}x{-(-size[1] // divisor) * divisor}"
+        raise ConfigError(
+            f"--size {size[0]} {size[1]}: too small for this model{padded if divisor > 1 else ''} "
+            f"({reason}); use a larger --size"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -17,6 +17,8 @@ from masklab.errors import DataError
 
 # Label PNGs in these modes hold one integer per pixel ("P" = palette PNG, whose indices are the ids).
 _LABEL_MODES = {"L", "P", "I", "I;16", "I;16B", "I;16L", "1"}
+# 16-bit greyscale as PIL opens it (PNG: "I;16"; TIFF also the byte-order variants).
+_GREY16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def _open_loaded(path: str | Path) -> Image.Image:
@@ -38,12 +40,27 @@ def _open_loaded(path: str | Path) -> Image.Image:
 def read_image(path: str | Path) -> torch.Tensor:
     """Read an image as a (3, H, W) uint8 RGB tensor.
 
-    Grey, palette and RGBA images are converted to RGB (alpha is dropped).
+    Grey, palette and RGBA images are converted to RGB (alpha is dropped). 16-bit greyscale
+    (PNG, TIFF) keeps its top 8 bits (``value >> 8``), as 16-bit RGB already does when PIL reads it;
+    PIL's own conversion would saturate every value above 255 to white.
 
     Raises:
-        DataError: the file is missing, not an image, corrupt or truncated.
+        DataError: the file is missing, not an image, corrupt or truncated, or a 32-bit integer or
+            float greyscale image with values outside 0..255 (no scale to 8 bits can be told).
     """
     img = _open_loaded(path)
+    if img.mode in _GREY16_MODES:
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        arr = np.repeat(grey[..., None], 3, axis=2)
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    if img.mode in ("I", "F"):
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            bits = "32-bit integer" if img.mode == "I" else "32-bit float"
+            raise DataError(
+                f"{path}: {bits} greyscale image (mode {img.mode!r}) with values {values.min():g}..{values.max():g}; "
+                "expected 8-bit images or 16-bit greyscale (convert it to 8 bits first)"
+            )
     if img.mode != "RGB":
         img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)

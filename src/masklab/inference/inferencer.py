@@ -18,7 +18,7 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from masklab.inference.inputs import (
 from masklab.inference.settings import inference_settings, setting_source
 from masklab.structures import Batch, InstancePrediction, Sample, SampleMeta, SemanticPrediction
 
+if TYPE_CHECKING:
+    from masklab.engine.checkpoint import LoadReport
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "InferenceInput",
@@ -46,6 +49,7 @@ __all__ = [
     "collect_inputs",
     "inference_model",
     "init_model",
+    "load_weights",
     "show_result",
 ]
 
@@ -123,11 +127,9 @@ class Inferencer:
         self, payload: dict[str, Any], path: Path, saved: DatasetMeta, classes: Sequence[str] | None
     ) -> None:
         """Strict load; a mismatch names the checkpoint file, or ``classes`` when its count is the cause."""
-        from masklab.engine.checkpoint import load_model_weights
-
         try:
-            load_model_weights(self.model, payload, strict=True)
-        except CheckpointError as exc:
+            load_weights(self.model, payload, path)
+        except CheckpointError:
             n = len(saved.classes)
             if classes is not None and len(classes) != n and _fits(self._build(saved), payload):
                 shown = ", ".join(saved.classes[:4]) + (", ..." if n > 4 else "")
@@ -135,8 +137,7 @@ class Inferencer:
                     f"classes: {len(classes)} names given but {path} holds a model for {n} classes "
                     f"({shown}); give {n} names"
                 ) from None
-            # The payload was read once; name the file it came from, as `masklab evaluate` does.
-            raise CheckpointError(str(exc).replace("<state dict>", str(path), 1)) from None
+            raise
 
     @torch.no_grad()
     def predict(self, inputs: Any, batch_size: int | None = None) -> list[tuple[InferenceInput, Prediction]]:
@@ -189,7 +190,7 @@ class Inferencer:
         try:
             return self.model(batch, mode="predict")
         except (RuntimeError, ValueError) as exc:
-            reason = _too_small_reason(exc)
+            reason = too_small_reason(exc)
             if reason is None:
                 raise
             ph, pw = batch.images.shape[-2:]
@@ -343,7 +344,7 @@ _TOO_SMALL = (
 )
 
 
-def _too_small_reason(exc: Exception) -> str | None:
+def too_small_reason(exc: Exception) -> str | None:
     """What a layer said about a too-small input, shortened; None for any other error."""
     text = str(exc)
     if not any(s in text for s in _TOO_SMALL):
@@ -374,6 +375,18 @@ def load_payload(weights: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     return load_checkpoint(path)
+
+
+def load_weights(model: nn.Module, payload: dict[str, Any], path: str | Path) -> LoadReport:
+    """Strict :func:`~masklab.engine.checkpoint.load_model_weights` of a payload read from ``path``
+    (:func:`load_payload`); a mismatch names that file, as ``masklab evaluate`` does, rather than
+    ``<state dict>`` (the payload was read once, for its class names too)."""
+    from masklab.engine.checkpoint import load_model_weights
+
+    try:
+        return load_model_weights(model, payload, strict=True)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).replace("<state dict>", str(path), 1)) from None
 
 
 def find_meta(cfg: ResolvedConfig, payload: dict[str, Any] | None) -> DatasetMeta:
@@ -427,12 +440,28 @@ def show_result(
     opacity: float = 0.5,
     out_file: str | Path | None = None,
 ) -> np.ndarray:
-    """Overlay ``result`` on ``image``; also save it when ``out_file`` is given."""
+    """Overlay ``result`` on ``image``; also save it when ``out_file`` is given.
+
+    Raises:
+        ConfigError: ``result`` predicted on an image of another size, ``out_file`` a folder or
+            not writable, ``opacity`` outside [0, 1].
+    """
     from masklab.inference.writers import write_rgb_png
     from masklab.visualization.overlay import overlay_instances, overlay_semantic
 
     opacity = check_opacity(opacity, "opacity")
+    if out_file is not None and Path(out_file).is_dir():
+        raise ConfigError(
+            f"out_file: {out_file} is a folder; expected an image file path such as {Path(out_file) / 'vis.png'}"
+        )
     item = collect_inputs(image)[0]
+    size = tuple(item.image.shape[-2:])
+    got = tuple((result.label_map if isinstance(result, SemanticPrediction) else result.masks).shape[-2:])
+    if got != size:
+        raise ConfigError(
+            f"result: predicted at {got[0]}x{got[1]} but image {item.label} is {size[0]}x{size[1]}; "
+            "show a result on the image it was predicted from"
+        )
     if isinstance(result, SemanticPrediction):
         vis = overlay_semantic(
             item.image, result.label_map, model.meta.palette or (), opacity, model.meta.ignore_index
@@ -447,5 +476,8 @@ def show_result(
             opacity=opacity,
         )
     if out_file is not None:
-        write_rgb_png(out_file, vis)
+        try:
+            write_rgb_png(out_file, vis)
+        except OSError as exc:
+            raise ConfigError(f"out_file: cannot write {out_file} ({exc.strerror or exc})") from None
     return vis

@@ -16,6 +16,10 @@ from masklab.models.layers.resize import BilinearUpsample, resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 
 
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 @HEADS.register()
 class FPNHead(DecodeHead):
     """Each pyramid level is brought to the finest level's resolution by (3x3 conv, 2x upsample)
@@ -61,7 +65,11 @@ class FPNHead(DecodeHead):
         out = self.scale_heads[0](inputs[0])
         for i, (head, x) in enumerate(zip(self.scale_heads[1:], inputs[1:], strict=True)):
             y = head(x)
-            if y.shape[-2:] != out.shape[-2:]:  # odd input sizes: crop/pad to the finest map
+            # Sizes that are not a multiple of the output stride leave a coarse level's upsampled map a
+            # pixel off the finest one; resize it onto the finest. A trace (ONNX export) records one
+            # branch for every later input size, so it always resizes: at the same size a bilinear
+            # resize is the identity, and a graph traced at a multiple of 32 still takes any size.
+            if _tracing() or y.shape[-2:] != out.shape[-2:]:
                 y = resize_bilinear(y, out.shape[-2:], self.align_corners)
             # The first sum is a new tensor (ReLU's backward reads the level-0 output); later ones
             # accumulate into it in place, saving a full-resolution buffer per level.
