@@ -114,6 +114,8 @@ def test_failed_fresh_run_removes_what_it_created(env: Env, capsys: pytest.Captu
     (kept / "notes.txt").write_text("mine")
     _error_line(env.train("--work-dir", str(kept)), capsys)
     assert (kept / "notes.txt").read_text() == "mine"  # a folder that was there is not the run's to remove
+    # ... but what the failed run added to it goes (session 10: config.yaml and tb/ stayed behind).
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 def test_failed_resumed_run_keeps_its_work_dir(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,3 +128,21 @@ def test_failed_resumed_run_keeps_its_work_dir(env: Env, capsys: pytest.CaptureF
     assert "42" in line
     assert (resumed / "config.yaml").is_file()  # never removed on resume
     assert torch.load(ckpt, weights_only=True)["iteration"] == 2
+
+
+def test_nproc_config_error_is_one_line_before_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--nproc 2`` checks the config once, in the launcher: one line and exit 2, instead of the
+    line once per rank and torchrun's ChildFailedError traceback (exit 1)."""
+    import masklab.cli.train as train_cli
+
+    launched: list[object] = []
+    monkeypatch.setattr(train_cli, "_launch_torchrun", lambda args: launched.append(args) or 0)
+    argv = ["train", str(TINY), "--nproc", "2", "--work-dir", str(tmp_path / "w"), "train.optim.lrr=1"]
+    line = _error_line(argv, capsys)
+    assert line == "error: <override>: train.optim.lrr: unknown key for OptimConfig; did you mean 'lr'?"
+    assert not launched and not (tmp_path / "w").exists()
+    # A good config is launched, with nothing built in the launcher.
+    assert main(["train", str(TINY), "--nproc", "2", "--work-dir", str(tmp_path / "w")]) == 0
+    assert len(launched) == 1 and not (tmp_path / "w").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Protocol, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -111,3 +111,46 @@ class Picky:
 def make_pair(left: int, right: int = 1) -> tuple[int, int]:
     """A factory function is as good as a class."""
     return left, right
+
+
+class Scorer(Protocol):
+    """A protocol without @runtime_checkable: isinstance() refuses it, the binder must not."""
+
+    def __call__(self, x: float) -> float: ...
+
+
+@runtime_checkable
+class Named(Protocol):
+    """A runtime-checkable protocol with a data member."""
+
+    name: str
+
+    def describe(self) -> str: ...
+
+
+class Doubler:
+    """Follows ``Scorer``."""
+
+    def __init__(self, factor: float = 2.0) -> None:
+        self.factor = factor
+
+    def __call__(self, x: float) -> float:
+        return self.factor * x
+
+
+class Tag:
+    """Follows ``Named`` (its data member is set by ``__init__``)."""
+
+    def __init__(self, name: str = "t") -> None:
+        self.name = name
+
+    def describe(self) -> str:
+        return self.name
+
+
+class UsesProtocols:
+    """Parameters annotated with protocols, as DecodeHead's ``sampler: PixelSampler | None``."""
+
+    def __init__(self, scorer: Scorer | None = None, named: Named | None = None) -> None:
+        self.scorer = scorer
+        self.named = named

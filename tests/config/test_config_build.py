@@ -176,6 +176,50 @@ def test_wrong_class_for_annotation():
         build_node(bad, path="model")
 
 
+def test_protocol_annotations_are_checked_by_their_members():
+    # Protocol annotations without @runtime_checkable made isinstance() raise a TypeError traceback.
+    P = "config_components:UsesProtocols"
+    obj = build_node(
+        {"type": P, "scorer": {"type": "config_components:Doubler", "factor": 3},
+         "named": {"type": "config_components:Tag", "name": "x"}},
+        path="p",
+    )  # fmt: skip
+    assert obj.scorer(2.0) == 6.0 and obj.named.describe() == "x"
+    with pytest.raises(ConfigError, match=r"^p\.scorer\.type: 'config_components:Tag' is not a Scorer"):
+        build_node({"type": P, "scorer": {"type": "config_components:Tag"}}, path="p")
+    with pytest.raises(ConfigError, match=r"^p\.named\.type: 'config_components:Doubler' is not a Named"):
+        build_node({"type": P, "named": {"type": "config_components:Doubler"}}, path="p")
+    with pytest.raises(ConfigError, match=r"^p\.scorer: expected Scorer \| None, got int 3$"):
+        build_node({"type": P, "scorer": 3}, path="p")
+
+
+def test_ohem_sampler_from_config():
+    """docs/semantic.md's sampler node binds (decode_head.sampler is a PixelSampler Protocol);
+    values OHEM cannot use are one-line errors naming the key."""
+    from masklab.errors import ModelError
+    from masklab.models.losses import OHEMPixelSampler
+
+    head = {"type": "FCNHead", "in_channels": [8], "channels": 8, "num_classes": 3, "num_convs": 1,
+            "sampler": {"type": "OHEMPixelSampler", "thresh": 0.7, "min_kept": 100000}}  # fmt: skip
+    built = build_node(head, path="model.decode_head", source="ohem.yaml")
+    assert isinstance(built.sampler, OHEMPixelSampler)
+    assert (built.sampler.thresh, built.sampler.min_kept) == (0.7, 100000)
+    for key, value, message in [
+        ("thresh", 1.5, r"^OHEMPixelSampler\.thresh: expected a probability in \(0, 1\], got 1\.5$"),
+        ("thresh", 0.0, r"^OHEMPixelSampler\.thresh: expected a probability in \(0, 1\], got 0\.0$"),
+        ("min_kept", 0, r"^OHEMPixelSampler\.min_kept: expected >= 1, got 0$"),
+        ("min_kept", -5, r"^OHEMPixelSampler\.min_kept: expected >= 1, got -5$"),
+    ]:
+        bad = {**head, "sampler": {**head["sampler"], key: value}}
+        with pytest.raises(ModelError, match=message):
+            build_node(bad, path="model.decode_head", source="ohem.yaml")
+    bad = {**head, "sampler": {**head["sampler"], "thresh": "high"}}
+    with pytest.raises(
+        ConfigError, match=r"ohem\.yaml: model\.decode_head\.sampler\.thresh: expected float \| None, got str"
+    ):
+        build_node(bad, path="model.decode_head", source="ohem.yaml")
+
+
 def test_module_param_needs_a_type_node():
     bad = {**MODEL, "backbone": {"out_channels": 5}}
     with pytest.raises(ConfigError, match=r"model\.backbone: expected a \{type: \.\.\.\} node for Backbone"):

@@ -144,3 +144,44 @@ def test_inference_counts_must_be_positive(write, key):
     top = write("x.yaml", "evaluate: {mode: whole}\ninference: {mode: whole}\n")
     with pytest.raises(ConfigError, match=rf"^<override>: {key}: expected >= 1, got 0$"):
         resolve_sections(load_config(top, [f"{key}=0"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.optim.weight_decay=-0.1", "train.optim.weight_decay: expected >= 0, got -0.1"),
+        ("train.optim.betas=[1.5,0.999]",
+         "train.optim.betas: expected two coefficients in [0, 1), got [1.5, 0.999]"),
+        ("train.optim.eps=-1", "train.optim.eps: expected >= 0, got -1.0"),
+        ("train.optim.momentum=-0.9", "train.optim.momentum: expected >= 0, got -0.9"),
+        ("train.optim.base_batch_size=0", "train.optim.base_batch_size: expected >= 1 or null, got 0"),
+        ("train.optim.norm_decay_mult=-2", "train.optim.norm_decay_mult: expected >= 0, got -2.0"),
+        ("train.optim.bias_decay_mult=-1", "train.optim.bias_decay_mult: expected >= 0, got -1.0"),
+        ("train.optim.paramwise={backbone: {lr_mult: -1}}",
+         "train.optim.paramwise.backbone.lr_mult: expected a multiplier >= 0 (0 freezes / drops decay), got -1.0"),
+        ("train.optim.paramwise.pos_block.decay_mult=-0.5",
+         "train.optim.paramwise.pos_block.decay_mult: expected a multiplier >= 0 (0 freezes / drops decay), "
+         "got -0.5"),
+        ("train.schedule.gamma=-1", "train.schedule.gamma: expected a factor > 0, got -1.0"),
+        ("train.schedule.power=-1", "train.schedule.power: expected > 0, got -1.0"),
+        ("train.schedule.power=0", "train.schedule.power: expected > 0, got 0.0"),
+        ("train.schedule.min_lr=-1e-5", "train.schedule.min_lr: expected >= 0, got -1e-05"),
+        ("train.schedule.warmup_iters=-5", "train.schedule.warmup_iters: expected >= 0 (0: no warm-up), got -5"),
+        ("train.schedule.warmup_ratio=2", "train.schedule.warmup_ratio: expected a factor in [0, 1], got 2.0"),
+        ("train.schedule.milestones=[0,5]", "train.schedule.milestones: expected values >= 1, got [0, 5]"),
+        ("train.schedule.policy=step",
+         "train.schedule.policy: the step policy needs at least one milestone (got milestones [])"),
+        ("train.schedule.decay_after_warmup=true",
+         "train.schedule.decay_after_warmup: applies to the poly and cosine policies, got policy 'step'"),
+    ],
+)  # fmt: skip
+def test_optimizer_and_schedule_values_are_checked_when_resolved(write, override, expected):
+    """Values torch refuses only when the optimizer is built (a traceback on every rank), and
+    values it takes silently (a negative multiplier is a negative LR; power <= 0 a rising LR that
+    divides by zero at the last step), are one line when the config is resolved."""
+    top = write("x.yaml", TRAIN)
+    overrides = [override] + (["train.schedule.policy=step", "train.schedule.milestones=[10]"]
+                              if "decay_after_warmup" in override else [])  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        resolve_sections(load_config(top, overrides))
+    assert str(err.value) == f"<override>: {expected}"

@@ -92,6 +92,24 @@ def test_build_optimizer_kinds() -> None:
         build_optimizer("Lion", groups, lr=0.1)
 
 
+def test_bad_values_are_config_errors_not_torch_tracebacks() -> None:
+    groups = build_param_groups(Net(), 0.1, 0.01)
+    with pytest.raises(
+        ConfigError, match=r"^optim: bad arguments for AdamW: Invalid weight_decay value: -0\.1$"
+    ):
+        build_optimizer("AdamW", groups, lr=0.1, weight_decay=-0.1)
+    with pytest.raises(
+        ConfigError, match=r"^optim: bad arguments for Adam: Invalid beta parameter at index 0"
+    ):
+        build_optimizer("Adam", Net().parameters(), lr=0.1, betas=(1.5, 0.999))
+    with pytest.raises(
+        ConfigError, match=r"^optim\.paramwise\.head: expected multipliers >= 0, got lr_mult -1"
+    ):
+        build_param_groups(Net(), 0.1, paramwise={"head": {"lr_mult": -1.0}})
+    with pytest.raises(ConfigError, match=r"^optim\.norm_decay_mult: expected >= 0 or null, got -2$"):
+        build_param_groups(Net(), 0.1, norm_decay_mult=-2.0)
+
+
 def test_fused_step_by_default_and_same_update() -> None:
     torch.manual_seed(0)
     a, b = Net(), Net()

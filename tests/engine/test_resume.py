@@ -30,11 +30,20 @@ class Record(Hook):
         self.losses.append(dict(trainer.state.losses))
 
 
-def make_trainer(work_dir: Path, max_iters: int, record: Record, checkpoint_every: int) -> Trainer:
+def make_trainer(
+    work_dir: Path,
+    max_iters: int,
+    record: Record,
+    checkpoint_every: int,
+    *,
+    lr: float = 0.05,
+    paramwise: dict[str, tuple[float, float]] | None = None,
+    config: dict | None = None,
+) -> Trainer:
     torch.manual_seed(0)  # same initial weights in every trainer
     model = ToyModel()
-    groups = build_param_groups(model, 0.05, 1e-4, paramwise={"cls": (2.0, 0.0)})
-    optimizer = build_optimizer("AdamW", groups, lr=0.05)
+    groups = build_param_groups(model, lr, 1e-4, paramwise=paramwise or {"cls": (2.0, 0.0)})
+    optimizer = build_optimizer("AdamW", groups, lr=lr)
     scheduler = build_scheduler(
         optimizer, "poly", 20, warmup_iters=3, warmup_ratio=0.1, power=0.9, min_lr=1e-4
     )
@@ -50,6 +59,7 @@ def make_trainer(work_dir: Path, max_iters: int, record: Record, checkpoint_ever
         accumulate_steps=2,
         clip_grad=1.0,
         seed=7,
+        config=config,
         progress=False,
     )
 
@@ -102,3 +112,62 @@ def test_resume_that_does_not_fit_is_one_error_and_creates_no_work_dir(tmp_path:
     trainer = Trainer(same, opt, lambda start: toy_loader(start), 4, work_dir=tmp_path / "w", progress=False)
     with pytest.raises(CheckpointError, match="optimizer state does not fit this run's optimizer"):
         trainer.resume(ckpt)
+
+
+def _lrs(trainer: Trainer) -> list[float]:
+    return [g["lr"] for g in trainer.optimizer.param_groups]
+
+
+def test_resume_applies_this_runs_lr_and_multipliers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A resumed run trains with its own lr and lr_mult (as one with a changed batch does): the
+    checkpoint gives the optimizer state and the position on the curve, and one line says what
+    changed. Before, the checkpoint's base LRs silently won."""
+    make_trainer(tmp_path / "a", 10, Record(), checkpoint_every=10).train()
+    new = {"lr": 0.02, "paramwise": {"cls": (0.5, 0.0)}}
+    reference = make_trainer(tmp_path / "ref", 20, Record(), checkpoint_every=100, **new)
+    reference.scheduler.last_iter = 10
+    reference.scheduler._apply()  # where a fresh run with the new settings is at iteration 10
+
+    capsys.readouterr()
+    resumed = make_trainer(tmp_path / "a", 20, Record(), checkpoint_every=100, **new)
+    resumed.resume()
+    assert _lrs(resumed) == pytest.approx(_lrs(reference), rel=1e-12)
+    assert [g["lr_mult"] for g in resumed.optimizer.param_groups] == [1.0, 0.5]
+    assert resumed.scheduler.base_lrs == pytest.approx([0.02, 0.01])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("resume:")]
+    assert lines == [
+        "resume: this run's optimizer settings replace the checkpoint's: group 0 lr 0.05 -> 0.02, "
+        "group 1 lr 0.1 -> 0.01 (optimizer state and schedule position from the checkpoint)"
+    ]
+    resumed.train()  # and it trains on from there
+    assert resumed.iter == 20
+
+    # With the configs at hand (as `masklab train` passes them), the line names the config keys.
+    old_cfg = {"train": {"optim": {"lr": 0.05, "paramwise": {"cls": {"lr_mult": 2.0, "decay_mult": 0.0}}}}}
+    new_cfg = {"train": {"optim": {"lr": 0.02, "paramwise": {"cls": {"lr_mult": 0.5, "decay_mult": 0.0}}}}}
+    make_trainer(tmp_path / "b", 2, Record(), checkpoint_every=2, config=old_cfg).train()
+    capsys.readouterr()
+    make_trainer(tmp_path / "b", 4, Record(), checkpoint_every=2, config=new_cfg, **new).resume()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("resume:")]
+    assert lines == [
+        "resume: this run's optimizer settings replace the checkpoint's: train.optim.lr 0.05 -> 0.02, "
+        "train.optim.paramwise.cls.lr_mult 2 -> 0.5 (optimizer state and schedule position from the checkpoint)"
+    ]
+    # Unchanged settings: nothing to say, and the uninterrupted run is reproduced (first test).
+    capsys.readouterr()
+    make_trainer(tmp_path / "b", 4, Record(), checkpoint_every=2, config=old_cfg).resume()
+    assert "resume:" not in capsys.readouterr().out
+
+
+def test_resume_refuses_regrouped_parameters(tmp_path: Path) -> None:
+    """A paramwise key that moves parameters between groups of unchanged sizes would load Adam's
+    moments into other parameters: one line instead."""
+    make_trainer(tmp_path / "a", 2, Record(), checkpoint_every=2).train()
+    # Groups {conv, norm} + {cls} become {conv, cls} + {norm}: 4 + 2 parameters either way.
+    moved = make_trainer(tmp_path / "a", 4, Record(), checkpoint_every=100, paramwise={"norm": (2.0, 0.0)})
+    with pytest.raises(
+        CheckpointError, match=r"parameter group 0 holds other parameters than in the checkpoint"
+    ):
+        moved.resume()

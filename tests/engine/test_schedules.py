@@ -76,3 +76,27 @@ def test_unknown_schedule() -> None:
         build_scheduler(optimizer(), "linear", 10)
     with pytest.raises(ConfigError, match="milestone"):
         build_scheduler(optimizer(), "step", 10)
+
+
+def test_non_positive_power_is_refused() -> None:
+    # power -1 raised the LR every step, then 0 ** -1 raised ZeroDivisionError at the last one.
+    for power in (-1.0, 0.0):
+        with pytest.raises(ConfigError, match=rf"^schedule\.power: expected > 0, got {power}$"):
+            build_scheduler(optimizer(), "poly", 10, power=power)
+
+
+def test_decay_after_warmup_is_mmseg_1x() -> None:
+    """Default: mmcv 0.x (poly over the whole run, times the warm-up factor). Opt-in: MMSeg 1.x's
+    LinearLR(end=W) then PolyLR(begin=W, end=T): the decay spans T - W iterations from W."""
+    T, W, r, p, base = 100, 20, 0.1, 0.9, 1.0
+    old = build_scheduler(optimizer((base,)), "poly", T, warmup_iters=W, warmup_ratio=r, power=p)
+    new = build_scheduler(
+        optimizer((base,)), "poly", T, warmup_iters=W, warmup_ratio=r, power=p, decay_after_warmup=True
+    )
+    for t in (0, 10, 20, 60, 99):
+        warm = r + (1 - r) * t / W if t < W else 1.0
+        assert old.factor(t, base) == pytest.approx(warm * (1 - t / T) ** p)
+        assert new.factor(t, base) == pytest.approx(warm if t < W else (1 - (t - W) / (T - W)) ** p)
+    assert old.factor(W, base) / new.factor(W, base) == pytest.approx(0.8**p)  # -18 % at the end of warm-up
+    with pytest.raises(ConfigError, match="decay_after_warmup"):
+        build_scheduler(optimizer(), "step", 10, milestones=[5], decay_after_warmup=True)

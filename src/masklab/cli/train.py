@@ -3,7 +3,8 @@
 A run that creates its work dir and stops on a user error (a :class:`MasklabError`, e.g. a label
 out of range found in the first batch) before writing its first checkpoint removes the folders it
 created: nothing half-written stays behind. A folder that existed before the run, and the work dir
-of a resumed run, are never removed.
+of a resumed run, are never removed; in a folder that existed, only the entries the failed run added
+are.
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_resume_value(args.resume)
-    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(args)
     from masklab.cli.common import prepare_work_dir, resolve_for_cli
+
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # Checked once here, not by every rank: a config error is one line and exit 2 instead of
+        # one line per rank and torchrun's ChildFailedError traceback.
+        prepare_work_dir(resolve_for_cli(args.config, args.overrides), args.work_dir)
+        return _launch_torchrun(args)
     from masklab.config.assemble import build_trainer, resolve_device
     from masklab.engine.checkpoint import check_checkpoint_task
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
@@ -54,12 +59,15 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed(device=device) if "LOCAL_RANK" in os.environ else None
     work_dir = prepare_work_dir(rc, args.work_dir)
     created = _outermost_missing(work_dir)  # what this run will create, None if the folder exists
+    before = set(work_dir.iterdir()) if created is None and work_dir.is_dir() else set()
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
     resuming = bool(args.resume or rc.train.resume)
     try:
         if is_main_process():
-            trainer.log(trainer.lr_message) if trainer.lr_message else None
+            for message in (trainer.lr_message, getattr(trainer, "run_message", "")):
+                if message:
+                    trainer.log(message)
         if resuming:
             source = None if args.resume in (None, "latest") else args.resume
             if source is not None:
@@ -71,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
             rc.config.dump(work_dir / "config.yaml")
         trainer.train()
     except MasklabError:
-        if main_process and created is not None and not resuming:
-            _remove_unfinished(created, work_dir)
+        if main_process and not resuming:
+            if created is not None:
+                _remove_unfinished(created, work_dir)
+            else:  # the folder existed: remove only what this run added to it
+                _remove_added(work_dir, before)
         raise
     finally:
         if info is not None and info.is_distributed:
@@ -112,6 +123,21 @@ def _remove_unfinished(created: Path, work_dir: Path) -> None:
     if checkpoints.is_dir() and any(checkpoints.iterdir()):
         return
     shutil.rmtree(created, ignore_errors=True)
+
+
+def _remove_added(work_dir: Path, before: set[Path]) -> None:
+    """In a work dir that existed before the run, remove the entries a failed run added (its
+    ``config.yaml``, ``tb/``, logs), unless it already wrote a checkpoint."""
+    from masklab.engine.checkpoint import CHECKPOINT_DIR
+
+    checkpoints = work_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        return
+    for entry in set(work_dir.iterdir()) - before if work_dir.is_dir() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from masklab.config.check import SPLITS, check_config
 from masklab.config.load import load_config
 from masklab.config.nodes import Config
 from masklab.config.schema import ResolvedConfig
-from masklab.errors import ConfigError
+from masklab.errors import ConfigError, MasklabError
 
 
 def resolve(config: str | Path | Config | ResolvedConfig, overrides: Iterable[str] = ()) -> ResolvedConfig:
@@ -98,9 +98,14 @@ def build_dataset(rc: ResolvedConfig, split: str) -> Any:
         factory = node_factory(node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS)
         if "root" in _parameters(factory):
             provided["root"] = root
-    return build_node(
-        node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS, **provided
-    )
+    from masklab.data.datasets.config_key import with_config_key
+
+    try:
+        return build_node(
+            node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS, **provided
+        )
+    except MasklabError as exc:  # the dataset names its argument; the key says which split's entry
+        raise with_config_key(exc, f"dataset.{split}") from None
 
 
 def _parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -281,11 +286,42 @@ def plain_config(rc: ResolvedConfig) -> dict[str, Any]:
     return rc.to_dict()
 
 
-def schedule_kwargs(rc: ResolvedConfig) -> dict[str, Any]:
+def schedule_kwargs(rc: ResolvedConfig, iters_per_epoch: int | None = None) -> dict[str, Any]:
+    """``build_scheduler`` keywords of ``train.schedule``; ``by_epoch`` milestones in iterations."""
     assert rc.train is not None
     s = asdict(rc.train.schedule)
-    s.pop("by_epoch", None)
+    if s.pop("by_epoch", False):
+        # Checked when resolved: by_epoch needs max_epochs, so the caller knows the epoch length.
+        assert iters_per_epoch is not None, "by_epoch milestones need iters_per_epoch"
+        s["milestones"] = [m * iters_per_epoch for m in s["milestones"]]
     return {"kind": s.pop("policy"), **s}
+
+
+def iters_per_epoch(rc: ResolvedConfig, dataset_size: int) -> int | None:
+    """Optimizer steps per pass over ``dataset_size`` samples for a run that counts epochs
+    (``train.max_epochs``), else None: the run and its intervals count iterations."""
+    from masklab.engine.trainer import epochs_to_iters
+
+    t = rc.train
+    assert t is not None
+    if t.max_epochs is None:
+        return None
+    return epochs_to_iters(1, dataset_size, t.batch_size, world_size(), t.accumulate_steps)
+
+
+def run_length_message(rc: ResolvedConfig, max_iters: int, per_epoch: int | None, dataset_size: int) -> str:
+    """One log line saying how an epoch-counted run and its intervals map to iterations ("" for
+    a run that counts iterations: there is nothing to convert)."""
+    t = rc.train
+    assert t is not None
+    if per_epoch is None:
+        return ""
+    return (
+        f"{t.max_epochs} epochs x {per_epoch} iterations ({dataset_size} samples // effective batch "
+        f"{effective_batch(rc)}) = {max_iters} iterations; validation every {t.val_interval} epoch(s) "
+        f"= {t.val_interval * per_epoch} iterations, checkpoints every {t.checkpoint_interval} epoch(s) "
+        f"= {t.checkpoint_interval * per_epoch} iterations, a log line every {t.log_interval} iterations"
+    )
 
 
 def default_work_dir(rc: ResolvedConfig) -> Path:
@@ -316,10 +352,11 @@ def apply_eval_settings(model: nn.Module, rc: ResolvedConfig, settings: Any = No
 
 
 def build_optimizer_and_schedule(
-    rc: ResolvedConfig, model: nn.Module, max_iters: int
+    rc: ResolvedConfig, model: nn.Module, max_iters: int, iters_per_epoch: int | None = None
 ) -> tuple[Any, Any, str]:
     """Optimizer over param groups (lr_mult/decay_mult), LR scaled to the effective batch, and the
-    per-iteration schedule. Returns them with the LR-scaling message for the log."""
+    per-iteration schedule (``iters_per_epoch`` converts ``by_epoch`` milestones). Returns them
+    with the LR-scaling message for the log."""
     from masklab.engine.optim import build_optimizer, build_param_groups, scale_lr
     from masklab.engine.schedules import build_scheduler
 
@@ -340,13 +377,18 @@ def build_optimizer_and_schedule(
     else:
         kwargs.update(betas=tuple(opt.betas), eps=opt.eps)
     optimizer = build_optimizer(opt.type, groups, **kwargs)
-    sched = schedule_kwargs(rc)
+    sched = schedule_kwargs(rc, iters_per_epoch)
     kind = sched.pop("kind")
     scheduler = build_scheduler(optimizer, kind, max_iters, **sched)
     return optimizer, scheduler, message
 
 
-def build_hooks(rc: ResolvedConfig, max_iters: int, has_val: bool) -> list[Any]:
+def build_hooks(
+    rc: ResolvedConfig, max_iters: int, has_val: bool, iters_per_epoch: int | None = None
+) -> list[Any]:
+    """The default hooks. With ``iters_per_epoch`` (a run of ``train.max_epochs``) the validation
+    and checkpoint intervals count epochs and are converted here; ``log_interval`` counts
+    iterations either way (MMEngine's convention)."""
     from masklab.engine.hooks.checkpoint import CheckpointHook
     from masklab.engine.hooks.ema import EMAHook
     from masklab.engine.hooks.eval import EvalHook
@@ -356,14 +398,15 @@ def build_hooks(rc: ResolvedConfig, max_iters: int, has_val: bool) -> list[Any]:
 
     t = rc.train
     assert t is not None
+    unit = iters_per_epoch or 1  # iterations per interval unit
     hooks: list[Any] = [
         TimerHook(),
         LoggerHook(log_interval=min(t.log_interval, max_iters)),
-        CheckpointHook(interval=t.checkpoint_interval, max_keep=t.max_keep_ckpts),
+        CheckpointHook(interval=t.checkpoint_interval * unit, max_keep=t.max_keep_ckpts),
         NonFiniteLossHook(max_skips=t.nonfinite.max_skips),
     ]
     if has_val:
-        hooks.append(EvalHook(interval=t.val_interval, best_key=_best_key(rc)))
+        hooks.append(EvalHook(interval=t.val_interval * unit, best_key=_best_key(rc)))
     if t.ema is not None:
         hooks.append(EMAHook(momentum=t.ema.momentum, interval=t.ema.interval, warmup=t.ema.warmup))
     return hooks
@@ -384,11 +427,12 @@ def build_trainer(
     """Assemble the whole training run of ``rc``: datasets, model, optimizer, schedule, hooks.
 
     The returned :class:`~masklab.engine.trainer.Trainer` has ``.model_meta`` (the dataset
-    metadata) and ``.lr_message`` for the log. Call ``trainer.resume()`` then ``trainer.train()``.
+    metadata), and ``.lr_message`` and ``.run_message`` (epochs to iterations; "" for a run of
+    ``max_iters``) for the log. Call ``trainer.resume()`` then ``trainer.train()``.
     """
     from masklab.engine.checkpoint import load_model_weights
     from masklab.engine.distributed import get_info, wrap_model
-    from masklab.engine.trainer import Trainer, epochs_to_iters
+    from masklab.engine.trainer import Trainer
     from masklab.engine.val_loop import ValLoop
 
     if rc.task == "mal":
@@ -412,12 +456,8 @@ def build_trainer(
     apply_eval_settings(model, rc)
     place_model(model, rc, device)
     info = get_info()
-    if t.max_iters is not None:
-        max_iters = t.max_iters
-    else:
-        max_iters = epochs_to_iters(
-            t.max_epochs, len(train_set), t.batch_size, info.world_size, t.accumulate_steps
-        )
+    per_epoch = iters_per_epoch(rc, len(train_set))
+    max_iters = t.max_iters if per_epoch is None else t.max_epochs * per_epoch
     if info.is_distributed:
         if rc.runtime.strategy == "fsdp" and t.ema is not None:
             raise ConfigError(
@@ -425,7 +465,7 @@ def build_trainer(
                 "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
             )
         model = wrap_model(model, rc.runtime.strategy, device)
-    optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters)
+    optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters, per_epoch)
     val_loop = None
     if with_val and rc.dataset is not None and "val" in rc.dataset:
         val_set = build_dataset(rc, "val")
@@ -435,7 +475,7 @@ def build_trainer(
         val_loop = ValLoop(
             model, build_val_loader(rc, val_set), build_evaluator(rc, val_set), precision=rc.runtime.precision
         )
-    hooks = build_hooks(rc, max_iters, val_loop is not None)
+    hooks = build_hooks(rc, max_iters, val_loop is not None, per_epoch)
     if meta is not None:
         from masklab.engine.hooks.metadata import MetadataHook
 
@@ -460,4 +500,5 @@ def build_trainer(
     )
     trainer.model_meta = meta
     trainer.lr_message = lr_message
+    trainer.run_message = run_length_message(rc, max_iters, per_epoch, len(train_set))
     return trainer

@@ -12,7 +12,8 @@ Supported annotations: ``int`` (``bool`` is not an int), ``float`` (ints accepte
 ``bool``, ``None``/``Optional``, ``Union``/``X | Y``, ``Literal``, ``list[T]``, ``tuple[T, ...]``,
 ``tuple[A, B]``, ``dict[str, T]``, ``Sequence``, ``Mapping``, ``Any``, ``pathlib.Path`` (from a
 string), classes (a ``{type: ...}`` node is built recursively; a mapping without ``type`` builds an
-annotated dataclass from its fields), ``Lazy[T]`` and ``list[Lazy[T]]``.
+annotated dataclass from its fields), ``typing.Protocol`` classes, runtime-checkable or not (a node's
+class, or a value, must have the protocol's members), ``Lazy[T]`` and ``list[Lazy[T]]``.
 """
 
 from __future__ import annotations
@@ -175,10 +176,34 @@ def _convert(value: Any, ann: Any, path: str, ctx: _Context) -> Any:
         return _convert_dict(value, ann, args, path, ctx)
     if origin is cabc.Callable:
         # A callable may be given as a component node (a transform in a pipeline): build it.
-        return _build_node(value, None, path, ctx) if _is_node(value) else value
+        if _is_node(value):
+            return _build_node(value, None, path, ctx)
+        if callable(value):
+            return value
+        return _fail_callable(value, path, ctx)
     if origin is not None:  # other typing constructs are not checked
         return value
     return _convert_class(value, ann, path, ctx)
+
+
+def _fail_callable(value: Any, path: str, ctx: _Context) -> object:
+    """A component node was expected (a pipeline transform): name what is missing."""
+    if isinstance(value, Mapping):
+        glued = [str(k) for k in value if str(k).startswith("type:")]
+        if glued:  # YAML reads '{type:RandomCrop}' (no space after the colon) as one key
+            ctx.error(
+                path,
+                f"key {glued[0]!r} is not 'type': write 'type: {glued[0][5:]}' with a space after the colon",
+            )
+        else:
+            keys = ", ".join(str(k) for k in value) or "none"
+            ctx.error(
+                path,
+                f"missing 'type' (expected a component such as {{type: RandomCrop, ...}}; keys given: {keys})",
+            )
+        return _FAIL
+    ctx.error(path, f"expected a component node {{type: NAME, ...}}, got {_show(value)}")
+    return _FAIL
 
 
 def _fail(value: Any, ann: Any, path: str, ctx: _Context) -> object:
@@ -199,7 +224,7 @@ def _convert_class(value: Any, ann: Any, path: str, ctx: _Context) -> Any:
         return ann(value) if isinstance(value, (str, pathlib.PurePath)) else _fail(value, ann, path, ctx)
     if not isinstance(ann, type):  # a string annotation that did not resolve: nothing to check
         return value
-    if isinstance(value, ann) or (isinstance(value, _Checked) and _subclass(value.factory, ann)):
+    if _instance(value, ann) or (isinstance(value, _Checked) and _subclass(value.factory, ann)):
         return value
     if isinstance(value, Mapping) and dataclasses.is_dataclass(ann) and not _is_node(value):
         return _build_dataclass(ann, value, path, ctx)
@@ -219,7 +244,59 @@ def _has_type_field(cls: type) -> bool:
 
 def _subclass(factory: Any, ann: Any) -> bool:
     # Factory functions cannot be checked before they run; classes can.
-    return not isinstance(factory, type) or not isinstance(ann, type) or issubclass(factory, ann)
+    if not isinstance(factory, type) or not isinstance(ann, type):
+        return True
+    if _is_protocol(ann):
+        # A class has a protocol's methods; its data members may be set by __init__: unchecked.
+        # Looked up in the class's own MRO: ``getattr(cls, "__call__")`` finds ``type.__call__``.
+        namespaces = [vars(c) for c in factory.__mro__]
+        return all(
+            any(callable(ns.get(m)) for ns in namespaces) for m in _protocol_members(ann, methods_only=True)
+        )
+    return issubclass(factory, ann)
+
+
+def _instance(value: Any, ann: type) -> bool:
+    """``isinstance`` that also takes a ``typing.Protocol``, runtime-checkable or not, by its members."""
+    if _is_protocol(ann):
+        return not isinstance(value, (Mapping, _Checked)) and all(
+            hasattr(value, m) for m in _protocol_members(ann)
+        )
+    return isinstance(value, ann)
+
+
+def _is_protocol(ann: type) -> bool:
+    # ``isinstance``/``issubclass`` refuse a Protocol without @runtime_checkable (and one with data
+    # members), so a Protocol annotation (DecodeHead's ``sampler: PixelSampler``) is checked
+    # structurally here, as @runtime_checkable would: every member is present.
+    return bool(getattr(ann, "_is_protocol", False)) and ann is not typing.Protocol
+
+
+# Names every class namespace has, which a Protocol does not declare as members.
+_NOT_MEMBERS = frozenset(
+    {"__abstractmethods__", "__annotations__", "__annotate__", "__class_getitem__", "__dict__",
+     "__doc__", "__firstlineno__", "__init__", "__init_subclass__", "__module__", "__new__",
+     "__non_callable_proto_members__", "__orig_bases__", "__parameters__", "__protocol_attrs__",
+     "__qualname__", "__slots__", "__static_attributes__", "__subclasshook__", "__type_params__",
+     "__weakref__", "_is_protocol", "_is_runtime_protocol"}
+)  # fmt: skip
+
+
+def _protocol_members(proto: type, *, methods_only: bool = False) -> list[str]:
+    """The attributes a Protocol declares (methods and annotated data members), bases included."""
+    names: dict[str, None] = {}
+    for base in proto.__mro__[:-1]:
+        if base.__name__ in ("Protocol", "Generic") or not getattr(base, "_is_protocol", False):
+            continue
+        namespace = vars(base)
+        declared = [*namespace, *([] if methods_only else namespace.get("__annotations__", {}))]
+        for name in declared:
+            if name in _NOT_MEMBERS or name.startswith("_abc_"):
+                continue
+            if methods_only and not callable(namespace.get(name)):
+                continue
+            names[name] = None
+    return list(names)
 
 
 def _accepts_mapping(ann: Any) -> bool:

@@ -69,6 +69,13 @@ class ParamRule:
     lr_mult: float = 1.0
     decay_mult: float = 1.0
 
+    def __post_init__(self) -> None:
+        # A negative multiplier is a negative LR / decay: the optimizer would climb the loss.
+        for name in ("lr_mult", "decay_mult"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name}: expected a multiplier >= 0 (0 freezes / drops decay), got {value}")
+
 
 @dataclass(kw_only=True)
 class OptimConfig:
@@ -91,13 +98,32 @@ class OptimConfig:
     bias_decay_mult: float | None = None
 
     def __post_init__(self) -> None:
+        # The ranges torch's optimizers check when built (there they end a run in a traceback on
+        # every rank), checked here when the config is resolved; negative multipliers too.
         if self.lr <= 0:
             raise ValueError(f"lr: expected a learning rate > 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "eps", "norm_decay_mult", "bias_decay_mult"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: expected >= 0, got {value}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: expected two coefficients in [0, 1), got {list(self.betas)}")
+        if self.base_batch_size is not None and self.base_batch_size < 1:
+            raise ValueError(f"base_batch_size: expected >= 1 or null, got {self.base_batch_size}")
 
 
 @dataclass(kw_only=True)
 class ScheduleConfig:
-    """LR schedule: optional linear warm-up, then ``policy`` (MMSeg's ``param_scheduler``)."""
+    """LR schedule: optional linear warm-up, then ``policy`` (MMSeg's ``param_scheduler``); the
+    formula is in :mod:`masklab.engine.schedules`. The LR is set every iteration.
+
+    ``warmup_iters`` counts iterations. ``milestones`` count iterations, or epochs with
+    ``by_epoch: true`` (which needs ``train.max_epochs`` and the ``step`` policy: the LR drops at
+    the first iteration of each milestone epoch, as MMEngine's ``MultiStepLR(by_epoch=True)``).
+    ``decay_after_warmup: true`` starts the poly / cosine decay at the end of the warm-up (MMSeg
+    1.x's ``[LinearLR(end=W), PolyLR(begin=W)]``); the default decays over the whole run from
+    iteration 0 under the warm-up factor (MMSeg 0.x / mmcv's ``PolyLrUpdaterHook``).
+    """
 
     policy: Literal["poly", "cosine", "step", "constant"] = "poly"
     warmup_iters: int = 0
@@ -107,6 +133,33 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     by_epoch: bool = False
+    decay_after_warmup: bool = False
+
+    def __post_init__(self) -> None:
+        if self.warmup_iters < 0:
+            raise ValueError(f"warmup_iters: expected >= 0 (0: no warm-up), got {self.warmup_iters}")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"warmup_ratio: expected a factor in [0, 1], got {self.warmup_ratio}")
+        # power <= 0 makes poly a rising LR that divides by zero at the last iteration.
+        if self.power <= 0:
+            raise ValueError(f"power: expected > 0, got {self.power}")
+        if self.min_lr < 0:
+            raise ValueError(f"min_lr: expected >= 0, got {self.min_lr}")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma: expected a factor > 0, got {self.gamma}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones: expected values >= 1, got {self.milestones}")
+        if self.policy == "step" and not self.milestones:
+            raise ValueError("the step policy needs at least one milestone (got milestones [])")
+        if self.by_epoch and self.policy != "step":
+            raise ValueError(
+                f"by_epoch: counts the step policy's milestones in epochs, and policy {self.policy!r} has "
+                "none (it sets the LR every iteration over the whole run): drop by_epoch"
+            )
+        if self.decay_after_warmup and self.policy not in ("poly", "cosine"):
+            raise ValueError(
+                f"decay_after_warmup: applies to the poly and cosine policies, got policy {self.policy!r}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -128,8 +181,10 @@ class NonFiniteConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """The training loop. Exactly one of ``max_iters`` and ``max_epochs``; intervals count in the
-    same unit. ``batch_size`` is per process."""
+    """The training loop. Exactly one of ``max_iters`` and ``max_epochs``; ``val_interval`` and
+    ``checkpoint_interval`` count in the same unit (epochs with ``max_epochs``, as MMEngine's
+    ``EpochBasedTrainLoop`` and ``CheckpointHook(by_epoch=True)``), ``log_interval`` always counts
+    iterations (as MMEngine's ``LoggerHook``). ``batch_size`` is per process."""
 
     max_iters: int | None = None
     max_epochs: int | None = None
@@ -157,6 +212,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}: expected >= 1, got {value}")
+        if self.schedule.by_epoch and self.max_epochs is None:
+            raise ValueError(
+                "schedule: by_epoch: true counts milestones in epochs, which needs max_epochs "
+                f"(got max_iters {self.max_iters})"
+            )
 
 
 @dataclass(kw_only=True)

@@ -53,18 +53,25 @@ def match_key(name: str, keys: Iterable[str]) -> str | None:
 
 
 def _as_rule(key: str, value: ParamRule | tuple[float, float] | Mapping[str, float]) -> ParamRule:
-    if isinstance(value, ParamRule):
-        return value
     if isinstance(value, Mapping):
         unknown = set(value) - {"lr_mult", "decay_mult"}
         if unknown:
             raise ConfigError(
                 f"optim.paramwise.{key}: unknown keys {sorted(unknown)}; expected lr_mult, decay_mult"
             )
-        return ParamRule(float(value.get("lr_mult", 1.0)), float(value.get("decay_mult", 1.0)))
+        value = (value.get("lr_mult", 1.0), value.get("decay_mult", 1.0))
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        return ParamRule(float(value[0]), float(value[1]))
-    raise ConfigError(f"optim.paramwise.{key}: expected (lr_mult, decay_mult) or a mapping, got {value!r}")
+        value = ParamRule(float(value[0]), float(value[1]))
+    if not isinstance(value, ParamRule):
+        raise ConfigError(
+            f"optim.paramwise.{key}: expected (lr_mult, decay_mult) or a mapping, got {value!r}"
+        )
+    if value.lr_mult < 0 or value.decay_mult < 0:  # a negative LR or decay climbs the loss
+        raise ConfigError(
+            f"optim.paramwise.{key}: expected multipliers >= 0, got lr_mult {value.lr_mult:g}, "
+            f"decay_mult {value.decay_mult:g}"
+        )
+    return value
 
 
 def build_param_groups(
@@ -91,6 +98,10 @@ def build_param_groups(
         bias_decay_mult: decay factor for other biases when no key matches.
         embed_decay_mult: decay factor for ``nn.Embedding`` weights when no key matches.
     """
+    for name, mult in (("norm_decay_mult", norm_decay_mult), ("bias_decay_mult", bias_decay_mult),
+                       ("embed_decay_mult", embed_decay_mult)):  # fmt: skip
+        if mult is not None and mult < 0:
+            raise ConfigError(f"optim.{name}: expected >= 0 or null, got {mult:g}")
     rules = {k: _as_rule(k, v) for k, v in (paramwise or {}).items()}
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     seen: set[int] = set()
@@ -215,5 +226,5 @@ def build_optimizer(
         kwargs = {**kwargs, "fused": True}
     try:
         return cls(params, **kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: torch's range checks (negative weight decay, ...)
         raise ConfigError(f"optim: bad arguments for {cls.__name__}: {exc}") from exc

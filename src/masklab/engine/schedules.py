@@ -11,6 +11,11 @@ The scheduler sets, before optimiser step ``t`` (0-based),
 * step: ``gamma ** (number of milestones <= t)``
 * constant: ``1``
 
+This is mmcv 0.x's ``PolyLrUpdaterHook`` / ``CosineAnnealingLrUpdaterHook`` with ``warmup='linear'``
+(MMSeg 0.x): the decay runs over the whole run from ``t = 0`` and the warm-up multiplies it.
+``decay_after_warmup=True`` gives MMSeg 1.x's ``[LinearLR(end=W), PolyLR(begin=W, end=T)]``
+instead: ``decay`` is evaluated at ``t - W`` over ``T - W`` iterations (1 during the warm-up).
+
 A family with its own curve passes any ``Callable[[int], float]`` as ``decay`` (e.g. MAL's
 warmup + half-cosine to ``min_lr_rate``); then ``min_lr=0`` and ``warmup_iters=0`` give
 ``lr_g(t) = base_g * decay(t)``.
@@ -31,6 +36,8 @@ Decay = Callable[[int], float]
 
 def poly_decay(max_iters: int, power: float = 1.0) -> Decay:
     """``(1 - t / max_iters) ** power`` (0 after the end)."""
+    if power <= 0:  # a rising LR, then 0 ** -p at the last iteration
+        raise ConfigError(f"schedule.power: expected > 0, got {power}")
     return lambda t: max(0.0, 1.0 - t / max_iters) ** power
 
 
@@ -48,6 +55,11 @@ def step_decay(milestones: Sequence[int], gamma: float = 0.1) -> Decay:
 def constant_decay() -> Decay:
     """Always 1."""
     return lambda t: 1.0
+
+
+def _after(decay: Decay, start: int) -> Decay:
+    """``decay`` delayed to begin at iteration ``start`` (1 before it)."""
+    return lambda t: decay(max(0, t - start))
 
 
 class IterScheduler:
@@ -127,14 +139,26 @@ def build_scheduler(
     min_lr: float = 0.0,
     milestones: Sequence[int] = (),
     gamma: float = 0.1,
+    decay_after_warmup: bool = False,
 ) -> IterScheduler:
-    """An :class:`IterScheduler` for ``kind`` in ``poly``, ``cosine``, ``step``, ``constant`` or a decay callable."""
+    """An :class:`IterScheduler` for ``kind`` in ``poly``, ``cosine``, ``step``, ``constant`` or a decay callable.
+
+    ``decay_after_warmup`` (poly and cosine): the decay starts when the warm-up ends and spans the
+    remaining ``max_iters - warmup_iters`` iterations (MMSeg 1.x); default: it spans the whole run
+    from iteration 0, under the warm-up factor (MMSeg 0.x). See the module docstring.
+    """
+    span = max_iters - warmup_iters if decay_after_warmup else max_iters
+    if decay_after_warmup and (kind not in ("poly", "cosine") or span <= 0):
+        raise ConfigError(
+            "schedule.decay_after_warmup: needs the poly or cosine policy and warmup_iters < max_iters "
+            f"(got {kind!r}, warmup_iters {warmup_iters}, max_iters {max_iters})"
+        )
     if callable(kind):
         decay = kind
     elif kind == "poly":
-        decay = poly_decay(max_iters, power)
+        decay = poly_decay(span, power)
     elif kind == "cosine":
-        decay = cosine_decay(max_iters)
+        decay = cosine_decay(span)
     elif kind == "step":
         if not milestones:
             raise ConfigError("schedule.milestones: the step schedule needs at least one milestone")
@@ -147,6 +171,8 @@ def build_scheduler(
         )
     if max_iters <= 0:
         raise ConfigError(f"schedule.max_iters: must be positive, got {max_iters}")
+    if decay_after_warmup and warmup_iters > 0:
+        decay = _after(decay, warmup_iters)
     return IterScheduler(
         optimizer, decay, min_lr=min_lr, warmup_iters=warmup_iters, warmup_ratio=warmup_ratio
     )

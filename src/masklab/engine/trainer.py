@@ -49,6 +49,7 @@ from masklab.engine.distributed import (
 )
 from masklab.engine.hooks.base import Hook
 from masklab.engine.norm_guard import single_value_norm_guard
+from masklab.engine.optim_resume import check_same_groups, group_settings, settings_changes
 from masklab.engine.precision import autocast, check_precision, make_scaler
 from masklab.engine.progress import make_progress
 from masklab.engine.rng import capture_rng, restore_rng, seed_everything
@@ -343,8 +344,11 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> Path | None:
         """Restore a checkpoint (default: ``work_dir``'s latest). Returns the file used, or None.
 
-        Call before :meth:`train`. Restores model, optimizer, scheduler, scaler, hook states (EMA,
-        best metric), the iteration and every RNG; the data position follows from the iteration.
+        Call before :meth:`train`. Restores model, optimizer state (moments, momentum buffers),
+        the schedule position, scaler, hook states (EMA, best metric), the iteration and every RNG;
+        the data position follows from the iteration. The optimizer's hyper-parameters and the
+        schedule's base LRs stay this run's (its config's ``lr``, multipliers, weight decay, ...,
+        scaled for its effective batch): a changed one applies, named in one log line.
         """
         if path is None:
             path = find_latest(self.work_dir)
@@ -360,6 +364,10 @@ class Trainer:
         if missing:
             raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)}")
         load_model_state_dict(self.model, payload["model"])
+        # This run's hyper-parameters (LR, multipliers, weight decay, momentum, betas): torch's
+        # load_state_dict would put the checkpoint's back in every group.
+        settings = group_settings(self.optimizer)
+        check_same_groups(payload["optimizer"], settings, str(path))
         try:
             load_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"])
         except (ValueError, KeyError, IndexError, RuntimeError) as exc:
@@ -367,12 +375,18 @@ class Trainer:
                 f"{path}: optimizer state does not fit this run's optimizer ({type(exc).__name__}: {exc}); "
                 "resume with the optimizer and paramwise settings the checkpoint was trained with"
             ) from exc
-        changed = self._layout_change(payload)
+        self._layout_change(payload)
+        changes = settings_changes(payload, self.config, settings)
+        if changes:
+            self.log(changes)
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         if self.scheduler is not None and payload.get("scheduler") is not None:
             fresh = list(getattr(self.scheduler, "base_lrs", []))
             self.scheduler.load_state_dict(payload["scheduler"])
-            if changed and fresh and hasattr(self.scheduler, "base_lrs"):
-                # The effective batch changed: keep the LR this run's config scales for it.
+            if fresh and hasattr(self.scheduler, "base_lrs"):
+                # The checkpoint gives the position on the curve; this run's config gives the base
+                # LRs (a changed lr, lr_mult or effective batch applies, as in a fresh run).
                 self.scheduler.base_lrs = fresh
                 self.scheduler.load_state_dict(self.scheduler.state_dict())
         if self.scaler is not None and payload.get("scaler") is not None:

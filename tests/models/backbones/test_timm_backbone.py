@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from masklab.errors import CheckpointError, ModelError
+from masklab.errors import CheckpointError, ConfigError, ModelError
 from masklab.models.backbones import TimmBackbone
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 @pytest.mark.parametrize(
@@ -84,6 +88,39 @@ def test_file_of_another_architecture_is_one_line_error(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="missing keys") as err:
         TimmBackbone("resnet18", pretrained=str(path))
     assert "\n" not in str(err.value) and "resnet18" in str(err.value) and "conv1.weight" in str(err.value)
+
+
+def test_unused_weights_of_a_larger_architecture_are_named(tmp_path, capsys) -> None:
+    """resnet34 weights hold every resnet18 key with its shape: they load, with one line naming
+    the blocks resnet18 has no place for (the classifier head alone is expected to go unused)."""
+    path = tmp_path / "r34.pth"
+    torch.save(timm.create_model("resnet34").state_dict(), path)
+    TimmBackbone("resnet18", pretrained=str(path))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {path}: "), lines
+    # 7 extra BasicBlocks (layer1.2, layer2.2-3, layer3.2-5, layer4.2) of 12 or 17 tensors each.
+    n_extra = sum(1 for k in torch.load(path) if k.startswith(("layer1.2.", "layer2.2.", "layer2.3.",
+                  "layer3.2.", "layer3.3.", "layer3.4.", "layer3.5.", "layer4.2.")))  # fmt: skip
+    assert f"{n_extra} weights of the file are unused by timm model 'resnet18'" in lines[0]
+    assert "layer1.2.conv1.weight" in lines[0] and "fc." not in lines[0]
+
+    path18 = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path18)
+    TimmBackbone("resnet18", pretrained=str(path18))  # only fc.* unused: nothing to say
+    assert capsys.readouterr().out == ""
+
+
+def test_output_stride_other_than_8_16_32_is_one_line() -> None:
+    from masklab.config import check_config, load_config
+
+    with pytest.raises(ModelError, match=r"output_stride: expected 8, 16, 32 or null, got 4$"):
+        TimmBackbone("resnet18", output_stride=4)  # timm itself: a bare AssertionError
+    cfg = load_config(CONFIGS / "_base_" / "models" / "fcn_r18-d8.yaml", ["model.backbone.output_stride=4"])
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    assert str(err.value) == (
+        "<override>: model.backbone.output_stride: expected one of 8, 16, 32 | None, got int 4"
+    )
 
 
 def test_missing_weight_file_is_checkpoint_error(tmp_path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -33,7 +33,8 @@ class TimmBackbone(nn.Module):
         pretrained: ``False`` for random init, or a local ``.safetensors`` / torch state-dict file (a
             timm classification checkpoint loads; its head is dropped). Nothing is ever downloaded.
         out_indices: which of timm's feature levels to return (timm numbering); None = all.
-        output_stride: 8 or 16 dilates the last stages (ResNet "-D8"/"-D16" settings); None = native.
+        output_stride: 8 or 16 dilates the last stages (ResNet "-D8"/"-D16" settings); 32 or None =
+            native. timm builds no other value (its ``assert output_stride in (8, 16, 32)``).
         frozen_stages: freeze every module up to and including feature level ``frozen_stages``
             (timm numbering; for ResNet 0 = stem, 1 = stem + layer1, as in MMSeg); -1 freezes nothing.
             Frozen modules get ``requires_grad=False`` and stay in eval mode.
@@ -53,7 +54,7 @@ class TimmBackbone(nn.Module):
         model_name: str,
         pretrained: bool | str = False,
         out_indices: tuple[int, ...] | None = None,
-        output_stride: int | None = None,
+        output_stride: Literal[8, 16, 32] | None = None,
         frozen_stages: int = -1,
         norm_eval: bool = False,
         drop_path_rate: float = 0.0,
@@ -67,6 +68,10 @@ class TimmBackbone(nn.Module):
             raise ModelError(
                 f"backbone {model_name!r}: pretrained=true would download weights, and there is no network; "
                 "set pretrained to a local .safetensors or .pth file path instead"
+            )
+        if output_stride not in (None, 8, 16, 32):  # the config binder checks the Literal first
+            raise ModelError(
+                f"backbone {model_name!r}: output_stride: expected 8, 16, 32 or null, got {output_stride!r}"
             )
         kwargs: dict[str, Any] = dict(timm_kwargs)
         if out_indices is not None:
@@ -104,6 +109,7 @@ class TimmBackbone(nn.Module):
         self.in_chans = in_chans
         self.norm_eval = norm_eval
         self.frozen_stages = frozen_stages
+        self._timm_kwargs = {k: v for k, v in kwargs.items() if k != "out_indices"}
         if isinstance(pretrained, str | Path) and pretrained:
             self.load_weights(pretrained)
         self._frozen_modules = self._freeze(frozen_stages)
@@ -139,6 +145,11 @@ class TimmBackbone(nn.Module):
     def load_weights(self, path: str | Path) -> None:
         """Load a local weight file (a timm classification checkpoint or a features checkpoint).
 
+        Weights of the file that the backbone does not take are fine when they belong to the parts of
+        the classification model a features model drops (its classifier head, final norm); any
+        other unused weight (resnet34 weights for a resnet18: its extra blocks) is named in one
+        ``warning:`` line, since the file is probably of another architecture.
+
         Raises:
             CheckpointError: the file does not provide every backbone weight with the right shape.
         """
@@ -159,6 +170,32 @@ class TimmBackbone(nn.Module):
             hint = f" (file has {len(unused)} unused keys, e.g. {', '.join(unused[:3])})" if unused else ""
             raise CheckpointError(f"{path}: does not fit timm model {self.model_name!r}: {problem}{hint}")
         self.model.load_state_dict(mapped, strict=True)
+        unused = self._foreign_keys([k for k in source if k not in used])
+        if unused:
+            from masklab.engine.distributed import is_main_process
+
+            more = f" (+{len(unused) - 5} more)" if len(unused) > 5 else ""
+            if is_main_process():
+                print(
+                    f"warning: {path}: {len(unused)} weights of the file are unused by timm model "
+                    f"{self.model_name!r} (its classifier head not counted): {', '.join(unused[:5])}{more}; "
+                    "a checkpoint of another architecture?"
+                )
+
+    def _foreign_keys(self, unused: list[str]) -> list[str]:
+        """The ``unused`` keys that the full timm classification model does not have either (its
+        head, which the features model drops, is expected to go unused)."""
+        if not unused:
+            return []
+        try:
+            with torch.device("meta"):  # names only: no memory, no init cost
+                full = timm.create_model(
+                    self.model_name, pretrained=False, in_chans=self.in_chans, **self._timm_kwargs
+                )
+        except Exception:  # noqa: BLE001 - a features-only keyword: every unused key is reported
+            return unused
+        known = set(full.state_dict())
+        return [k for k in unused if k not in known]
 
     def _adapt_input_conv(self, weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Adapt an RGB stem conv to ``in_chans`` channels the way timm does; other tensors pass through."""
