@@ -215,6 +215,16 @@ CASES: list[Case] = [
         lambda e: e.train(config=e.cfg("evil: !!python/object/apply:os.system ['true']")),
         "cfg.yaml",
     ),
+    (
+        "config_pipeline_entry_without_type",
+        lambda e: e.train("dataset.train.pipeline=[{crop_size: [32, 32]}]"),
+        "dataset.train.pipeline.0: missing 'type'",
+    ),
+    (
+        "config_pipeline_type_glued_to_its_value",
+        lambda e: e.train("dataset.train.pipeline=[{type:RandomCrop, crop_size: [32, 32]}]"),
+        "write 'type: RandomCrop'",
+    ),
     ("config_unknown_type", lambda e: e.train("model.backbone.type=NoSuchBackbone"), "NoSuchBackbone"),
     ("config_unknown_timm_model", lambda e: e.train("model.backbone.model_name=no_such_net"), "no_such_net"),
     ("config_unknown_head_key", lambda e: e.train("model.decode_head.chanels=8"), "chanels"),

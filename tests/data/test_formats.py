@@ -142,8 +142,31 @@ def test_voc_aug_joins_split_lists_with_their_label_folders(voc: Path) -> None:
     with pytest.raises(DataError, match=r"split: .*test\.txt not found"):
         VOCDataset(root=voc, subset="test")
     (sets / "val.txt").write_text("2007_000039\nmissing_one\n")
-    with pytest.raises(DataError, match="2 listed files are missing, first: .*missing_one.jpg"):
+    with pytest.raises(DataError) as err:
         VOCDataset(root=voc, subset="val")
+    # One stem, counted once; the split file that lists it and both missing files are named.
+    assert str(err.value) == (
+        f"VOCDataset.split: the split file {sets / 'val.txt'} lists 1 stem (of 2) whose files are "
+        f"missing, first 'missing_one': image {voc / 'JPEGImages/missing_one.jpg'} and label "
+        f"{voc / 'SegmentationClass/missing_one.png'} not found; check img_dir, ann_dir and the suffixes"
+    )
+
+
+def test_voc_errors_name_the_split_file_at_fault(voc: Path) -> None:
+    sets = voc / "ImageSets" / "Segmentation"
+    # aug joins two split lists: the message says which one lists the stem whose label is missing.
+    (sets / "aug.txt").write_text("2008_000002\n2007_000039\n")
+    with pytest.raises(
+        DataError, match=r"the split file .*aug\.txt lists 1 stem \(of 2\) .*'2007_000039': label "
+    ):
+        VOCDataset(root=voc, subset="aug")
+    # An empty split file is named as such, not blamed on the image folder.
+    (sets / "val.txt").write_text("\n")
+    with pytest.raises(DataError) as err:
+        VOCDataset(root=voc, subset="val")
+    msg = str(err.value)
+    assert msg.startswith(f"VOCDataset.split: the split file {sets / 'val.txt'} lists no stem (it is empty)")
+    assert "holds no file" not in msg
 
 
 def test_config_root_reaches_named_datasets(cityscapes: Path, tmp_path: Path) -> None:

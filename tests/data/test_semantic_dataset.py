@@ -89,7 +89,10 @@ def test_missing_label_file_and_pipeline(tmp_path: Path) -> None:
     ds[0]
     assert calls == [0]
     (tmp_path / "ann" / "a.png").unlink()
-    with pytest.raises(DataError, match=r"missing, first: .*a\.png"):
+    with pytest.raises(
+        DataError,
+        match=r"^FolderSegDataset\.ann_dir: 1 of 1 images .* have no label map, first: .*a\.png expects .*ann/a\.png",
+    ):
         FolderSegDataset(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"))
 
 
@@ -102,7 +105,9 @@ def test_empty_dataset_names_folder_suffix_and_split(tmp_path: Path) -> None:
         "no split file (every image is used); check img_dir, img_suffix and split"
     )
     (tmp_path / "empty.txt").write_text("\n")
-    with pytest.raises(DataError, match=r"the split file .*empty\.txt lists no stem"):
+    with pytest.raises(
+        DataError, match=r"^FolderSegDataset\.split: the split file .*empty\.txt lists no stem"
+    ):
         FolderSegDataset(
             tmp_path / "img",
             tmp_path / "ann",
@@ -149,3 +154,74 @@ def test_duplicate_names_in_meta_raise() -> None:
         DatasetMeta(classes=("a", "b", "a"))
     with pytest.raises(DataError, match="attribute 'color' lists value 'red' twice"):
         DatasetMeta(classes=("a",), attributes=(AttributeMeta("color", ("red", "red")),))
+
+
+def test_missing_listed_stem_is_counted_once_naming_the_split_file(tmp_path: Path) -> None:
+    _write(tmp_path, "a", np.array([[0, 1]]), suffix=".png")
+    (tmp_path / "split.txt").write_text("a\ns9\n")
+    with pytest.raises(DataError) as err:
+        FolderSegDataset(
+            tmp_path / "img",
+            tmp_path / "ann",
+            img_suffix=".png",
+            classes=("x", "y"),
+            split=tmp_path / "split.txt",
+        )
+    assert str(err.value) == (
+        f"FolderSegDataset.split: the split file {tmp_path / 'split.txt'} lists 1 stem (of 2) whose files "
+        f"are missing, first 's9': image {tmp_path / 'img/s9.png'} and label {tmp_path / 'ann/s9.png'} not "
+        "found; check img_dir, ann_dir and the suffixes"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG", ".webp"])
+def test_lossy_label_maps_are_refused(tmp_path: Path, suffix: str) -> None:
+    """JPEG (and lossy WebP) labels: compression noise would become wrong labels and phantom classes."""
+    label = np.zeros((32, 32), np.uint8)
+    label[8:24, 8:24] = 2
+    _write(tmp_path, "a", label, suffix=".png")
+    (tmp_path / "ann" / "a.png").unlink()
+    Image.fromarray(label).save(tmp_path / "ann" / f"a{suffix}", quality=75)
+    with pytest.raises(DataError) as err:
+        FolderSegDataset(
+            tmp_path / "img",
+            tmp_path / "ann",
+            img_suffix=".png",
+            seg_map_suffix=suffix,
+            classes=("x", "y", "z"),
+        )
+    msg = str(err.value)
+    assert msg.startswith("FolderSegDataset.seg_map_suffix: label maps are ")
+    assert str(tmp_path / "ann" / f"a{suffix}") in msg and "lossless single-channel index PNGs" in msg
+
+
+def test_lossless_webp_labels_are_accepted(tmp_path: Path) -> None:
+    label = np.array([[0, 1], [2, 1]], np.uint8)
+    _write(tmp_path, "a", label, suffix=".png")
+    Image.fromarray(label).save(tmp_path / "ann" / "a.webp", lossless=True)
+    ds = FolderSegDataset(
+        tmp_path / "img", tmp_path / "ann", img_suffix=".png", seg_map_suffix=".webp", classes=("x", "y", "z")
+    )
+    assert len(ds) == 1
+
+
+@pytest.mark.parametrize(
+    ("label_map", "needle"),
+    [
+        ({1: 7}, "maps stored value 1 to 7, outside [0, 2) and not ignore_index 255"),
+        ({300: 1}, "maps stored value 300, which an 8-bit label map cannot hold"),
+    ],
+)
+def test_label_map_is_checked_before_any_file(tmp_path: Path, label_map: dict, needle: str) -> None:
+    """A wrong ``label_map`` names the argument, not the first label file holding the stored value."""
+    _write(tmp_path, "a", np.array([[0, 1]]), suffix=".png")
+    with pytest.raises(DataError) as err:
+        FolderSegDataset(
+            tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"), label_map=label_map
+        )
+    assert str(err.value).startswith("FolderSegDataset.label_map: ") and needle in str(err.value)
+    assert "a.png" not in str(err.value)
+    ok = FolderSegDataset(
+        tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("x", "y"), label_map={1: 255}
+    )
+    assert ok[0].semantic.tolist() == [[0, 255]]

@@ -114,3 +114,30 @@ def test_build_trainer_refuses_before_writing_anything(tmp_path: Path) -> None:
     ):
         build_trainer(rc, work_dir=tmp_path / "work", progress=False)
     assert not (tmp_path / "work").exists()
+
+
+def test_checkpoint_classes_must_match_the_evaluated_data(tmp_path: Path) -> None:
+    """Same classes in another order build the same model and load the same weights: only the
+    checkpoint's stored class list tells the metrics would be wrong."""
+    from masklab.data.split_meta import check_checkpoint_meta
+
+    for split in ("img", "ann"):
+        (tmp_path / split).mkdir()
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    Image.fromarray(np.zeros((2, 2), np.uint8)).save(tmp_path / "ann" / "a.png")
+    val = FolderSegDataset(tmp_path / "img", tmp_path / "ann", img_suffix=".png", classes=("road", "car"))
+    trained = DatasetMeta(("car", "road")).to_json()
+    with pytest.raises(DataError) as err:
+        check_checkpoint_meta(trained, val, "ckpt.pth")
+    assert str(err.value).startswith(
+        "ckpt.pth: the checkpoint was trained on classes ['car', 'road'] but dataset.val "
+        "(FolderSegDataset 'classes' argument) has ['road', 'car']: label 0 is 'car' in the checkpoint "
+        "(2 classes) but 'road' in dataset.val (2 classes)"
+    )
+    check_checkpoint_meta(DatasetMeta(("road", "car")).to_json(), val, "ckpt.pth")  # agrees
+    check_checkpoint_meta(None, val, "ckpt.pth")  # nothing stored: nothing to compare
+    # A semantic model predicts no attributes: only the classes matter there.
+    with_attrs = DatasetMeta(("road", "car"), attributes=(AttributeMeta("c", ("r",)),)).to_json()
+    check_checkpoint_meta(with_attrs, val, "ckpt.pth", attributes=False)
+    with pytest.raises(DataError, match=r"attributes: the checkpoint has \['c'\], dataset.val has \[\]"):
+        check_checkpoint_meta(with_attrs, val, "ckpt.pth")

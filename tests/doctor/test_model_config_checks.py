@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from masklab.doctor.checks.model import (
     overfit_findings,
 )
 from masklab.doctor.checks.transforms import sample_problems
+from masklab.doctor.registry import all_checks
 from masklab.doctor.runner import run_checks
 from masklab.structures import Batch, Instances, Sample, SampleMeta
 
@@ -71,6 +73,40 @@ def test_config_checks_catch_planted_mistakes(synth_root: Path, make_ctx: Ctx) -
     assert cfg_checks.check_sync_bn(ctx)[0].status == "warn"
     off = make_ctx(synth_root, "train.optim.base_batch_size=8", "train.optim.auto_scale_lr=warn")
     assert "lr=0.0025" in cfg_checks.check_lr_vs_batch(off)[0].advice
+
+
+@pytest.mark.parametrize("count", [8, 2])
+def test_semantic_class_weight_is_one_per_channel_as_training_checks(
+    synth_root: Path, make_ctx: Ctx, count: int
+) -> None:
+    """A semantic head has no no-object slot: C+1 weights fail its build like any other count; the
+    row spells the key as the head's own error does, and the model rows name the row."""
+    from masklab.config.assemble import build_model
+    from masklab.errors import ModelError
+
+    weights = "[" + ", ".join(["1.0"] * count) + "]"
+    ctx = make_ctx(
+        synth_root, f"model.decode_head.loss_decode=[{{type: CrossEntropyLoss, class_weight: {weights}}}]"
+    )
+    rows = run_checks(ctx, [c for c in all_checks() if c.family in ("config", "model")])
+    (cw,) = [f for f in rows if f.check == "config.class_weight"]
+    key = "decode_head.loss_decode[0].class_weight"
+    assert cw.status == "error"
+    assert cw.evidence.startswith(f"model.{key} has {count} entries but the head predicts 7 channels")
+    assert cw.advice.startswith("give 7 weights") and "no-object" not in cw.advice
+    with pytest.raises(
+        ModelError, match=re.escape(f"{key} has {count} entries but the head predicts 7 channels")
+    ):
+        build_model(ctx.rc, ctx.meta())  # training's own words: the same key
+    model_rows = [f for f in rows if f.check.startswith("model.")]
+    assert len(model_rows) == 4 and all(
+        f.status == "skip" and "config.class_weight" in f.evidence for f in model_rows
+    )
+    good = make_ctx(
+        synth_root,
+        "model.decode_head.loss_decode={type: CrossEntropyLoss, class_weight: [1, 1, 1, 1, 1, 1, 1]}",
+    )
+    assert [f.status for f in cfg_checks.check_class_weight(good)] == ["ok"]
 
 
 def test_queries_and_max_dets(synth_root: Path, make_ctx: Ctx) -> None:
@@ -160,6 +196,13 @@ def test_planted_model_bug_is_caught(flag: str, fn: Callable, needle: str) -> No
     torch.manual_seed(0)
     found = fn(ToyModel(**{flag: True}), _batch())
     assert found[0].status == "error" and needle in found[0].evidence, found
+
+
+def test_one_overfit_step_is_measured_after_the_step() -> None:
+    """``--steps 1``: the loss after the one update is compared with the loss before it."""
+    torch.manual_seed(0)
+    (f,) = overfit_findings(ToyModel(), _batch(), 1, lr=0.05)
+    assert f.status == "ok" and f.evidence.startswith("1 steps on one batch: loss_seg "), f
 
 
 def test_tiny_config_passes_every_check(synth_root: Path, make_ctx: Ctx) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +55,6 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
     from masklab.config.assemble import (
         apply_eval_settings,
-        build_dataset,
         build_evaluator,
         build_model,
         build_val_loader,
@@ -62,7 +62,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         place_model,
         resolve_device,
     )
-    from masklab.engine.checkpoint import check_checkpoint_task, load_model_weights
+    from masklab.data.split_meta import check_checkpoint_meta
+    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest, load_checkpoint
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
     from masklab.errors import CheckpointError
@@ -71,19 +72,28 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
     rc = resolve_for_cli(args.config, args.overrides)
-    check_checkpoint_task(ckpt, rc.task, args.config)  # a MAL checkpoint with a semantic config, ...
+    # Every output is checked before the evaluation: a long run must not end in a path error, nor
+    # leave one output written when another cannot be.
+    out = _output_file(args.out, ckpt)
+    confusion_dir = _output_dir(args.confusion, "--confusion") if args.confusion else None
+    real = follow_latest(ckpt)  # `latest` is a pointer file: read what it names
+    check_checkpoint_task(real, rc.task, args.config)  # a MAL checkpoint with a semantic config, ...
     device = resolve_device(rc.runtime.device)
     if "LOCAL_RANK" in os.environ:
         init_distributed(device=device)
-    val_set = build_dataset(rc, "val")
+    val_set = _build_val_set(rc)
+    payload = None if real.suffix == ".safetensors" else load_checkpoint(real)
+    # Same class list in another order: same model, same weights, wrong per-class metrics.
+    saved_meta = (payload or {}).get("dataset_meta")
+    check_checkpoint_meta(saved_meta, val_set, str(ckpt), "dataset.val", attributes=rc.task != "semantic")
     model = build_model(rc, dataset_meta(val_set))
-    loaded = load_model_weights(model, ckpt, strict=True)
+    loaded = _load_weights(model, payload if payload is not None else real, ckpt)
     if loaded.ema and is_main_process():
         print(loaded.message(str(ckpt)))
     apply_eval_settings(model, rc)
     place_model(model, rc, device)
     evaluator = build_evaluator(rc, val_set)
-    if args.confusion:
+    if confusion_dir is not None:
         from masklab.evaluation.confusion import with_confusion
 
         evaluator = with_confusion(evaluator, dataset_meta(val_set), rc.task)
@@ -91,23 +101,81 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     metrics = loop.run(progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
     teardown()  # the metrics are reduced: nothing collective is left
-    if not main_process:
-        return 0
+    if main_process:
+        _report_and_write(evaluator, metrics, ckpt, out, confusion_dir)
+    return 0
+
+
+def _report_and_write(
+    evaluator: Any, metrics: Any, ckpt: Path, out: Path, confusion_dir: Path | None
+) -> None:
+    """Print the metrics report; write the confusion matrix (when asked) and the metrics JSON."""
+    from masklab import strict_json
+    from masklab.atomic_files import atomic_write
+
     report = getattr(evaluator, "format_report", None)
     description = getattr(evaluator, "metric_description", "")
     if report is not None:
         print(report())  # every report ends with how its metrics were computed
     elif description:
         print(description)
-    if args.confusion:
-        png, csv_path = evaluator.confusion.save(args.confusion)
+    text = strict_json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
+    if confusion_dir is not None:
+        png, csv_path = evaluator.confusion.save(confusion_dir)
         print(evaluator.confusion.format_report())
         print(f"confusion matrix written to {png} and {csv_path}")
-    out = Path(args.out) if args.out else ckpt.with_name(f"{ckpt.stem}.metrics.json")
-    from masklab import strict_json
-    from masklab.atomic_files import atomic_write
-
-    text = strict_json.dumps({"checkpoint": str(ckpt), "metrics": metrics, "how": description}, indent=2)
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"metrics written to {out}")
-    return 0
+
+
+def _build_val_set(rc: Any) -> Any:
+    """``dataset.val``; its errors name that key (``dataset.val: FolderSegDataset.split: ...``)."""
+    from masklab.config.assemble import build_dataset
+    from masklab.data.datasets.config_key import with_config_key
+    from masklab.errors import MasklabError
+
+    try:
+        return build_dataset(rc, "val")
+    except MasklabError as exc:
+        raise with_config_key(exc, "dataset.val") from None
+
+
+def _load_weights(model: Any, source: Any, ckpt: Path) -> Any:
+    """Strict load of ``source`` (the payload read once, or a safetensors path); a mismatch names
+    ``ckpt`` rather than ``<state dict>``."""
+    from masklab.engine.checkpoint import load_model_weights
+    from masklab.errors import CheckpointError
+
+    try:
+        return load_model_weights(model, source, strict=True)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).replace("<state dict>", str(ckpt), 1)) from None
+
+
+def _output_file(out: str | None, ckpt: Path) -> Path:
+    """The metrics JSON path (default: next to the checkpoint), checked writable as a file."""
+    from masklab.cli.output import check_output_file
+
+    if out is not None:
+        return check_output_file(out, "--out", "metrics.json")
+    return check_output_file(
+        ckpt.with_name(f"{ckpt.stem}.metrics.json"), "--out (default: next to the checkpoint)"
+    )
+
+
+def _output_dir(path: str, flag: str) -> Path:
+    """``path`` once it is, or can be created as, a writable folder; else a one-line ConfigError
+    naming ``flag`` (nothing is created here)."""
+    from masklab.errors import ConfigError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a file; expected a folder to write into")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {out}: {probe} is a file, where a folder is needed")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out}: cannot write there ({probe} does not allow writing)")
+    return out

@@ -3,14 +3,16 @@
 The model's label ``i`` is the train set's class ``i``. A val file with one more category shifts
 every later label onto another category id (the metrics score "dog" as "cat"); one category less
 fails only at the first validation. :func:`check_same_meta` compares the two
-:class:`~masklab.data.meta.DatasetMeta` up front and names the first difference.
+:class:`~masklab.data.meta.DatasetMeta` up front and names the first difference;
+:func:`check_checkpoint_meta` does the same for a checkpoint and the data it is evaluated on.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from masklab.data.meta import DatasetMeta
+from masklab.data.meta import DatasetMeta, short_repr
 from masklab.errors import DataError
 
 
@@ -34,7 +36,7 @@ def check_same_meta(
     a, b = getattr(train, "metainfo", None), getattr(val, "metainfo", None)
     if not isinstance(a, DatasetMeta) or not isinstance(b, DatasetMeta):
         return
-    diff = meta_difference(a, b, names=("train", "val"))
+    diff = meta_difference(a, b, names=(keys[0].rsplit(".", 1)[-1], keys[1].rsplit(".", 1)[-1]))
     if diff is None:
         return
     prefix = f"{source}: " if source else ""
@@ -42,6 +44,48 @@ def check_same_meta(
         f"{prefix}{keys[0]} ({_where(train)}) and {keys[1]} ({_where(val)}) disagree on their labels: "
         f"{diff}; train and val must share classes, category ids and attributes (the model's label i "
         "is the train set's class i)"
+    )
+
+
+def check_checkpoint_meta(
+    saved: Any,
+    dataset: Any,
+    checkpoint: str,
+    key: str = "dataset.val",
+    *,
+    attributes: bool = True,
+) -> None:
+    """Refuse evaluating a checkpoint on a dataset whose labels mean other classes.
+
+    The model's output ``i`` is the class ``i`` of the data it was trained on, which training
+    stores in the checkpoint (``dataset_meta``); the metrics name the dataset's class ``i``. Two
+    class lists of the same length in another order build the same model and load the same weights,
+    so nothing else would notice.
+
+    Args:
+        saved: the checkpoint's ``dataset_meta`` entry (plain data), or None for a checkpoint
+            without one (nothing to compare).
+        dataset: the dataset to evaluate on (its ``metainfo``).
+        checkpoint: the checkpoint file, named first in the message.
+        key: the config key of ``dataset``.
+        attributes: compare attributes too (the model predicts them); a semantic model does not.
+
+    Raises:
+        DataError: one line naming the checkpoint's classes, the dataset's and the first difference.
+    """
+    current = getattr(dataset, "metainfo", None)
+    if not saved or not isinstance(current, DatasetMeta):
+        return
+    stored = DatasetMeta.from_json(saved, where=f"{checkpoint}: dataset_meta")
+    if not attributes:
+        stored, current = replace(stored, attributes=()), replace(current, attributes=())
+    diff = meta_difference(stored, current, names=("the checkpoint", key))
+    if diff is None:
+        return
+    raise DataError(
+        f"{checkpoint}: the checkpoint was trained on classes {short_repr(list(stored.classes), 200)} but "
+        f"{key} ({_where(dataset)}) has {short_repr(list(current.classes), 200)}: {diff}; evaluate on data "
+        "labelled as in training (the model's label i is the checkpoint's class i)"
     )
 
 

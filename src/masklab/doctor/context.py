@@ -2,12 +2,16 @@
 
 Each object is built at most once; a build failure is remembered (as the user-facing message) so
 that the checks depending on it report it once (:meth:`DoctorContext.first_report`) and the others
-say they were skipped, instead of each printing a traceback or the same line again.
+say they were skipped, instead of each printing a traceback or the same line again. Files a data
+check reports as broken are remembered too (:meth:`DoctorContext.report_files`): a sample that
+does not load because of one is that check's problem, not the pipeline's nor the model's.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from masklab.config.schema import ResolvedConfig
+from masklab.doctor.finding import Finding, error, skipped
 from masklab.errors import DataError, MasklabError
 
 
@@ -44,6 +49,7 @@ class DoctorContext:
     pictures: list[Path] = field(default_factory=list)
     _cache: dict[str, Any] = field(default_factory=dict)
     _reported: dict[str, str] = field(default_factory=dict)
+    _reported_files: dict[str, str] = field(default_factory=dict)
 
     def first_report(self, problem: str, check: str) -> str:
         """The check that reports ``problem`` (a one-line message): the first one to ask.
@@ -52,6 +58,43 @@ class DoctorContext:
         and names the one returned, so a shared failure is printed once.
         """
         return self._reported.setdefault(problem, check)
+
+    def report_files(self, paths: Iterable[str | Path], check: str) -> None:
+        """Record that ``check`` reports these files as broken (as an error row).
+
+        A later check that trips over one of them (a sample that does not load names its file)
+        asks :meth:`reporter_of` and says it was skipped, naming ``check``, instead of repeating it.
+        """
+        for path in paths:
+            self._reported_files.setdefault(str(path), check)
+
+    def owner(self, problem: str, check: str) -> str:
+        """The row that reports ``problem``: the data row whose file it names, else the first to ask."""
+        return self.reporter_of(problem) or self.first_report(problem, check)
+
+    def dataset_failure(self, split: str, check: str, advice: str) -> Finding | None:
+        """``check``'s row when ``dataset.<split>`` cannot be built, None when it builds.
+
+        The first check to meet a failure reports it (an error naming ``dataset.<split>`` and the
+        builder's message); the others, and every check when a data row reports a file the message
+        names, are skipped naming that row. Each split's failure is its own problem, even when
+        the same mistake is written in both.
+        """
+        try:
+            self.dataset(split)
+        except Unavailable as exc:
+            first = self.owner(f"dataset.{split}: {exc}", check)
+            if first != check:
+                return skipped(check, f"skipped: dataset.{split} cannot be built (see {first})")
+            return error(check, f"dataset.{split} cannot be built: {exc}", advice)
+        return None
+
+    def reporter_of(self, message: str) -> str | None:
+        """The check that reported a file ``message`` names (see :meth:`report_files`), or None."""
+        for path, check in self._reported_files.items():
+            if path in message and re.search(re.escape(path) + r"(?![\w.])", message):
+                return check
+        return None
 
     def _get(self, key: str, build: Any) -> Any:
         if key not in self._cache:

@@ -45,6 +45,47 @@ def label_lut(
     return lut
 
 
+# Lossy formats move the class ids at every edge (and JPEG's 8x8 blocks anywhere), into wrong or
+# non-existent classes; label maps must be stored losslessly.
+_JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def _lossy_webp(path: Path) -> bool:
+    """Whether a WebP file holds a lossy (``VP8 ``) bitstream; lossless WebP (``VP8L``) is fine."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(12)[8:12] != b"WEBP":
+                return False
+            while len(header := f.read(8)) == 8:
+                fourcc, size = header[:4], int.from_bytes(header[4:], "little")
+                if fourcc in (b"VP8 ", b"VP8L"):
+                    return fourcc == b"VP8 "
+                f.seek(size + (size & 1), 1)  # chunks are padded to an even size
+    except OSError:
+        return False  # unreadable: the label reader names the file
+    return False
+
+
+def check_lossless_labels(label: Path, owner: str) -> None:
+    """Refuse label maps stored lossily (JPEG, lossy WebP); ``label`` is a dataset's first label file.
+
+    Raises:
+        DataError: naming ``<owner>.seg_map_suffix``, the file, and that labels must be lossless PNGs.
+    """
+    name = label.name.lower()
+    if name.endswith(_JPEG_SUFFIXES):
+        kind = "JPEG"
+    elif name.endswith(".webp") and _lossy_webp(label):
+        kind = "lossy WebP"
+    else:
+        return
+    raise DataError(
+        f"{owner}.seg_map_suffix: label maps are {kind} files (first: {label}); lossy compression turns "
+        "class ids into wrong labels and phantom classes at every edge; expected lossless single-channel "
+        "index PNGs (re-export the label maps as .png)"
+    )
+
+
 def _check_palette(name: str, palette: Sequence[Sequence[int]] | None, num_classes: int) -> None:
     if palette is not None:
         check_palette(palette, num_classes, f"{name}.palette", DataError)
@@ -62,20 +103,21 @@ class FolderSegDataset(Dataset):
         img_dir: folder of images.
         ann_dir: folder of label maps.
         img_suffix: image file ending.
-        seg_map_suffix: label file ending.
-        split: optional text file listing the stems to use.
+        seg_map_suffix: label file ending; label maps must be lossless (JPEG and lossy WebP are
+            refused: compression noise would become wrong labels).
+        split: optional text file listing the stems to use (one stem per line; an empty file is
+            an error).
         classes: class names. A subclass with :attr:`METAINFO` accepts a subset of its classes and
             maps the others to ``ignore_index``.
         palette: one RGB colour per class (generated when omitted).
         reduce_zero_label: label 0 becomes ignore and every other label shifts down by one.
-        label_map: explicit stored-label -> training-label mapping (applied after reduce_zero_label).
+        label_map: explicit stored-label -> training-label mapping (applied after reduce_zero_label);
+            stored values 0..255 onto class ids or ``ignore_index``, checked before any file is read.
         ignore_index: label value that is not trained on nor evaluated.
         pipeline: transforms applied to each sample, in order.
     """
 
     METAINFO: DatasetMeta | None = None
-    # Split files the items come from (VOCDataset may join several); named when nothing is found.
-    _splits: Sequence[Path] = ()
 
     def __init__(
         self,
@@ -99,24 +141,37 @@ class FolderSegDataset(Dataset):
         self.reduce_zero_label = reduce_zero_label
         self.pipeline = list(pipeline)
         self.metainfo, subset_map = self._resolve_meta(classes, palette, ignore_index)
+        if label_map:
+            self._check_label_map(label_map)  # a config mistake: named before any file is read
         self.label_map = dict(label_map or {}) or subset_map
         self._lut = label_lut(reduce_zero_label, self.label_map, ignore_index)
         self.items = self._list_items(split)
         if not self.items:
-            raise DataError(self._empty_message(split))
+            raise DataError(
+                f"{type(self).__name__}.img_dir: no image found: {self.img_dir} holds no file ending in "
+                f"{self.img_suffix!r} and no split file (every image is used); check img_dir, img_suffix and split"
+            )
+        check_lossless_labels(self.items[0][1], type(self).__name__)
 
-    def _empty_message(self, split: str | Path | None) -> str:
-        """One line naming the folder, suffix and split file(s) that together found no image."""
-        splits = [str(p) for p in self._splits] or ([str(split)] if split is not None else [])
-        listing = (
-            f"the split file {', '.join(splits)} lists no stem"
-            if splits
-            else "no split file (every image is used)"
-        )
-        return (
-            f"{type(self).__name__}.img_dir: no image found: {self.img_dir} holds no file ending in "
-            f"{self.img_suffix!r} and {listing}; check img_dir, img_suffix and split"
-        )
+    def _check_label_map(self, label_map: Mapping[int, int]) -> None:
+        """Every ``stored -> training`` pair maps an 8-bit value onto a class id or ``ignore_index``.
+
+        A wrong target would otherwise surface as "label value 7 is outside [0, 3)" blamed on the
+        first label file holding the stored value, although the files are right and the map is not.
+        """
+        meta, name = self.metainfo, type(self).__name__
+        for src, dst in label_map.items():
+            if not 0 <= int(src) <= 255:
+                raise DataError(
+                    f"{name}.label_map: {dict(label_map)} maps stored value {src}, which an 8-bit label "
+                    "map cannot hold; expected stored values 0..255"
+                )
+            if not (0 <= int(dst) < meta.num_classes or int(dst) == meta.ignore_index):
+                raise DataError(
+                    f"{name}.label_map: {dict(label_map)} maps stored value {src} to {dst}, outside "
+                    f"[0, {meta.num_classes}) and not ignore_index {meta.ignore_index}; expected class ids "
+                    f"of {list(meta.classes)} (or {meta.ignore_index} to ignore the value)"
+                )
 
     def _resolve_meta(
         self, classes: Sequence[str] | None, palette: Sequence[Sequence[int]] | None, ignore_index: int
@@ -158,32 +213,61 @@ class FolderSegDataset(Dataset):
         if not self.ann_dir.is_dir():
             raise DataError(f"{name}.ann_dir: {self.ann_dir} is not a directory")
         if split is not None:
-            stems = self._read_split(split)
-        else:
-            n = len(self.img_suffix)
-            stems = sorted(
-                str(p.relative_to(self.img_dir))[:-n] for p in self.img_dir.rglob(f"*{self.img_suffix}")
-            )
-        return self._pair(stems, self.ann_dir)
+            return self._pair(self._read_split(split), self.ann_dir, Path(split))
+        n = len(self.img_suffix)
+        stems = sorted(
+            str(p.relative_to(self.img_dir))[:-n] for p in self.img_dir.rglob(f"*{self.img_suffix}")
+        )
+        return self._pair(stems, self.ann_dir, None)
 
     def _read_split(self, split: str | Path) -> list[str]:
-        """The non-empty, stripped lines of a split file (stems relative to img_dir / ann_dir)."""
+        """The non-empty, stripped lines of a split file (stems relative to img_dir / ann_dir).
+
+        Raises:
+            DataError: the file is missing or lists no stem.
+        """
         split_path = Path(split)
         if not split_path.is_file():
             raise DataError(f"{type(self).__name__}.split: {split_path} not found")
-        return [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+        stems = [line.strip() for line in split_path.read_text().splitlines() if line.strip()]
+        if not stems:
+            raise DataError(
+                f"{type(self).__name__}.split: the split file {split_path} lists no stem (it is empty); "
+                f"expected one stem per line, a file name under {self.img_dir} without {self.img_suffix!r}"
+            )
+        return stems
 
-    def _pair(self, stems: Sequence[str], ann_dir: Path) -> list[tuple[Path, Path]]:
-        """(image, label) paths of ``stems``; any missing file is one DataError naming the first."""
+    def _pair(self, stems: Sequence[str], ann_dir: Path, split: Path | None) -> list[tuple[Path, Path]]:
+        """(image, label) paths of ``stems`` (listed by ``split``, or found under img_dir when None).
+
+        Raises:
+            DataError: one line counting the stems whose image or label is missing, naming the
+                split file (or ann_dir) and the first such stem's missing files.
+        """
         items = [
             (self.img_dir / f"{s}{self.img_suffix}", ann_dir / f"{s}{self.seg_map_suffix}") for s in stems
         ]
-        missing = [str(p) for pair in items for p in pair if not p.is_file()]
-        if missing:
+        missing = [
+            (stem, img, seg)
+            for stem, (img, seg) in zip(stems, items, strict=True)
+            if not img.is_file() or not seg.is_file()
+        ]
+        if not missing:
+            return items
+        name, (stem, img, seg) = type(self).__name__, missing[0]
+        if split is None:  # the image was found under img_dir: only its label can be missing
             raise DataError(
-                f"{type(self).__name__}: {len(missing)} listed files are missing, first: {missing[0]}"
+                f"{name}.ann_dir: {len(missing)} of {len(stems)} images under {self.img_dir} have no label "
+                f"map, first: {img} expects {seg}; check ann_dir and seg_map_suffix"
             )
-        return items
+        absent = " and ".join(
+            f"{kind} {p}" for kind, p in (("image", img), ("label", seg)) if not p.is_file()
+        )
+        counted = "1 stem" if len(missing) == 1 else f"{len(missing)} stems"
+        raise DataError(
+            f"{name}.split: the split file {split} lists {counted} (of {len(stems)}) whose files are "
+            f"missing, first {stem!r}: {absent} not found; check img_dir, ann_dir and the suffixes"
+        )
 
     def __len__(self) -> int:
         return len(self.items)

@@ -153,5 +153,5 @@ class VOCDataset(FolderSegDataset):
         for split_file, ann_dir in zip(self._splits, self._ann_dirs, strict=True):
             if not ann_dir.is_dir():
                 raise DataError(f"{type(self).__name__}.ann_dir: {ann_dir} is not a directory")
-            items += self._pair(self._read_split(split_file), ann_dir)
+            items += self._pair(self._read_split(split_file), ann_dir, split_file)
         return items

@@ -6,6 +6,7 @@ building, so they report "skipped" naming the row instead of repeating its messa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,25 +168,73 @@ def _num_classes(ctx: DoctorContext) -> int | None:
     return None if meta is None else meta.num_classes
 
 
-@register_check("config", "class_weight")
-def check_class_weight(ctx: DoctorContext) -> list[Finding]:
-    """A loss's ``class_weight`` has one entry per class (or per class + no-object)."""
+_HEAD_LOSS_WEIGHT = re.compile(
+    r"^model\.(?P<head>[\w.]*head(?:\.\d+)?)\.loss_decode(?:\.(?P<i>\d+))?\.class_weight$"
+)
+
+
+def class_weight_problems(ctx: DoctorContext) -> list[tuple[str, str, Finding]]:
+    """``(key as training spells it, its dotted config path, finding)`` for every list ``class_weight``.
+
+    A semantic head's loss (``<head>.loss_decode``) takes one weight per output channel, as the
+    head checks when it is built: C, or 1 with ``binary: true`` (no no-object slot). Other losses
+    (query-based models) take C, or C+1 with the no-object slot.
+    """
     n = _num_classes(ctx)
+    model = _model_data(ctx)
     out = []
-    for path, w in find_keys(_model_data(ctx), "class_weight"):
+    for path, w in find_keys(model, "class_weight"):
         if not isinstance(w, list) or n is None:
             continue
-        if len(w) in (n, n + 1):
-            out.append(ok("config.class_weight", f"{path} has {len(w)} entries for {n} classes"))
-        else:
-            out.append(
-                error(
+        semantic = _HEAD_LOSS_WEIGHT.match(path)
+        if semantic is None:
+            spelled = path
+            if len(w) in (n, n + 1):
+                finding = ok("config.class_weight", f"{path} has {len(w)} entries for {n} classes")
+            else:
+                finding = error(
                     "config.class_weight",
                     f"{path} has {len(w)} entries; the dataset has {n} classes",
                     f"give {n} weights ({n + 1} with a no-object slot)",
                 )
+            out.append((spelled, path, finding))
+            continue
+        head_path = semantic.group("head")
+        head = _lookup(model, head_path.split("."))
+        binary = isinstance(head, dict) and head.get("binary") is True
+        channels = 1 if binary else n
+        spelled = f"model.{head_path}.loss_decode[{semantic.group('i') or 0}].class_weight"
+        if len(w) == channels:
+            finding = ok(
+                "config.class_weight", f"{spelled} has {len(w)} entries for {channels} output channels"
             )
+        else:
+            what = "binary: true predicts 1 channel" if binary else f"{n} classes, no no-object slot"
+            finding = error(
+                "config.class_weight",
+                f"{spelled} has {len(w)} entries but the head predicts {channels} channels ({what}); "
+                "the model does not build",
+                f"give {channels} weights, one per class in the order of the dataset's classes",
+            )
+        out.append((spelled, path, finding))
     return out
+
+
+def _lookup(node: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return None
+    return node
+
+
+@register_check("config", "class_weight")
+def check_class_weight(ctx: DoctorContext) -> list[Finding]:
+    """A loss's ``class_weight`` has one entry per output channel (as the head checks when built)."""
+    return [finding for _, _, finding in class_weight_problems(ctx)]
 
 
 @register_check("config", "sync_bn")
@@ -292,6 +341,11 @@ def model_blockers(ctx: DoctorContext) -> dict[str, str]:
     dotted key -> the row (the model checks then say they were skipped instead of repeating it)."""
     keys = {"model.attributes": "config.attributes"} if attribute_mismatch(ctx) else {}
     keys.update({p: "config.max_dets" for p, _ in topk_conflicts(ctx) if p == "model.test_topk"})
+    for spelled, _, finding in class_weight_problems(ctx):
+        if finding.status == "error" and spelled.endswith("].class_weight"):
+            # The head raises ``decode_head.loss_decode[i].class_weight has ...`` (its own spelling).
+            keys[spelled.split(".", 1)[1]] = "config.class_weight"
+            keys["decode_head" + spelled[spelled.index(".loss_decode[") :]] = "config.class_weight"
     n = _num_classes(ctx)
     if n is not None:
         keys.update(

@@ -215,14 +215,18 @@ def check_coco_annotations(ctx: DoctorContext) -> list[Finding]:
             data = read_json(ann_file)
         except DataError as exc:
             out.append(error(name, str(exc), "fix or regenerate the annotation file"))
+            ctx.report_files([ann_file], name)
             continue
         if not isinstance(data, dict):
             out.append(error(name, f"{ann_file}: top level is not an object", "fix the annotation file"))
+            ctx.report_files([ann_file], name)
             continue
         found = scan_coco(data, str(ann_file), ctx.max_files)
         for kind, items in found.items():
             status, advice = _ADVICE[kind]
             make = error if status == "error" else warn
+            if status == "error":  # the dataset refuses the file: the rows needing it name this one
+                ctx.report_files([ann_file], f"{name}.{kind}")
             out.append(
                 make(
                     f"{name}.{kind}",
@@ -230,7 +234,9 @@ def check_coco_annotations(ctx: DoctorContext) -> list[Finding]:
                     advice.format(split=split),
                 )
             )
-        out.extend(_check_coco_images(name, data, img_dir, ctx.max_files))
+        images, broken = _check_coco_images(name, data, img_dir, ctx.max_files)
+        out.extend(images)
+        ctx.report_files(broken, f"{name}.images")
         if not found:
             n, m = len(data.get("annotations", [])), len(data.get("images", []))
             if ctx.max_files > 0 and ctx.max_files < m:
@@ -246,12 +252,14 @@ def check_coco_annotations(ctx: DoctorContext) -> list[Finding]:
 
 def _check_coco_images(
     name: str, data: dict[str, Any], img_dir: Path | None, max_images: int = 0
-) -> list[Finding]:
+) -> tuple[list[Finding], list[Path]]:
+    """The ``<name>.images`` error row (when any image is bad) and the bad image files."""
     from masklab.data.io import read_image
 
     if img_dir is None:
-        return []
+        return [], []
     bad: list[str] = []
+    broken: list[Path] = []
     images = data.get("images", [])
     for im in images if max_images <= 0 else images[:max_images]:
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
@@ -260,8 +268,10 @@ def _check_coco_images(
             pixels = read_image(img_dir / im["file_name"])
         except DataError as exc:
             bad.append(str(exc))
+            broken.append(img_dir / im["file_name"])
             continue
         if tuple(pixels.shape[-2:]) != (im.get("height"), im.get("width")):
+            broken.append(img_dir / im["file_name"])
             bad.append(
                 f"{img_dir / im['file_name']}: size {tuple(pixels.shape[-2:])} but the JSON says "
                 f"{im.get('height')}x{im.get('width')}"
@@ -273,5 +283,5 @@ def _check_coco_images(
                 f"{len(bad)} unreadable or mis-sized images, first: {bad[0]}",
                 "re-export the images or fix height/width in the JSON",
             )
-        ]
-    return []
+        ], broken
+    return [], []

@@ -28,13 +28,7 @@ def _limited(items: list[Any], max_files: int) -> list[Any]:
 
 
 def _build_failure(ctx: DoctorContext, check: str, split: str) -> Finding | None:
-    try:
-        ctx.dataset(split)
-    except Unavailable as exc:
-        return error(
-            check, f"dataset.{split} cannot be built: {exc}", "fix the dataset files or paths named above"
-        )
-    return None
+    return ctx.dataset_failure(split, check, "fix the dataset key, file or path named here")
 
 
 def _valid(label: int, meta: Any) -> bool:
@@ -65,11 +59,13 @@ def check_label_values(ctx: DoctorContext) -> list[Finding]:
         hist: Counter[int] = Counter()
         bad: list[str] = []
         unreadable: list[str] = []
+        broken: list[Path] = []
         for _, seg in _limited(items, ctx.max_files):
             try:
                 raw = read_label(seg)
             except DataError as exc:
                 unreadable.append(str(exc))
+                broken.append(seg)
                 continue
             values, counts = torch.unique(raw, return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist()):
@@ -77,6 +73,8 @@ def check_label_values(ctx: DoctorContext) -> list[Finding]:
             wrong = [v for v in values.tolist() if v > 255 or not _valid(int(lut[v]), meta)]
             if wrong:
                 bad.append(f"{seg}: stored values {wrong}")
+                broken.append(seg)
+        ctx.report_files(broken, name)  # a sample that does not load because of them is this row's
         shown = ", ".join(f"{v}:{c}" for v, c in sorted(hist.items()))
         if unreadable:
             out.append(
@@ -116,11 +114,13 @@ def check_images_readable(ctx: DoctorContext) -> list[Finding]:
         if items is None:
             continue
         problems: list[str] = []
+        broken: list[Path] = []
         for img, seg in _limited(items, ctx.max_files):
             try:
                 pixels = read_image(img)
             except DataError as exc:
                 problems.append(str(exc))
+                broken.append(img)
                 continue
             try:
                 with Image.open(seg) as lab:
@@ -131,7 +131,9 @@ def check_images_readable(ctx: DoctorContext) -> list[Finding]:
                 problems.append(
                     f"{seg}: label size {size} differs from image {img} size {tuple(pixels.shape[-2:])}"
                 )
+                broken.append(seg)
         name = f"data.images[{split}]"
+        ctx.report_files(broken, name)
         if problems:
             out.append(
                 error(

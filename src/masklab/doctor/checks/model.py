@@ -167,7 +167,11 @@ def input_dependence_findings(model: nn.Module, batch: Any) -> list[Finding]:
 
 
 def overfit_findings(model: nn.Module, batch: Any, steps: int, lr: float = 1e-3) -> list[Finding]:
-    """Adam on one batch for ``steps`` steps: every loss term should fall (below 99 % of its start)."""
+    """Adam on one batch for ``steps`` steps: every loss term should fall (below 99 % of its start).
+
+    The losses are measured before every step and once more after the last, so ``steps`` steps
+    give ``steps`` chances to fall (the value a step computes is the one before it updates).
+    """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or steps < 1:
@@ -175,9 +179,13 @@ def overfit_findings(model: nn.Module, batch: Any, steps: int, lr: float = 1e-3)
     opt = torch.optim.Adam(params, lr=lr)
     first: dict[str, float] = {}
     best: dict[str, float] = {}
-    for _ in range(steps):
+    for step in range(steps + 1):
         opt.zero_grad(set_to_none=True)
-        losses = _losses(model, batch)
+        if step == steps:  # after the last update: measure only
+            with torch.no_grad():
+                losses = _losses(model, batch)
+        else:
+            losses = _losses(model, batch)
         values = {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
         if not all(math.isfinite(v) for v in values.values()):
             return [
@@ -189,8 +197,9 @@ def overfit_findings(model: nn.Module, batch: Any, steps: int, lr: float = 1e-3)
             ]
         first = first or values
         best = {k: min(v, best.get(k, v)) for k, v in values.items()}
-        _total(losses).backward()
-        opt.step()
+        if step < steps:
+            _total(losses).backward()
+            opt.step()
     stuck = {k: (first[k], best[k]) for k in first if first[k] > 1e-6 and best[k] > 0.99 * first[k]}
     if stuck:
         shown = ", ".join(f"{k} {a:.3g} -> {b:.3g}" for k, (a, b) in stuck.items())
@@ -216,9 +225,11 @@ def not_run(ctx: DoctorContext, name: str, why: str) -> Finding:
     """The row of a model check whose model or batch cannot be built (``why``, the build error).
 
     The problem is printed once: when config rows already report every error of the build (the
-    builder joins them with "; "), or dataset.train does not build (data.labels reports it), the
-    check is skipped naming those rows; otherwise the first model check reports it and the others
-    are skipped naming that one.
+    builder joins them with "; "; a model constructor raises one error that names its key first),
+    dataset.train does not build, or a train sample does not load because of a file a data row
+    reports, the check is skipped naming that row; otherwise the first check to meet the problem
+    reports it (a model check, or the transforms row for a sample that does not load) and the
+    others are skipped naming that one.
     """
     from masklab.doctor.checks.config import model_blockers
 
@@ -227,14 +238,16 @@ def not_run(ctx: DoctorContext, name: str, why: str) -> Finding:
         {row for key, row in blockers.items() if f"{key}: " in part or part.startswith(f"{key}:")}
         for part in why.split("; ")
     ]
-    if all(rows):
-        shown = " and ".join(sorted(set().union(*rows)))
+    named_first = {row for key, row in blockers.items() if why.startswith(f"{key} ")}
+    if all(rows) or named_first:
+        shown = " and ".join(sorted(named_first or set().union(*rows)))
         return skipped(name, f"skipped: the model cannot be built until {shown} is fixed")
-    try:
-        ctx.dataset("train")
-    except Unavailable:
-        if "train" in ctx.splits:
-            return skipped(name, "skipped: dataset.train cannot be built (see data.labels[train])")
+    failure = ctx.dataset_failure("train", name, "fix the dataset key, file or path named here")
+    if failure is not None:
+        return failure
+    reporter = ctx.reporter_of(why)
+    if reporter is not None:
+        return skipped(name, f"skipped: a train sample does not load (see {reporter})")
     first = ctx.first_report(why, name)
     if first != name:
         return skipped(name, f"skipped: the model or a train batch cannot be built (see {first})")

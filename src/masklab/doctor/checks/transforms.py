@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from masklab.doctor.context import DoctorContext, Unavailable, load_sample
-from masklab.doctor.finding import Finding, error, ok
+from masklab.doctor.context import DoctorContext, load_sample
+from masklab.doctor.finding import Finding, error, ok, skipped
 from masklab.doctor.registry import register_check
 from masklab.errors import MasklabError
 from masklab.structures import Sample
@@ -99,22 +99,33 @@ def save_grid(tiles: list[Any], path: Any, columns: int = 4) -> None:
 
 @register_check("transforms", "train_pipeline")
 def check_train_pipeline(ctx: DoctorContext) -> list[Finding]:
-    """Draw samples through the train pipeline, check geometry agreement, render the grid."""
+    """Draw samples through the train pipeline, check geometry agreement, render the grid.
+
+    A sample that does not load is a data problem: skipped when a data row reports its file,
+    otherwise reported here as one (not as a transform moving masks apart).
+    """
     name = "transforms.train_pipeline"
-    try:
-        ds = ctx.dataset("train")
-    except Unavailable as exc:
-        return [error(name, f"dataset.train cannot be built: {exc}", "fix the dataset first (see data.*)")]
+    failure = ctx.dataset_failure("train", name, "fix the dataset first (see data.*)")
+    if failure is not None:
+        return [failure]
+    ds = ctx.dataset("train")
     meta = ds.metainfo
     n = min(ctx.samples, len(ds))
     torch.manual_seed(ctx.rc.runtime.seed)
     problems: list[str] = []
+    unloadable: list[str] = []
+    reported: dict[str, int] = {}  # data rows that report the files of samples that do not load
     tiles = []
     for i in range(n):
         try:
             sample = load_sample(ds, "train", i)  # a crash names the image and its annotations
         except MasklabError as exc:
-            problems.append(str(exc))
+            row = ctx.reporter_of(str(exc))
+            if row is not None:
+                reported[row] = reported.get(row, 0) + 1
+            else:
+                unloadable.append(str(exc))
+                ctx.first_report(str(exc), name)  # the model rows then name this row
             continue
         problems.extend(sample_problems(sample, meta.num_classes, meta.ignore_index))
         tiles.append(render_sample(sample, meta.palette, meta.ignore_index))
@@ -122,17 +133,27 @@ def check_train_pipeline(ctx: DoctorContext) -> list[Finding]:
         path = ctx.work_dir / "train_pipeline.png"
         save_grid(tiles, path)
         ctx.pictures.append(path)
+    known = sum(reported.values())
+    rows = ", ".join(sorted(reported))
+    note = f"; {known} samples that do not load are reported by {rows}" if known else ""
     if problems:
         return [
             error(
                 name,
-                f"{len(problems)} problems in {n} samples, first: {problems[0]}",
+                f"{len(problems)} problems in {n - known - len(unloadable)} samples, first: {problems[0]}{note}",
                 "a transform moves masks/boxes/maps apart: see train_pipeline.png and fix the pipeline",
             )
         ]
-    return [
-        ok(
-            name,
-            f"{n} samples: boxes equal mask boxes, maps match image size and labels (grid: train_pipeline.png)",
-        )
-    ]
+    if unloadable:
+        return [
+            error(
+                name,
+                f"{len(unloadable)} of {n} samples do not load, first: {unloadable[0]}{note}",
+                "a data problem, not a transform one: fix or remove the file named here",
+            )
+        ]
+    agree = "boxes equal mask boxes, maps match image size and labels (grid: train_pipeline.png)"
+    if known:
+        rest = f"; the other {n - known}: {agree}" if n > known else ""
+        return [skipped(name, f"skipped: {known} of {n} samples do not load (see {rows}){rest}")]
+    return [ok(name, f"{n} samples: {agree}")]
