@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
+    from masklab.cli.output import check_output_dir
     from masklab.config.assemble import (
         apply_eval_settings,
         build_evaluator,
@@ -75,7 +76,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     # Every output is checked before the evaluation: a long run must not end in a path error, nor
     # leave one output written when another cannot be.
     out = _output_file(args.out, ckpt)
-    confusion_dir = _output_dir(args.confusion, "--confusion") if args.confusion else None
+    confusion_dir = check_output_dir(args.confusion, "--confusion") if args.confusion else None
     real = follow_latest(ckpt)  # `latest` is a pointer file: read what it names
     check_checkpoint_task(real, rc.task, args.config)  # a MAL checkpoint with a semantic config, ...
     device = resolve_device(rc.runtime.device)
@@ -161,21 +162,3 @@ def _output_file(out: str | None, ckpt: Path) -> Path:
     return check_output_file(
         ckpt.with_name(f"{ckpt.stem}.metrics.json"), "--out (default: next to the checkpoint)"
     )
-
-
-def _output_dir(path: str, flag: str) -> Path:
-    """``path`` once it is, or can be created as, a writable folder; else a one-line ConfigError
-    naming ``flag`` (nothing is created here)."""
-    from masklab.errors import ConfigError
-
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{flag} {out}: is a file; expected a folder to write into")
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"{flag} {out}: {probe} is a file, where a folder is needed")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {out}: cannot write there ({probe} does not allow writing)")
-    return out

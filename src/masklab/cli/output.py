@@ -18,11 +18,26 @@ def check_output_file(path: str | Path, flag: str = "--out", example: str = "out
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"{flag} {out}: is a folder; expected a file path such as {out / example}")
-    probe = out.parent
+    _check_writable_parent(out, out.parent, flag)
+    return out
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """``path`` once it is, or can be created as, a writable folder; else a one-line
+    :class:`ConfigError` naming ``flag`` (nothing is created here)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {out}: is a file; expected a folder to write into")
+    _check_writable_parent(out, out, flag)
+    return out
+
+
+def _check_writable_parent(out: Path, start: Path, flag: str) -> None:
+    """The nearest existing folder at or above ``start`` must be a writable folder."""
+    probe = start
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"{flag} {out}: {probe} is a file, where a folder is needed")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {out}: cannot write there ({probe} does not allow writing)")
-    return out
