@@ -276,3 +276,20 @@ def test_swapped_image_size_is_named_before_the_box(
     err = capsys.readouterr().err.strip()
     assert f"images[0] (id=1): width/height 96x160 but the file {images / 'a.png'} is 160x96" in err, err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_resume_flag_on_an_auto_resumed_mal_run_loads_the_checkpoint_once(
+    tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MAL trainer auto-resumes when built (TAO); `--resume` on top loaded the same file again and
+    said so twice (session 10)."""
+    work = tmp_path / "work"
+    run = ["train", CONFIG, "--work-dir", str(work), "--no-progress", *TINY, *_data(tiny_synth),
+           "dataset.min_obj_size=4", "train.checkpoint_interval_unit=step", "train.checkpoint_interval=1",
+           "train.validation_interval=100"]  # fmt: skip
+    assert main([*run, "train.max_iters=1"]) == 0
+    capsys.readouterr()
+    assert main([*run, "train.max_iters=2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("resumed from") == 1, out
+    assert (work / "checkpoints" / "iter_0000002.pth").is_file()

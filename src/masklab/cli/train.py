@@ -72,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
             source = None if args.resume in (None, "latest") else args.resume
             if source is not None:
                 check_checkpoint_task(source, rc.task, args.config)
-            used = trainer.resume(source)  # before anything is written: a bad checkpoint leaves no folder
-            if used is None:
-                raise CheckpointError(f"{work_dir / 'checkpoints'}: no checkpoint to resume from")
+            if not _already_resumed(trainer, source):  # a MAL trainer auto-resumes when it is built
+                used = trainer.resume(source)  # before anything is written: a bad checkpoint leaves no folder
+                if used is None:
+                    raise CheckpointError(f"{work_dir / 'checkpoints'}: no checkpoint to resume from")
         if is_main_process():
             rc.config.dump(work_dir / "config.yaml")
         trainer.train()
@@ -103,6 +104,19 @@ def _check_resume_value(value: str | None) -> None:
         "file; put overrides before --resume, write --resume=CKPT, or end the command with a bare "
         "--resume to continue from the work dir's latest checkpoint"
     )
+
+
+def _already_resumed(trainer: object, source: str | None) -> bool:
+    """True when the trainer was built resumed (MAL's TAO-style auto-resume) from the checkpoint
+    ``--resume`` names (None: the work dir's latest), so it is not loaded a second time."""
+    done = getattr(trainer, "resumed_from", None)
+    if done is None:
+        return False
+    if source is None:
+        return True
+    from masklab.engine.checkpoint import follow_latest
+
+    return follow_latest(Path(source)).resolve() == follow_latest(done).resolve()
 
 
 def _outermost_missing(path: Path) -> Path | None:

@@ -154,6 +154,7 @@ class Trainer:
         self.console = console or Console(highlight=False)
         self.show_progress = progress
         self.iter = 0
+        self.resumed_from: Path | None = None  # the checkpoint :meth:`resume` restored, if any
         self.state: TrainState | None = None
         self.should_stop = False
         self.nonfinite_tolerated = False
@@ -401,6 +402,7 @@ class Trainer:
         self.iter = int(payload["iteration"])
         restore_rng(payload["rng"])
         self.log(f"resumed from {path} at iteration {self.iter}")
+        self.resumed_from = Path(path)
         return path
 
     @staticmethod
