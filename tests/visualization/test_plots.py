@@ -81,6 +81,27 @@ def test_plot_curves_and_confusion_write_pngs(tmp_path: Path) -> None:
     assert Image.open(png).mode in ("RGBA", "RGB")
 
 
+def test_a_failed_plot_write_keeps_the_old_file_and_leaves_no_partial_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plots are written atomically (session 10: the confusion PNG was written in place)."""
+    from matplotlib.figure import Figure
+
+    m = np.array([[5, 1], [0, 2]])
+    good = plot_confusion_matrix(m, ["a", "b"], tmp_path / "cm.png")
+    before = good.read_bytes()
+
+    def broken(self: Figure, fname: object, **kwargs: object) -> None:
+        Path(str(fname)).write_bytes(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError):
+        plot_confusion_matrix(m, ["a", "b"], tmp_path / "cm.png")
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png"]
+
+
 def test_render_sample_draws_labels_instances_and_ignore() -> None:
     image = torch.zeros(3, 8, 10, dtype=torch.uint8)
     semantic = torch.full((8, 10), 255, dtype=torch.int64)

@@ -152,7 +152,11 @@ def row_normalize(matrix: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: Figure, out: str | Path) -> Path:
+    """Write ``fig`` atomically (a failed write leaves no partial file and keeps an older one); the
+    format follows ``out``'s extension (PNG when it has none)."""
+    from masklab.atomic_files import atomic_path
+
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".").lower() or "png")
     return path
