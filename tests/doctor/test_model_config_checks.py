@@ -75,6 +75,24 @@ def test_config_checks_catch_planted_mistakes(synth_root: Path, make_ctx: Ctx) -
     assert "lr=0.0025" in cfg_checks.check_lr_vs_batch(off)[0].advice
 
 
+def test_an_auxiliary_heads_class_weight_is_named_under_its_own_key(synth_root: Path, make_ctx: Ctx) -> None:
+    """An auxiliary head's errors say model.auxiliary_head[k].<key> (session 10: they said
+    decode_head.<key>, the main head's name), and the doctor reports it once."""
+    from masklab.config.assemble import build_model
+    from masklab.errors import ModelError
+
+    aux = ("model.auxiliary_head={type: FCNHead, in_index: 1, channels: 8, num_convs: 1, norm: gn, "
+           "concat_input: false, loss_decode: {type: CrossEntropyLoss, class_weight: [1.0, 2.0]}}")  # fmt: skip
+    ctx = make_ctx(synth_root, aux)
+    key = "model.auxiliary_head[0].loss_decode[0].class_weight"
+    with pytest.raises(ModelError, match=re.escape(f"{key} has 2 entries")):
+        build_model(ctx.rc, ctx.meta())
+    rows = run_checks(ctx, [c for c in all_checks() if c.family in ("config", "model")])
+    assert [f.status for f in rows if f.check == "config.class_weight"] == ["error"]
+    model_rows = [f for f in rows if f.check.startswith("model.")]
+    assert model_rows and all(f.status == "skip" and "config.class_weight" in f.evidence for f in model_rows)
+
+
 @pytest.mark.parametrize("count", [8, 2])
 def test_semantic_class_weight_is_one_per_channel_as_training_checks(
     synth_root: Path, make_ctx: Ctx, count: int

@@ -346,6 +346,9 @@ def model_blockers(ctx: DoctorContext) -> dict[str, str]:
             # The head raises ``decode_head.loss_decode[i].class_weight has ...`` (its own spelling).
             keys[spelled.split(".", 1)[1]] = "config.class_weight"
             keys["decode_head" + spelled[spelled.index(".loss_decode[") :]] = "config.class_weight"
+            aux = re.match(r"model\.auxiliary_head(?:\.(\d+))?(\.loss_decode\[.*)", spelled)
+            if aux:  # the model names an auxiliary head's keys model.auxiliary_head[k].<key>
+                keys[f"model.auxiliary_head[{aux.group(1) or 0}]{aux.group(2)}"] = "config.class_weight"
     n = _num_classes(ctx)
     if n is not None:
         keys.update(

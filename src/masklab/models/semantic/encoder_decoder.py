@@ -59,7 +59,14 @@ def _build_child(factory: Callable[..., Any], where: str, **derived: Any) -> Any
                     f"{factory.path or where}.{key}: {factory.kwargs[key]!r} disagrees with the derived value "
                     f"{value!r}; remove the key, the model fills it in"
                 )
-    return factory(**derived)
+    try:
+        return factory(**derived)
+    except ModelError as exc:
+        # Heads name their own keys as ``decode_head.<key>``; an auxiliary head's are under its key.
+        text = str(exc)
+        if where.startswith("model.auxiliary_head") and text.startswith("decode_head"):
+            raise ModelError(where + text[len("decode_head") :]) from None
+        raise
 
 
 @MODELS.register()
