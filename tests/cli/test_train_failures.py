@@ -116,6 +116,11 @@ def test_failed_fresh_run_removes_what_it_created(env: Env, capsys: pytest.Captu
     assert (kept / "notes.txt").read_text() == "mine"  # a folder that was there is not the run's to remove
     # ... but what the failed run added to it goes (session 10: config.yaml and tb/ stayed behind).
     assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+    # An earlier run's config.yaml, rewritten by the failed run, is put back as it was.
+    (kept / "config.yaml").write_text("# an earlier run's config\n")
+    _error_line(env.train("--work-dir", str(kept)), capsys)
+    assert (kept / "config.yaml").read_text() == "# an earlier run's config\n"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "notes.txt"]
 
 
 def test_failed_resumed_run_keeps_its_work_dir(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

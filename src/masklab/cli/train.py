@@ -3,8 +3,8 @@
 A run that creates its work dir and stops on a user error (a :class:`MasklabError`, e.g. a label
 out of range found in the first batch) before writing its first checkpoint removes the folders it
 created: nothing half-written stays behind. A folder that existed before the run, and the work dir
-of a resumed run, are never removed; in a folder that existed, only the entries the failed run added
-are.
+of a resumed run, are never removed; in a folder that existed, the entries the failed run added are
+removed and the small files it rewrote (an earlier run's ``config.yaml``, ``log.jsonl``) put back.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed(device=device) if "LOCAL_RANK" in os.environ else None
     work_dir = prepare_work_dir(rc, args.work_dir)
     created = _outermost_missing(work_dir)  # what this run will create, None if the folder exists
-    before = set(work_dir.iterdir()) if created is None and work_dir.is_dir() else set()
+    before = _snapshot(work_dir) if created is None and work_dir.is_dir() else {}
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
     resuming = bool(args.resume or rc.train.resume)
@@ -139,19 +139,37 @@ def _remove_unfinished(created: Path, work_dir: Path) -> None:
     shutil.rmtree(created, ignore_errors=True)
 
 
-def _remove_added(work_dir: Path, before: set[Path]) -> None:
-    """In a work dir that existed before the run, remove the entries a failed run added (its
-    ``config.yaml``, ``tb/``, logs), unless it already wrote a checkpoint."""
+_SNAPSHOT_MAX_BYTES = 16 << 20
+
+
+def _snapshot(work_dir: Path) -> dict[Path, bytes | None]:
+    """The work dir's top-level entries, with the bytes of its small files (an earlier run's
+    ``config.yaml``, ``log.jsonl``) so that a failed run can put them back."""
+    out: dict[Path, bytes | None] = {}
+    for entry in work_dir.iterdir():
+        small = entry.is_file() and not entry.is_symlink() and entry.stat().st_size <= _SNAPSHOT_MAX_BYTES
+        out[entry] = entry.read_bytes() if small else None
+    return out
+
+
+def _remove_added(work_dir: Path, before: dict[Path, bytes | None]) -> None:
+    """In a work dir that existed before the run, undo what a failed run did to it, unless it
+    already wrote a checkpoint: remove the entries it added (``tb/``, ...) and put back the small
+    files it rewrote or appended to (an earlier run's ``config.yaml``, ``log.jsonl``)."""
+    from masklab.atomic_files import atomic_write
     from masklab.engine.checkpoint import CHECKPOINT_DIR
 
     checkpoints = work_dir / CHECKPOINT_DIR
-    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+    if not work_dir.is_dir() or (checkpoints.is_dir() and any(checkpoints.iterdir())):
         return
-    for entry in set(work_dir.iterdir()) - before if work_dir.is_dir() else ():
+    for entry in set(work_dir.iterdir()) - set(before):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    for entry, data in before.items():
+        if data is not None and entry.is_file() and entry.read_bytes() != data:
+            atomic_write(entry, lambda f, data=data: f.write(data))
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
