@@ -56,6 +56,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from masklab.cli.output import check_output_dir
     from masklab.config.assemble import (
         apply_eval_settings,
+        build_dataset,
         build_evaluator,
         build_model,
         build_val_loader,
@@ -82,7 +83,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     device = resolve_device(rc.runtime.device)
     if "LOCAL_RANK" in os.environ:
         init_distributed(device=device)
-    val_set = _build_val_set(rc)
+    val_set = build_dataset(rc, "val")
     payload = None if real.suffix == ".safetensors" else load_checkpoint(real)
     # Same class list in another order: same model, same weights, wrong per-class metrics.
     saved_meta = (payload or {}).get("dataset_meta")
@@ -127,18 +128,6 @@ def _report_and_write(
         print(f"confusion matrix written to {png} and {csv_path}")
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"metrics written to {out}")
-
-
-def _build_val_set(rc: Any) -> Any:
-    """``dataset.val``; its errors name that key (``dataset.val: FolderSegDataset.split: ...``)."""
-    from masklab.config.assemble import build_dataset
-    from masklab.data.datasets.config_key import with_config_key
-    from masklab.errors import MasklabError
-
-    try:
-        return build_dataset(rc, "val")
-    except MasklabError as exc:
-        raise with_config_key(exc, "dataset.val") from None
 
 
 def _load_weights(model: Any, source: Any, ckpt: Path) -> Any:

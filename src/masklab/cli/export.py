@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
     from masklab.cli.output import check_output_file
     from masklab.config.assemble import build_model
+    from masklab.engine.checkpoint import export_safetensors
     from masklab.inference.inferencer import find_meta, load_payload, load_weights
 
     fmt, config, checkpoint, overrides = _positionals(args)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if report.ema:
         print(report.message(str(checkpoint)))
     if fmt == "safetensors":
-        print(f"weights -> {_write_safetensors(model, out)}")
+        print(f"weights -> {export_safetensors(model, out)}")
         return 0
     assert settings is not None
     return _export_onnx(args, rc, model, out, settings)
@@ -139,15 +140,7 @@ def _export_onnx(
     from masklab.export.onnx import export_onnx, verify_onnx
 
     s = settings
-    path = export_onnx(
-        model,
-        out,
-        input_size=s.size,
-        opset=s.opset,
-        dynamic=s.dynamic,
-        opset_name=s.opset_name,
-        size_name=s.size_name,
-    )
+    path = export_onnx(model, out, s.size, s.opset, s.dynamic, opset_name=s.opset_name, size_name=s.size_name)
     print(f"onnx (opset {s.opset}, {'dynamic' if s.dynamic else 'static'} {list(s.size)}) -> {path}")
     _note_inference_mode(rc)
     if args.verify:
@@ -188,19 +181,3 @@ def _note_inference_mode(rc: ResolvedConfig) -> None:
         print(
             f"note: the graph predicts whole images without TTA; `masklab infer` with this config uses {', '.join(differs)}"
         )
-
-
-def _write_safetensors(model: torch.nn.Module, out: Path) -> Path:
-    """``export_safetensors`` (atomic); a failed write is one line naming the file."""
-    from safetensors import SafetensorError
-
-    from masklab.engine.checkpoint import export_safetensors
-    from masklab.errors import CheckpointError
-
-    try:
-        return export_safetensors(model, out)
-    except OSError as exc:
-        raise CheckpointError(f"{out}: could not write the weights ({exc.strerror or exc})") from None
-    except SafetensorError as exc:
-        reason = str(exc).split("I/O error: ")[-1]
-        raise CheckpointError(f"{out}: could not write the weights ({reason})") from None

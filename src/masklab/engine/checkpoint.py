@@ -274,11 +274,22 @@ def check_weights_fit(
 
 
 def export_safetensors(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's weights as a safetensors file (atomically); returns the path."""
+    """Write the model's weights as a safetensors file (atomically); returns the path.
+
+    Raises:
+        CheckpointError: the file cannot be written (one line naming it and why).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_model
 
     path = Path(path)
-    with atomic_path(path) as tmp:
-        # save_model de-duplicates shared tensors, which save_file refuses.
-        save_model(unwrap(model), str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            # save_model de-duplicates shared tensors, which save_file refuses.
+            save_model(unwrap(model), str(tmp))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: could not write the weights ({exc.strerror or exc})") from None
+    except SafetensorError as exc:  # the Rust writer's I/O errors
+        reason = str(exc).split("I/O error: ")[-1]
+        raise CheckpointError(f"{path}: could not write the weights ({reason})") from None
     return path
