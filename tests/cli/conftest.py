@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = REPO / "configs" / "fcn" / "fcn_mit-b0_1xb8-2300i_synthetic-128x128.yaml"
+DEMO_CONFIG = REPO / "configs" / "fcn" / "fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml"
 
 # Shrinks the demo config to a seconds-long run: tiny images, few iterations, no workers.
 TINY = [

@@ -16,7 +16,7 @@ from masklab.config.check import check_config
 from masklab.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-FCN = CONFIGS / "fcn" / "fcn_mit-b0_1xb8-2300i_synthetic-128x128.yaml"
+FCN = CONFIGS / "fcn" / "fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml"
 MAL = CONFIGS / "mal" / "mal_tiny_synthetic-64.yaml"
 
 TRAIN = """\
