@@ -117,3 +117,24 @@ def test_instance_results_name_their_files_and_still_evaluate(tmp_path: Path) ->
 
     loaded = COCO(str(gt)).loadRes(str(tmp_path / "pred.json"))
     assert all("file_name" in a for a in loaded.dataset["annotations"])
+
+
+def test_out_that_is_a_file_is_refused_before_predicting(
+    ckpt: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from masklab.inference import inferencer
+
+    data, path = ckpt
+    (tmp_path / "taken").write_text("mine")
+    monkeypatch.setattr(
+        inferencer.Inferencer, "_predict", lambda *a: pytest.fail("predicted before checking --out")
+    )
+    argv = ["infer", str(TINY), str(path), f"dataset.root={data}", "--input", str(data / "images" / "val"),
+            "--out", str(tmp_path / "taken"), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == [f"error: --out {tmp_path / 'taken'}: is a file; expected a folder to write into"]
+    assert (tmp_path / "taken").read_text() == "mine"

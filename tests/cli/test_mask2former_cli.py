@@ -51,6 +51,42 @@ def test_test_topk_comes_from_evaluate_max_dets() -> None:
         build_model(resolve(CONFIG, [*TINY, "evaluate.max_dets=7", "model.test_topk=5"]), META)
 
 
+@pytest.mark.parametrize(("max_dets", "coco"), [(1, (1,)), (7, (1, 7)), (10, (1, 10)), (20, (1, 10, 20))])
+def test_evaluator_max_dets_follow_a_small_top_k(max_dets: int, coco: tuple[int, ...]) -> None:
+    """``evaluate.max_dets`` <= 10 is valid (>= 1); the evaluator's maxDets used to be (1, 10, 7), refused."""
+    from types import SimpleNamespace
+
+    from masklab.config.assemble import build_evaluator
+    from masklab.data.coco import parse_coco
+
+    attributes = [{"name": a.name, "values": list(a.values)} for a in META.attributes]
+    categories = [{"id": i + 1, "name": c} for i, c in enumerate(META.classes)]
+    gt = parse_coco({"images": [], "annotations": [], "categories": categories, "attributes": attributes})
+    rc = resolve(CONFIG, [*TINY, f"evaluate.max_dets={max_dets}"])
+    evaluator = build_evaluator(rc, SimpleNamespace(coco=gt, metainfo=META))
+    assert evaluator.params[0].max_dets == coco
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["evaluate.tta.flip=true"], "evaluate.tta / inference.tta: scales [1.0], flip True"),
+        (["evaluate.tta.scales=[0.5,1.0]"], "scales [0.5, 1.0]"),
+        (["evaluate.mode=slide", "evaluate.crop_size=[32,32]", "evaluate.stride=[16,16]"], "'slide'"),
+    ],
+)
+def test_sliding_windows_and_tta_are_refused_not_ignored(overrides: list[str], needle: str) -> None:
+    from masklab.config.assemble import apply_eval_settings
+
+    rc = resolve(CONFIG, [*TINY, *overrides])
+    model = build_model(rc, META)
+    with pytest.raises(ConfigError, match="not supported by Mask2Former") as err:
+        apply_eval_settings(model, rc)
+    assert needle in str(err.value)
+    apply_eval_settings(model, resolve(CONFIG, TINY))  # whole images, no TTA: fine
+    assert model.test_mode == "instance"
+
+
 def test_a_batch_with_an_empty_image_trains() -> None:
     torch.manual_seed(0)
     model = build_model(resolve(CONFIG, TINY), META)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from masklab import strict_json
 from masklab.atomic_files import atomic_write
+from masklab.cli.output import check_output_file
 from masklab.data.coco.load import load_coco
 from masklab.data.coco.results import load_coco_results
+from masklab.errors import ConfigError
 from masklab.evaluation.coco.ap import evaluate_ap
 from masklab.evaluation.coco.attributes import attribute_scores, joint_ap
 from masklab.evaluation.coco.params import CocoEvalParams
@@ -29,9 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the report, optionally write ``--out``; returns the exit code."""
+    # The settings and the output path are checked before any file is read or evaluated.
+    try:
+        params = CocoEvalParams(iou_type=args.iou_type, max_dets=tuple(args.max_dets))
+    except ConfigError:
+        shown = " ".join(str(m) for m in args.max_dets)
+        raise ConfigError(
+            f"--max-dets {shown}: expected increasing positive integers, e.g. 1 10 100"
+        ) from None
+    out = check_output_file(args.out, "--out", "metrics.json") if args.out else None
     gt = load_coco(args.gt)
     dets = load_coco_results(args.pred, gt)
-    params = CocoEvalParams(iou_type=args.iou_type, max_dets=tuple(args.max_dets))
     gt_table = GtTable.from_coco(gt, params.iou_type)
     dt_table = DetTable.from_detections(dets, params.iou_type, where=args.pred)
     image_ids = [im.id for im in gt.images]
@@ -52,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         metrics["joint/AP50"] = joint.stats["AP50"]
     flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(format_coco_report({params.iou_type: result}, names, attrs, flat, params.describe()))
-    if args.out:
-        _write_json(Path(args.out), metrics)
+    if out is not None:
+        _write_json(out, metrics)
     return 0
 
 

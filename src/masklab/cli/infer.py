@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input is None:
         raise ConfigError("infer: --input PATH_OR_DIR is required (or --boxes/--images for MAL)")
     from masklab.cli.common import resolve_for_cli
+    from masklab.cli.output import check_output_dir
     from masklab.config.assemble import resolve_device
     from masklab.engine.distributed import get_info, init_distributed, is_main_process, teardown
     from masklab.inference.arguments import check_opacity
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or inference_settings(rc).out_dir
     if out is None:
         raise ConfigError("infer: --out DIR is required (or set inference.out_dir in the config)")
+    # Checked before the model runs: a file in the way would otherwise fail only at the first write.
+    check_output_dir(out, "--out" if args.out else "inference.out_dir")
     if "LOCAL_RANK" in os.environ:  # under torchrun: each rank predicts its share, rank 0 writes
         init_distributed(device=resolve_device(args.device or rc.runtime.device))
     try:

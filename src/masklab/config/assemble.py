@@ -212,12 +212,13 @@ def build_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
 
 def _instance_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
     from masklab.evaluation.coco.evaluator import CocoEvaluator
+    from masklab.evaluation.coco.params import max_dets_for
 
     meta = dataset_meta(dataset)
     return CocoEvaluator(
         gt=dataset.coco,
         iou_types=("segm",),
-        max_dets=(1, 10, rc.evaluate.max_dets),
+        max_dets=max_dets_for(rc.evaluate.max_dets),
         attribute_names=tuple(a.name for a in meta.attributes),
     )
 

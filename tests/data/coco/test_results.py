@@ -75,3 +75,38 @@ def test_valid_results_still_load(tmp_path: Path) -> None:
     path.write_text(json.dumps([_det(_good_counts()), _det(_good_counts(), attributes={"color": 0})]))
     a, b = load_coco_results(path, GT)
     assert a.area == 12.0 and b.attributes == {"color": 0}
+
+
+@pytest.mark.parametrize(
+    ("scores", "needle"),
+    [
+        ({"color": "high"}, "field 'attribute_scores.color' is 'high'"),
+        ({"color": [0.5]}, "field 'attribute_scores.color' is [0.5]"),
+        ({"color": 1.5}, "field 'attribute_scores.color' is 1.5"),
+        ({"size": 0.5}, "field 'attribute_scores.size' is not an attribute"),
+    ],
+)
+def test_bad_attribute_scores_are_one_line(tmp_path: Path, scores: dict[str, Any], needle: str) -> None:
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps([_det(_good_counts(), attributes={"color": 1}, attribute_scores=scores)]))
+    with pytest.raises(DataError) as err:
+        load_coco_results(path, GT)
+    msg = str(err.value)
+    assert "\n" not in msg and f"{path}: result [0]: {needle}" in msg
+
+
+def test_attributes_are_ignored_against_a_ground_truth_without_attributes(tmp_path: Path) -> None:
+    """``evaluate coco`` gives attribute metrics "when both files carry attributes": AP only otherwise."""
+    plain = parse_coco(
+        {
+            "images": [{"id": 7, "file_name": "a.png", "height": 10, "width": 12}],
+            "categories": [{"id": 5, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 5, "bbox": [1, 1, 4, 3], "iscrowd": 0}],
+        }
+    )
+    path = tmp_path / "pred.json"
+    path.write_text(
+        json.dumps([_det(_good_counts(), attributes={"color": 1}, attribute_scores={"color": 0.8})])
+    )
+    (det,) = load_coco_results(path, plain)
+    assert det.attributes == {} and det.attribute_scores == {} and det.category_id == 5

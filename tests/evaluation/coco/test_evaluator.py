@@ -181,3 +181,16 @@ def test_cli_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     assert "c1" in written["per_category"] and "attr/color/acc" in written
     assert "Average Precision" in capsys.readouterr().out
+
+
+def test_semantic_predictions_are_refused_in_one_line() -> None:
+    """``model.test_mode=semantic`` on an instance config: a ConfigError, not a TypeError from len()."""
+    from masklab.errors import ConfigError
+    from masklab.structures import SemanticPrediction
+
+    ev = CocoEvaluator(parse_coco(_one_image_gt()))
+    pred = SemanticPrediction(label_map=torch.zeros((20, 20), dtype=torch.int64), meta=SampleMeta(image_id=1))
+    with pytest.raises(
+        ConfigError, match=r"^model\.test_mode: .*SemanticPrediction.*model\.test_mode=instance"
+    ):
+        ev.process(_batch(1), [pred])

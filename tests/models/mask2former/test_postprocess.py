@@ -1,5 +1,9 @@
+import re
+
+import pytest
 import torch
 
+from masklab.errors import ModelError
 from masklab.models.mask2former import AttributeSpec, Mask2FormerPostProcessor
 from masklab.models.mask2former.outputs import Mask2FormerLayerOutput
 from masklab.structures import SampleMeta
@@ -92,3 +96,42 @@ def test_panoptic_segments_do_not_overlap_and_stuff_merges() -> None:
     assert int(pred.masks.sum(0).max()) == 1
     assert pred.labels.tolist().count(0) == 1  # the class-0 queries form one stuff segment
     assert 3 in pred.query_index.tolist() and 1 in pred.labels.tolist()
+
+
+def test_stuff_classes_take_no_instance_even_when_topk_exceeds_thing_pairs() -> None:
+    # 5 queries x 1 thing class = 5 pairs; a top-k of 10 must not fill up with class-0 (stuff) pairs.
+    post = Mask2FormerPostProcessor(2, [SPEC], test_topk=10, stuff_classes=(0,))
+    pred = post.instance(_planted(), 0, META, (32, 32))
+    assert len(pred) == 5
+    assert set(pred.labels.tolist()) == {1}
+
+
+def test_panoptic_segments_carry_their_query_attributes() -> None:
+    post = Mask2FormerPostProcessor(2, [SPEC], object_mask_threshold=0.5, overlap_threshold=0.0)
+    pred = post.panoptic(_planted(), 0, META, (32, 32))
+    assert "color" in pred.attributes
+    colour = dict(zip(pred.query_index.tolist(), pred.attributes["color"].labels.tolist()))
+    assert colour[3] == 2  # query 3's planted colour
+    assert all(v == 0 for q, v in colour.items() if q != 3)
+    assert pred.attributes["color"].scores.shape == (len(pred),)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("min_class_score", 2.0),
+        ("min_attribute_score", -0.1),
+        ("duplicate_iou", -1.0),
+        ("duplicate_iou", "high"),
+        ("object_mask_threshold", 1.5),
+        ("overlap_threshold", -0.5),
+        ("stuff_classes", (7,)),
+        ("stuff_classes", ("sky",)),
+    ],
+)
+def test_out_of_range_settings_are_one_line_model_errors(key: str, value: object) -> None:
+    with pytest.raises(
+        ModelError,
+        match=rf"^model\.{key}: .*{re.escape(repr(value[0] if isinstance(value, tuple) else value))}",
+    ):
+        Mask2FormerPostProcessor(2, [SPEC], **{key: value})

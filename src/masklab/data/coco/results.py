@@ -212,7 +212,8 @@ def _parse_checked(
 def _attributes(
     raw: dict[str, Any], attrs: dict[str, AttributeMeta], here: str
 ) -> tuple[dict[str, int], dict[str, float]]:
-    if "attributes" not in raw and "attribute_scores" not in raw:
+    if ("attributes" not in raw and "attribute_scores" not in raw) or not attrs:
+        # A ground truth without attributes scores AP only (as the evaluator does for such a dataset).
         return {}, {}
     values = raw.get("attributes") or {}
     probs = raw.get("attribute_scores") or {}
@@ -227,6 +228,15 @@ def _attributes(
         if not isinstance(value, int) or isinstance(value, bool) or not -1 <= value < len(meta.values):
             raise DataError(
                 f"{here}: field 'attributes.{name}' is {value!r}; expected -1 or a value id in [0, {len(meta.values)})"
+            )
+    for name, prob in probs.items():
+        if name not in attrs:
+            raise DataError(
+                f"{here}: field 'attribute_scores.{name}' is not an attribute of the ground truth (known: {', '.join(attrs) or 'none'})"
+            )
+        if type(prob) not in _NUM or not 0.0 <= prob <= 1.0:
+            raise DataError(
+                f"{here}: field 'attribute_scores.{name}' is {prob!r}; expected a probability in [0, 1]"
             )
     return {k: int(v) for k, v in values.items()}, {k: float(v) for k, v in probs.items()}
 

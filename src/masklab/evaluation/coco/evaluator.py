@@ -68,6 +68,11 @@ class CocoEvaluator:
         """RLE-encode one batch's predictions (contiguous labels mapped back to category ids)."""
         del batch  # ground truth comes from the COCO file; predictions carry their image ids
         for pred in predictions:
+            if not isinstance(pred, InstancePrediction):
+                raise ConfigError(
+                    f"model.test_mode: COCO evaluation scores instances but the model predicted "
+                    f"{type(pred).__name__}s (per-pixel classes); evaluate with model.test_mode=instance"
+                )
             self._image_ids.add(int(pred.meta.image_id))
             self._dets.extend(detections_from_prediction(pred, self.category_ids, self.attribute_names))
 

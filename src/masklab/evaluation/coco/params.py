@@ -21,6 +21,12 @@ def _rec_thrs() -> np.ndarray:
     return np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 
 
+def max_dets_for(top_k: int) -> tuple[int, ...]:
+    """COCO's maxDets ladder ending at a model's top-k: 1 and 10 where they are below it
+    (20 gives 1, 10, 20; 10 gives 1, 10; 7 gives 1, 7), since the ladder must increase."""
+    return (*(m for m in (1, 10) if m < top_k), top_k)
+
+
 @dataclass(frozen=True)
 class CocoEvalParams:
     """How COCO AP is computed.

@@ -145,6 +145,27 @@ class Mask2Former(nn.Module):
         """Instances per image at inference; evaluators read it so that ``maxDets`` agrees."""
         return self.postprocessor.test_topk
 
+    def set_test_mode(
+        self, mode: str = "whole", crop_size: Any = None, stride: Any = None, tta: Any = None
+    ) -> None:
+        """Evaluation settings (``evaluate`` / ``inference``): Mask2Former predicts whole images only.
+
+        Raises:
+            ConfigError: sliding windows or test-time augmentation, which would otherwise be ignored.
+        """
+        from masklab.errors import ConfigError
+
+        if mode != "whole":
+            raise ConfigError(
+                f"evaluate.mode / inference.mode: {mode!r} is not supported by Mask2Former, which predicts "
+                "whole images; use mode: whole"
+            )
+        if tta is not None:
+            raise ConfigError(
+                f"evaluate.tta / inference.tta: scales {list(tta.scales)}, flip {tta.flip} is not supported "
+                "by Mask2Former (no test-time augmentation); leave scales [1.0] and flip false"
+            )
+
     def predict_outputs(
         self,
         images: torch.Tensor,

@@ -89,6 +89,25 @@ class Mask2FormerPostProcessor:
             )
         if test_topk < 1:
             raise ModelError(f"model.test_topk: expected >= 1, got {test_topk}")
+        for key, value in (
+            ("min_class_score", min_class_score),
+            ("min_attribute_score", min_attribute_score),
+            ("duplicate_iou", duplicate_iou),
+            ("object_mask_threshold", object_mask_threshold),
+            ("overlap_threshold", overlap_threshold),
+        ):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (number and 0.0 <= value <= 1.0):
+                raise ModelError(f"model.{key}: expected a value in [0, 1], got {value!r}")
+        bad = [
+            c
+            for c in stuff_classes
+            if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < num_classes
+        ]
+        if bad:
+            raise ModelError(
+                f"model.stuff_classes: {bad[0]!r} is not a class label (expected 0..{num_classes - 1})"
+            )
         self.num_classes = num_classes
         self.attributes = tuple(attributes)
         self.test_topk = test_topk
@@ -110,7 +129,8 @@ class Mask2FormerPostProcessor:
         if self.stuff_classes:
             probs[:, list(self.stuff_classes)] = 0.0
         num_classes = probs.shape[1]
-        k = min(self.test_topk, probs.numel())
+        # Stuff classes take no (query, class) pair, however large the top-k.
+        k = min(self.test_topk, probs.shape[0] * (num_classes - len(set(self.stuff_classes))))
         class_scores, flat = probs.flatten().topk(k)
         labels = flat % num_classes
         queries = torch.div(flat, num_classes, rounding_mode="floor")
@@ -123,18 +143,13 @@ class Mask2FormerPostProcessor:
             mask_scores[sl] = (chunk.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
         scores = class_scores * mask_scores
         keep = class_scores >= self.min_class_score
-        attrs: dict[str, AttributePrediction] = {}
+        attrs = self._attributes(out, index, queries)
         attr_scores = []
-        for spec in self.attributes:
-            a_probs = out.attribute_logits[spec.name][index].float().softmax(-1)[queries]  # (k, V + 1)
-            a_score, a_label = a_probs.max(-1)
-            no_object = a_label == spec.no_object_index
+        for attr in attrs.values():
             if self.attribute_no_object == "drop":
-                keep &= ~no_object
-            a_label = torch.where(no_object, torch.full_like(a_label, -1), a_label)
-            keep &= a_score >= self.min_attribute_score
-            attrs[spec.name] = AttributePrediction(labels=a_label, scores=a_score)
-            attr_scores.append(a_score)
+                keep &= attr.labels >= 0
+            keep &= attr.scores >= self.min_attribute_score
+            attr_scores.append(attr.scores)
         if attr_scores and self.ranking == "product":
             scores = scores * torch.stack(attr_scores).prod(0)
         elif attr_scores and self.ranking == "mean":
@@ -153,6 +168,19 @@ class Mask2FormerPostProcessor:
             query_index=queries[order],
             source_ids=torch.full((order.numel(),), -1, dtype=torch.int64, device=order.device),
         )
+
+    def _attributes(
+        self, out: Mask2FormerLayerOutput, index: int, queries: torch.Tensor
+    ) -> dict[str, AttributePrediction]:
+        """Each attribute's value (-1 where its "no object" slot wins) and probability, per query."""
+        attrs: dict[str, AttributePrediction] = {}
+        for spec in self.attributes:
+            a_probs = out.attribute_logits[spec.name][index].float().softmax(-1)[queries]  # (k, V + 1)
+            a_score, a_label = a_probs.max(-1)
+            no_object = a_label == spec.no_object_index
+            a_label = torch.where(no_object, torch.full_like(a_label, -1), a_label)
+            attrs[spec.name] = AttributePrediction(labels=a_label, scores=a_score)
+        return attrs
 
     def _non_duplicates(self, masks: torch.Tensor) -> torch.Tensor:
         """Greedy keep over score-sorted masks: drop one that overlaps a kept one above ``duplicate_iou``."""
@@ -211,12 +239,15 @@ class Mask2FormerPostProcessor:
             if segments
             else torch.zeros((0, *ori_shape), dtype=torch.bool)
         )
+        segment_queries = torch.tensor([s[3] for s in segments], dtype=torch.int64, device=device)
         return InstancePrediction(
             masks=masks,
             boxes=masks_to_boxes(masks),
             labels=torch.tensor([s[1] for s in segments], dtype=torch.int64),
             scores=torch.tensor([s[2] for s in segments], dtype=torch.float32),
             meta=meta,
-            query_index=torch.tensor([s[3] for s in segments], dtype=torch.int64),
+            # A merged stuff segment reports the attributes of its first query.
+            attributes=self._attributes(out, index, segment_queries),
+            query_index=segment_queries,
             source_ids=torch.full((len(segments),), -1, dtype=torch.int64),
         )
