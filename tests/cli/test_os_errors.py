@@ -19,7 +19,7 @@ def test_an_out_path_under_a_file_is_one_line(tmp_path: Path, capsys: pytest.Cap
     code = main(["analyze-logs", str(log), "--keys", "loss", "--out", str(blocker / "curves.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith(f"error: {blocker}"), err
+    assert len(err) == 1 and err[0].startswith(f"error: --out {blocker}"), err
     assert "is a file, where a folder is needed" in err[0]
 
 

@@ -54,6 +54,35 @@ def test_analyze_logs_plots_keys_of_a_work_dir(tmp_path: Path, capsys: pytest.Ca
     assert main(["analyze-logs", str(tmp_path / "nowhere")]) == 2
 
 
+def test_analyze_logs_checks_out_and_names_runs_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --out matplotlib cannot write (a .txt, a folder) is one line before anything is read (a
+    .txt was a ValueError traceback); runs whose folders share a name are named by their paths."""
+    rows = [{"mode": "train", "iteration": i, "loss": 1.0 / i} for i in (1, 2)]
+    for run in ("a/run", "b/run"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logs = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+    assert main(["analyze-logs", *logs, "--out", str(tmp_path / "curves.txt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(
+        f"error: --out {tmp_path / 'curves.txt'}: cannot write a .txt figure; use one of "
+    )
+    assert main(["analyze-logs", *logs, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {tmp_path}: is a folder; expected a file path such as {tmp_path / 'curves.png'}\n"
+    )
+    out = tmp_path / "curves.png"
+    assert main(["analyze-logs", *logs, "--keys", "loss", "loss", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        f"{tmp_path / 'a' / 'run'} train loss: 2 points, last 0.5, best 0.5",
+        f"{tmp_path / 'b' / 'run'} train loss: 2 points, last 0.5, best 0.5",
+    ]
+    assert len(lines) == 3 and out.is_file()
+
+
 def test_browse_dataset_renders_the_train_pipeline(
     config: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -85,6 +114,17 @@ def test_browse_dataset_writes_nothing_when_a_sample_is_bad(
     assert main(args) == 2
     assert "77" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())  # the good first sample was not written either
+
+
+def test_browse_dataset_refuses_an_opacity_outside_0_1(
+    config: Path, tiny_synth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--opacity 3 was taken silently (colours blown out, clipped); now one line as infer says it."""
+    out = tmp_path / "browse"
+    args = ["browse-dataset", str(config), f"dataset.root={tiny_synth}", "--out", str(out), "--num", "1"]
+    assert main([*args, "--opacity", "3"]) == 2
+    assert capsys.readouterr().err == "error: browse-dataset --opacity: 3.0; expected a value in [0, 1]\n"
+    assert not out.exists()
 
 
 def test_benchmark_reports_params_flops_fps(
@@ -150,6 +190,22 @@ def test_benchmark_size_too_small_for_the_model_is_one_line(
         "error: --size 32 32: too small for this model even padded to 32x32 (a normalisation layer saw "
         "a single value per channel); use a larger --size\n"
     )
+
+
+def test_benchmark_takes_overrides_without_a_checkpoint(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CKPT is optional: `benchmark CFG key=value` applies the override (it was taken as a checkpoint
+    path: `error: key=value: checkpoint file not found`)."""
+    args = ["--size", "32", "48", "--num-classes", "3", "--warmup", "0", "--runs", "1", "--out"]
+    assert main(["benchmark", str(config), *args, str(tmp_path / "a.json")]) == 0
+    wide = ["model.decode_head.channels=64", *args, str(tmp_path / "b.json")]
+    assert main(["benchmark", str(config), *wide]) == 0
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text())["params"]["total"] for n in "ab")
+    assert b > a
+    capsys.readouterr()
+    assert main(["benchmark", str(config), *args[:4], "-2", "--out", str(tmp_path / "c.json")]) == 2
+    assert capsys.readouterr().err == "error: benchmark --num-classes: expected a class count >= 1, got -2\n"
 
 
 class _OneConv(nn.Module):

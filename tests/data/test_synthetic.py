@@ -108,3 +108,12 @@ def test_workers_fall_back_to_one_process_inside_a_daemon(tmp_path: Path) -> Non
     proc.join(timeout=60)
     assert result == "ok"
     assert len(list((tmp_path / "d" / "images" / "train").glob("*.png"))) == 3
+
+
+def test_an_empty_split_is_written_as_an_empty_folder(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    report = synthesize(root, num_train=0, num_val=1, size=32, workers=1)
+    assert report.num_images == {"train": 0, "val": 1} and report.num_instances["train"] == 0
+    assert not list((root / "images" / "train").iterdir()) and (root / "labels" / "train").is_dir()
+    assert json.loads((root / "annotations" / "train.json").read_text())["images"] == []
+    assert (root / "synth.json").is_file() and synthesize(root, num_train=0, num_val=1, size=32).skipped

@@ -81,6 +81,19 @@ def test_topk_conflict_is_an_error_advising_to_remove_the_key(synth_root: Path, 
     assert model_rows and all(f.status == "skip" and "config.max_dets" in f.evidence for f in model_rows)
 
 
+def test_a_head_num_classes_mismatch_is_one_config_error(synth_root: Path, make_ctx: Ctx) -> None:
+    """The head's build error reads "...num_classes: 5 disagrees with the derived value 7; remove the
+    key, ...": its "; " is not a second error, so the model rows skip naming config.num_classes
+    (they reported "cannot build the model" a second time)."""
+    ctx = make_ctx(synth_root, "model.decode_head.num_classes=5", steps=1)
+    rows = _run(ctx, "config", "model")
+    errors = [f for fs in rows.values() for f in fs if f.status == "error"]
+    assert [f.check for f in errors] == ["config.num_classes"]
+    model_rows = [f for name, fs in rows.items() if name.startswith("model.") for f in fs]
+    assert len(model_rows) == 4
+    assert all(f.status == "skip" and "config.num_classes" in f.evidence for f in model_rows)
+
+
 def _corrupt_first_rle(root: Path) -> int:
     path = root / "annotations" / "train.json"
     data = json.loads(path.read_text())

@@ -30,21 +30,45 @@ def _log_path(arg: str) -> Path:
     return path
 
 
+def _check_out(arg: str) -> Path:
+    """``--out`` once it can be written as a figure: checked before the logs are read."""
+    from matplotlib.figure import Figure
+
+    from masklab.cli.output import check_output_file
+    from masklab.errors import ConfigError
+
+    out = check_output_file(arg, "--out", "curves.png")
+    kinds = Figure().canvas.get_supported_filetypes()
+    suffix = out.suffix.lstrip(".").lower()
+    if suffix and suffix not in kinds:
+        raise ConfigError(
+            f"--out {out}: cannot write a .{suffix} figure; use one of "
+            + ", ".join(f".{k}" for k in sorted(kinds))
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from masklab.visualization.plots import extract_series, plot_curves, read_log
 
+    out_path = _check_out(args.out)
+    keys = list(dict.fromkeys(args.keys))  # a key given twice is one panel
+    paths = [_log_path(arg) for arg in args.logs]
+    # Each run is named in the legend by its folder; by its path where two folders share a name.
+    labels = [p.parent.name for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [str(p.parent if p.name == "log.jsonl" else p) for p in paths]
     series = []
-    for arg in args.logs:
-        path = _log_path(arg)
-        run_series = extract_series(read_log(path), args.keys, source=str(path))
-        if len(args.logs) > 1:  # name each run in the legend by its folder
+    for path, label in zip(paths, labels, strict=True):
+        run_series = extract_series(read_log(path), keys, source=str(path))
+        if len(paths) > 1:
             for s in run_series:
-                s.mode = f"{path.parent.name} {s.mode}"
+                s.mode = f"{label} {s.mode}"
         series.extend(run_series)
     for s in series:
         lower_better = s.key.startswith("loss") or s.key in ("time", "data_time")
         best = min(s.values) if lower_better else max(s.values)
         print(f"{s.mode} {s.key}: {len(s.values)} points, last {s.values[-1]:.4g}, best {best:.4g}")
-    out = plot_curves(series, args.out, title=args.title)
+    out = plot_curves(series, out_path, title=args.title)
     print(f"curves written to {out}")
     return 0

@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.size) < 1 or args.runs < 1 or args.warmup < 0:
         raise ConfigError("benchmark: --size must be positive, --runs >= 1 and --warmup >= 0")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"benchmark --num-classes: expected a class count >= 1, got {args.num_classes}")
+    if args.checkpoint is not None and "=" in args.checkpoint and not Path(args.checkpoint).is_file():
+        # CKPT is optional: `benchmark CFG key=value` gives an override, not a checkpoint named so.
+        args.overrides = [args.checkpoint, *args.overrides]
+        args.checkpoint = None
     if args.out:  # before the run, not after minutes of timing
         from masklab.cli.output import check_output_file
 

@@ -30,14 +30,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from masklab.cli.common import resolve_for_cli
+    from masklab.cli.output import check_output_dir
     from masklab.config.assemble import build_dataset, dataset_meta
     from masklab.data.io import write_png_atomic
     from masklab.data.meta import DatasetMeta
     from masklab.errors import ConfigError
+    from masklab.inference.arguments import check_opacity
     from masklab.visualization.sample_view import render_sample
 
     if args.num < 1:
         raise ConfigError(f"browse-dataset --num: expected >= 1, got {args.num}")
+    check_opacity(args.opacity, "browse-dataset --opacity")
+    check_output_dir(args.out, "--out")  # before the samples are loaded
     rc = resolve_for_cli(args.config, args.overrides)
     dataset = build_dataset(rc, args.split)
     meta = dataset_meta(dataset)

@@ -171,6 +171,8 @@ def _write_split(params: SynthParams, split: str, count: int, tmp: Path, workers
     """Write one split into ``tmp`` (images/, labels/, annotations.json); return the instance count.
 
     Every image comes from its own seed, so ``workers`` processes write the same bytes as one."""
+    for sub in ("images", "labels"):  # present even for an empty split (count 0)
+        (tmp / sub).mkdir()
     draw = functools.partial(_write_image, params, split, tmp)
     if workers > 1 and count > 1 and not mp.current_process().daemon:  # a daemon may not fork
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)

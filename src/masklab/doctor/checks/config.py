@@ -35,13 +35,16 @@ def _model_data(ctx: DoctorContext) -> dict[str, Any]:
 @register_check("config", "lr_batch")
 def check_lr_vs_batch(ctx: DoctorContext) -> list[Finding]:
     """The LR is stated for a batch size, and the effective batch either matches or is scaled for."""
-    from masklab.config.assemble import effective_batch
+    from masklab.config.assemble import effective_batch, world_size
 
     name = "config.lr_batch"
     t = ctx.rc.train
     if t is None:
         return []
     eff, base, opt = effective_batch(ctx.rc), t.optim.base_batch_size, t.optim
+    if ctx.rc.task == "mal":  # TAO's train.lr is per sample: the run multiplies it by the batch
+        total = t.batch_size * world_size()
+        return [ok(name, f"train.lr={opt.lr} per sample x batch {total}: optimizer lr {opt.lr * total:g}")]
     if base is None:
         return [
             warn(

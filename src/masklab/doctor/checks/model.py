@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 from typing import Any
 
 import torch
@@ -133,7 +134,13 @@ def input_dependence_findings(model: nn.Module, batch: Any) -> list[Finding]:
     ]
     gen = torch.Generator().manual_seed(1)
     noise = torch.randint(0, 256, batch.images.shape, generator=gen, dtype=torch.uint8)
-    other = dataclasses.replace(batch, images=noise.to(batch.images.dtype))
+    # Every view of the images changes (MAL's teacher reads ``teacher_images``, a copy of ``images``).
+    views = {
+        f.name: noise.to(v.dtype)
+        for f in dataclasses.fields(batch)
+        if isinstance(v := getattr(batch, f.name), torch.Tensor) and v.shape == batch.images.shape
+    }
+    other = dataclasses.replace(batch, **views)
     model.eval()
     try:
         with torch.no_grad():
@@ -234,9 +241,17 @@ def not_run(ctx: DoctorContext, name: str, why: str) -> Finding:
     from masklab.doctor.checks.config import model_blockers
 
     blockers = model_blockers(ctx)
+    # The builder joins its errors with "; ", each ``[file: ]key: what``; a "; " inside one error
+    # ("...: 5 disagrees with the derived value 7; remove the key, ...") continues that error.
+    parts: list[str] = []
+    for part in why.split("; "):
+        if parts and not re.match(r"[^\s:]+: ", part):
+            parts[-1] += "; " + part
+        else:
+            parts.append(part)
     rows = [
         {row for key, row in blockers.items() if f"{key}: " in part or part.startswith(f"{key}:")}
-        for part in why.split("; ")
+        for part in parts
     ]
     named_first = {row for key, row in blockers.items() if why.startswith(f"{key} ")}
     if all(rows) or named_first:

@@ -109,7 +109,13 @@ def check_train_pipeline(ctx: DoctorContext) -> list[Finding]:
     if failure is not None:
         return [failure]
     ds = ctx.dataset("train")
-    meta = ds.metainfo
+    meta = getattr(ds, "metainfo", None)
+    if meta is None:  # MAL's box crops: no maps or masks for a pipeline to move apart
+        return [
+            skipped(
+                name, f"skipped: dataset.train ({type(ds).__name__}) has no label maps or masks to compare"
+            )
+        ]
     n = min(ctx.samples, len(ds))
     torch.manual_seed(ctx.rc.runtime.seed)
     problems: list[str] = []
