@@ -293,3 +293,76 @@ def test_resume_flag_on_an_auto_resumed_mal_run_loads_the_checkpoint_once(
     out = capsys.readouterr().out
     assert out.count("resumed from") == 1, out
     assert (work / "checkpoints" / "iter_0000002.pth").is_file()
+
+
+def test_vis_folder_that_is_a_file_is_refused_before_labeling(
+    tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--vis`` with ``<out stem>_vis`` an existing file wrote the labels, then failed (exit 2) on
+    the overlays: a failed command left its output behind."""
+    out = tmp_path / "labels.json"
+    (tmp_path / "labels_vis").write_text("not a folder")
+    assert _infer(tiny_synth, tiny_ckpt, _boxes(tmp_path, tiny_synth), out, "--vis") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--vis {tmp_path / 'labels_vis'}: is a file" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_out_folder_is_refused_before_labeling(
+    tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """An ``--out`` that is a folder was found only by the final rename, after the whole labeling."""
+    import masklab.cli.infer_boxes as infer_boxes
+
+    def no_labeling(*args, **kwargs):  # the check must come first
+        raise AssertionError("labeled before checking --out")
+
+    monkeypatch.setattr(infer_boxes, "label_boxes", no_labeling)
+    out = tmp_path / "dir"
+    out.mkdir()
+    assert _infer(tiny_synth, tiny_ckpt, _boxes(tmp_path, tiny_synth), out) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {out}: is a folder" in err and len(err.splitlines()) == 1, err
+
+
+def test_overlays_mirror_subfolders_and_read_16_bit_images(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``a/x.png`` and ``b/x.png`` were both written as ``<stem>_vis/x.png`` (one lost, "2 overlays"
+    printed), and a 16-bit PNG's overlay was PIL's saturated conversion (nearly all white)."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    entries = []
+    for i, name in enumerate(["a/x.png", "b/x.png", "deep16.png"]):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        if name == "deep16.png":
+            Image.fromarray(rng.integers(0, 32768, (24, 24), dtype=np.uint16)).save(images / name)
+        else:
+            Image.new("RGB", (24, 24), (40 + 100 * i, 90, 30)).save(images / name)
+        entries.append({"id": i + 1, "file_name": name, "width": 24, "height": 24})
+    raw = {
+        "images": entries,
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [2, 2, 6, 6]} for i in range(3)
+        ],
+    }
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps(raw))
+    out = tmp_path / "labels.json"
+    args = ["infer", CONFIG, str(tiny_ckpt), *TINY, "--boxes", str(boxes), "--images", str(images),
+            "--out", str(out), "--vis"]  # fmt: skip
+    assert main(args) == 0
+    vis = tmp_path / "labels_vis"
+    assert sorted(p.relative_to(vis).as_posix() for p in vis.rglob("*.png")) == [
+        "a/x.png",
+        "b/x.png",
+        "deep16.png",
+    ]
+    a, b = (np.asarray(Image.open(vis / n)) for n in ("a/x.png", "b/x.png"))
+    assert a[20, 20, 0] == 40 and b[20, 20, 0] == 140  # outside the box: each image's own pixels
+    deep = np.asarray(Image.open(vis / "deep16.png"))
+    assert deep[12:, 12:].mean() < 140  # top 8 bits of 0..32767: mean ~64, not saturated to 255

@@ -6,7 +6,8 @@ pasted back at the crop's offset, clipped at the image borders, thresholded per 
 (``train.mask_thres``). Bad input is a one-line error before any output is written: a zero-size
 box, a box entirely outside its image, a category or image id missing from the file, a missing
 image file. The output is written atomically (a crash leaves no partial file). ``--vis`` writes
-overlays to ``<out stem>_vis/<image file name>.png``.
+overlays to ``<out stem>_vis/<image file name>.png`` (subfolders of ``file_name`` mirrored). Both
+output paths are checked before labeling starts.
 
 As ``tao model mal inference`` reads its spec, ``masklab infer MAL_SPEC CKPT`` with no flags takes
 the boxes, the image folder and the output file from the spec's ``inference.ann_path``,
@@ -83,9 +84,19 @@ def label_boxes(
     return {**raw, "annotations": out_anns}, masks
 
 
+def overlay_name(file_name: str) -> Path:
+    """Where an image's overlay goes under the ``_vis`` folder: its ``file_name`` with ``.png``
+    (subfolders mirrored, so ``a/x.png`` and ``b/x.png`` do not overwrite each other); a name that
+    would leave the folder (absolute, ``..``) keeps only its last part."""
+    rel = Path(file_name)
+    if rel.is_absolute() or ".." in rel.parts:
+        rel = Path(rel.name)
+    return rel.with_suffix(".png")
+
+
 def write_overlays(coco: dict[str, Any], masks: dict[int, np.ndarray], images: Path, out_dir: Path) -> int:
     """One PNG per image: the pseudo-masks blended over it (random colour per box), box outlines."""
-    from PIL import Image
+    from masklab.data.io import read_image, write_png_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -97,7 +108,8 @@ def write_overlays(coco: dict[str, Any], masks: dict[int, np.ndarray], images: P
         anns = by_image.get(int(img["id"]))
         if not anns:
             continue
-        canvas = np.asarray(Image.open(images / img["file_name"]).convert("RGB")).astype(np.float32)
+        # read_image: the pixels labeling saw (16-bit PNGs scaled, not saturated to white).
+        canvas = read_image(images / img["file_name"]).permute(1, 2, 0).numpy().astype(np.float32)
         for ann in anns:
             colour = rng.uniform(40, 255, size=3)
             m = masks[int(ann["id"])]
@@ -107,8 +119,9 @@ def write_overlays(coco: dict[str, Any], masks: dict[int, np.ndarray], images: P
             x1, y1 = min(x + w, canvas.shape[1]) - 1, min(y + h, canvas.shape[0]) - 1
             canvas[y0 : y1 + 1, [x0, x1]] = colour
             canvas[[y0, y1], x0 : x1 + 1] = colour
-        name = Path(img["file_name"]).with_suffix(".png").name
-        Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).save(out_dir / name)
+        target = out_dir / overlay_name(img["file_name"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_png_atomic(target, canvas.clip(0, 255).astype(np.uint8))
         written += 1
     return written
 
@@ -173,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
     """The labeling command: ``infer --boxes``, or a MAL spec's ``inference`` section."""
     from masklab.atomic_files import atomic_write
     from masklab.cli.common import resolve_for_cli
+    from masklab.cli.output import check_output_dir, check_output_file
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would label every box and write the file
         raise ConfigError(
@@ -188,13 +202,19 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{boxes}: boxes file not found ({_origin(args, '--boxes', 'ann_path')})")
     if not images.is_dir():
         raise DataError(f"{images}: image folder not found ({_origin(args, '--images', 'img_dir')})")
+    # Both outputs are checked before labeling: a path error must not come after the labels (or
+    # after a labels file written while its overlays cannot be).
+    out_flag = "--out" if args.out is not None else f"{args.config}: inference.label_dump_path"
+    check_output_file(out, out_flag, "labels.json")
+    vis_dir = out.with_name(f"{out.stem}_vis")
+    if args.vis:
+        check_output_dir(vis_dir, "--vis")
     coco, masks = label_boxes(rc, args.checkpoint, boxes, images, device=args.device)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(coco)
     atomic_write(out, lambda f: f.write(text.encode()))
     print(f"{len(coco['annotations'])} boxes labeled -> {out}")
     if args.vis:
-        vis_dir = out.with_name(f"{out.stem}_vis")
         n = write_overlays(coco, masks, images, vis_dir)
         print(f"{n} overlays -> {vis_dir}")
     return 0

@@ -50,3 +50,29 @@ def test_right_size_keeps_the_box_errors(tmp_path: Path) -> None:
         open_box_dataset(ann, images, training=False, crop_size=32)
     dataset = open_box_dataset(ann, images, training=True, crop_size=32, min_obj_size=0)
     assert len(dataset) == 1 and dataset.skipped["outside_image"] == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["dataset.min_obj_size=1e6"],
+            "all skipped: 2 too_small (w or h <= 2 or area <= dataset.min_obj_size=1e+06)",
+        ),
+        (["dataset.max_obj_size=10"], "all skipped: 2 too_large (area > dataset.max_obj_size=10)"),
+    ],
+)
+def test_a_train_split_with_no_usable_box_names_the_file_and_why(
+    tmp_path: Path, overrides: list[str], expected: str
+) -> None:
+    """Said "BoxCropDataset: the dataset is empty; check its paths and split file" (no file, no
+    reason) from the loader, after the run had started."""
+    from masklab.config.assemble import resolve
+    from masklab.models.mal.build import build_mal_dataset
+
+    ann, images = _files(tmp_path, (160, 96))
+    config = Path(__file__).resolve().parents[3] / "configs" / "mal" / "mal_tiny_synthetic-64.yaml"
+    rc = resolve(config, [f"dataset.train_ann_path={ann}", f"dataset.train_img_dir={images}", *overrides])
+    with pytest.raises(DataError) as err:
+        build_mal_dataset(rc, "train")
+    assert str(err.value) == f"{ann}: no box left to train on (dataset.train_ann_path): {expected}"

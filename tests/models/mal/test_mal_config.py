@@ -140,3 +140,87 @@ def test_bad_crf_refinement_settings_are_one_line_errors(override: str, key: str
     with pytest.raises(ConfigError) as err:
         resolve(CONFIG, [override])
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("max_dets", "expected"), [(5, [1, 5]), (10, [1, 10]), (50, [1, 10, 50])])
+def test_small_evaluate_max_dets_builds_the_mal_evaluator(
+    tmp_path: Path, max_dets: int, expected: list
+) -> None:
+    """``evaluate.max_dets`` <= 10 gave maxDets (1, 10, N), refused as not increasing: every MAL
+    evaluation (and training with validation) stopped with an error naming no config key."""
+    import json
+    from types import SimpleNamespace
+
+    from masklab.config.assemble import build_evaluator
+
+    gt = tmp_path / "gt.json"
+    box = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 4]}
+    gt.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+                "annotations": [{**box, "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]}],
+                "categories": [{"id": 1, "name": "a"}],
+            }
+        )
+    )
+    rc = resolve(CONFIG, [f"evaluate.max_dets={max_dets}"])
+    evaluator = build_evaluator(rc, SimpleNamespace(ann_path=gt))
+    assert f"maxDets {expected}" in evaluator.metric_description
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.ema.momentum=0.01", "train.ema: not applied to a MAL run"),
+        (
+            "train.schedule.policy=cosine",
+            "train.schedule: a MAL spec sets the LR schedule through warmup_epochs",
+        ),
+        ("train.results_dir=/tmp/results", "train.results_dir: '/tmp/results' is not used here"),
+        (
+            "evaluate.tta.flip=true",
+            "evaluate.tta: not applied to MAL labeling; flip TTA is evaluate.use_flip_test",
+        ),
+        ("inference.tta.scales=[0.5,1.0]", "inference.tta: not applied to MAL labeling"),
+        ("inference.crop_size=[64,64]", "sliding-window inference does not apply to MAL"),
+    ],
+)
+def test_engine_settings_mal_does_not_apply_are_refused(override: str, expected: str) -> None:
+    """These inherited keys resolved and were silently ignored by MAL training / labeling."""
+    with pytest.raises(ConfigError) as err:
+        resolve(CONFIG, [override])
+    assert expected in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize("key", ["margin_rate", "test_margin_rate"])
+def test_bad_margin_rate_error_names_the_train_key(key: str) -> None:
+    """The dataset refused it as ``dataset.<key>``, a key a MAL spec does not have (it is train's),
+    without naming the config."""
+    with pytest.raises(ConfigError) as err:
+        resolve(CONFIG, [f"train.{key}=[1.0,0.5]"])
+    assert f"train.{key}: expected [low, high] with 0 <= low <= high" in str(err.value), err.value
+
+
+def test_pretrained_weights_for_a_tiny_encoder_are_refused(tmp_path: Path) -> None:
+    """The tiny encoders ignored train.pretrained_model_path (even a missing file): training
+    started from scratch while the spec said otherwise."""
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(CONFIG, [f"train.pretrained_model_path={tmp_path / 'mae.pth'}"])
+    with pytest.raises(ConfigError) as err:
+        build_mal_model(rc)
+    assert "train.pretrained_model_path" in str(err.value) and "'masklab-tiny'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("arch", "why"), [("no_such_vit", "is not a timm model"), ("resnet18", "is not a plain ViT")]
+)
+def test_bad_arch_error_names_the_spec_key(arch: str, why: str) -> None:
+    """Named ``model.backbone.arch``, a key a MAL spec does not have (TAO's is ``model.arch``)."""
+    from masklab.models.mal.build import build_mal_model
+
+    with pytest.raises(ConfigError) as err:
+        build_mal_model(resolve(CONFIG, [f"model.arch={arch}"]))
+    assert str(err.value).startswith(f"model.arch: {arch!r} {why}"), err.value

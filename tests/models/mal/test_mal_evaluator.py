@@ -73,3 +73,21 @@ def test_two_rank_mask_iou_equals_single_process(tmp_path: Path) -> None:
     assert single["count"] == 9 and single["missing"] == 0 and 0 < single["mask_iou"] < 1
     # Every rank reports the whole set: no box of the other rank counted as missing.
     assert same_metrics(ranks[0], single) and same_metrics(ranks[1], single)
+
+
+def test_ground_truth_without_masks_is_refused(tmp_path: Path) -> None:
+    """A boxes-only val file was scored against the filled boxes: a model returning the box got
+    mask_iou 1.0 and segm/AP 1.0."""
+    import json
+
+    from masklab.errors import DataError
+
+    raw = _gt()
+    for ann in raw["annotations"][1:]:
+        del ann["segmentation"]
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(DataError) as err:
+        MalEvaluator(str(path))
+    assert str(err.value).startswith(f"{path}: 8 of 9 annotations (first id=11) have no 'segmentation'")
+    assert "\n" not in str(err.value)

@@ -55,7 +55,7 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
         )
     t = mal_train_section(rc)
     train_mode = split == "train" if training is None else training
-    return open_box_dataset(
+    dataset = open_box_dataset(
         ann,
         img,
         training=train_mode,
@@ -66,6 +66,20 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
         max_obj_size=ds.max_obj_size,
         load_mask=ds.load_mask and not train_mode,
     )
+    if train_mode and len(dataset) == 0:
+        # Said here, with what dropped the boxes: the loader would only say "the dataset is empty".
+        why = {
+            "too_small": f"w or h <= 2 or area <= dataset.min_obj_size={ds.min_obj_size:g}",
+            "too_large": f"area > dataset.max_obj_size={ds.max_obj_size:g}",
+        }
+        dropped = [
+            f"{n} {reason}" + (f" ({why[reason]})" if reason in why else "")
+            for reason, n in dataset.skipped.items()
+            if n
+        ]
+        detail = f"all skipped: {', '.join(dropped)}" if dropped else "the file has no annotations"
+        raise DataError(f"{ann}: no box left to train on (dataset.{split}_ann_path): {detail}")
+    return dataset
 
 
 def open_box_dataset(ann_path: str | Path, img_dir: str | Path, **kwargs: Any) -> BoxCropDataset:
@@ -130,11 +144,17 @@ def image_size_mismatch(ann_path: str | Path, img_dir: str | Path) -> str | None
 
 def _backbone(rc: ResolvedConfig) -> nn.Module:
     m = mal_model_config(rc)
+    pretrained = mal_train_section(rc).pretrained_model_path
     if m.arch in TINY_ARCHS:
+        if pretrained:  # the tiny encoders load no weights: the run would start from scratch unsaid
+            raise ConfigError(
+                f"{rc.source}: train.pretrained_model_path: {pretrained!r} cannot be loaded into "
+                f"model.arch {m.arch!r} (masklab's tiny CPU encoders have no pretrained weights); "
+                "drop it, or use a ViT arch"
+            )
         # masklab-tiny: stride 16 like ViT/16 (the real encoder's geometry); masklab-tiny-s8 / -p4s8:
         # stride 8, so small CPU crops still give a usable feature map (64 px is 4x4 at stride 16).
         return MalTinyEncoder(channels=m.mask_head_hidden_channel, **TINY_ARCHS[m.arch])
-    pretrained = mal_train_section(rc).pretrained_model_path
     return MalViTEncoder(
         ARCHS.get(m.arch, m.arch),
         pretrained=pretrained,

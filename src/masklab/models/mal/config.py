@@ -30,7 +30,9 @@ from masklab.config.schema import (
     InferenceConfig,
     OptimConfig,
     ResolvedConfig,
+    ScheduleConfig,
     TrainConfig,
+    TTAConfig,
     register_schema,
 )
 from masklab.errors import ConfigError
@@ -177,8 +179,29 @@ class MalTrainConfig(TrainConfig):
             raise ValueError(
                 "num_gpus/num_nodes: one process per run here; launch with masklab train --nproc N"
             )
+        # Engine settings a MAL run has no use for: refused rather than silently ignored.
+        if self.schedule != ScheduleConfig():
+            raise ValueError(
+                "schedule: a MAL spec sets the LR schedule through warmup_epochs/min_lr_rate/num_wave"
+            )
+        if self.ema is not None:
+            raise ValueError(
+                "ema: not applied to a MAL run; its weight average is the teacher "
+                "(model.teacher_momentum; label with it through evaluate.use_teacher_test)"
+            )
+        if self.results_dir is not None:
+            raise ValueError(
+                f"results_dir: {self.results_dir!r} is not used here; set the output folder with "
+                "runtime.work_dir (or masklab train --work-dir)"
+            )
         if len(self.optim_betas) != 2 or len(self.margin_rate) != 2 or len(self.test_margin_rate) != 2:
             raise ValueError("optim_betas, margin_rate and test_margin_rate take two values each")
+        for key in ("margin_rate", "test_margin_rate"):
+            low, high = getattr(self, key)
+            if not 0 <= low <= high:
+                raise ValueError(
+                    f"{key}: expected [low, high] with 0 <= low <= high, got {getattr(self, key)}"
+                )
         if len(self.mask_thres) not in (1, 3):
             raise ValueError(f"mask_thres: expected 1 or 3 values, got {self.mask_thres}")
         if self.crf_size_ratio != 1:
@@ -222,6 +245,7 @@ class MalEvaluateConfig(EvaluateConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_unused_inference_mode(self)
         if self.comp_clustering:
             raise ValueError("comp_clustering: the clustering score is not implemented")
         if self.crf_refine_iter < 0:
@@ -244,11 +268,28 @@ class MalInferenceConfig(InferenceConfig):
     num_gpus: int = 1
     gpu_ids: list[int] = field(default_factory=lambda: [0])
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_unused_inference_mode(self)
+
+
+def _check_unused_inference_mode(section: EvaluateConfig | InferenceConfig) -> None:
+    """Refuse the whole-image inference keys (sliding window, multi-scale / flip TTA) in a MAL spec:
+    MAL labels box crops of ``dataset.crop_size``, and its flip TTA is ``evaluate.use_flip_test``."""
+    if section.mode != "whole" or section.crop_size is not None or section.stride is not None:
+        raise ValueError(
+            "mode/crop_size/stride: sliding-window inference does not apply to MAL, which labels box "
+            "crops of dataset.crop_size pixels"
+        )
+    if section.tta != TTAConfig():
+        raise ValueError("tta: not applied to MAL labeling; flip TTA is evaluate.use_flip_test")
+
 
 def _mal_evaluator(rc: ResolvedConfig, dataset: Any) -> Any:
+    from masklab.evaluation.coco.params import max_dets_for
     from masklab.models.mal.evaluator import MalEvaluator
 
-    return MalEvaluator(str(dataset.ann_path), max_dets=(1, 10, rc.evaluate.max_dets))
+    return MalEvaluator(str(dataset.ann_path), max_dets=max_dets_for(rc.evaluate.max_dets))
 
 
 register_schema("mal", train=MalTrainConfig, evaluate=MalEvaluateConfig, inference=MalInferenceConfig)

@@ -55,9 +55,13 @@ class MalViTEncoder(nn.Module):
                 **extra,
             )
         except RuntimeError as err:  # timm's "Unknown model"
-            raise ConfigError(f"model.backbone.arch: {arch!r} is not a timm model ({err})") from None
+            raise ConfigError(f"model.arch: {arch!r} is not a timm model ({err})") from None
+        except TypeError:  # a timm CNN (resnet50, ...) takes no dynamic_img_size
+            raise ConfigError(
+                f"model.arch: {arch!r} is not a plain ViT (timm builds it without dynamic_img_size)"
+            ) from None
         if not hasattr(self.vit, "patch_embed") or not hasattr(self.vit, "blocks"):
-            raise ConfigError(f"model.backbone.arch: {arch!r} is not a plain ViT (no patch_embed/blocks)")
+            raise ConfigError(f"model.arch: {arch!r} is not a plain ViT (no patch_embed/blocks)")
         self.patch_size = int(self.vit.patch_embed.patch_size[0])
         self.num_prefix_tokens = int(getattr(self.vit, "num_prefix_tokens", 1))
         self.feature_info = FeatureInfo(channels=[int(self.vit.embed_dim)], strides=[self.patch_size])

@@ -10,6 +10,7 @@ from masklab.data.coco.load import load_coco
 from masklab.data.coco.records import CocoFile
 from masklab.data.coco.rle import Rle, encode_masks
 from masklab.engine.distributed import all_gather_object
+from masklab.errors import DataError
 from masklab.evaluation.coco.evaluator import CocoEvaluator
 from masklab.evaluation.coco.instance_iou import instance_iou
 from masklab.structures.predictions import InstancePrediction
@@ -31,12 +32,23 @@ class MalEvaluator:
     the numbers of the whole set, equal to one process's.
 
     Args:
-        gt: the COCO file with ground-truth masks (or its path).
+        gt: the COCO file with ground-truth masks (or its path); a non-crowd annotation without a
+            ``segmentation`` is a one-line :class:`DataError`.
         max_dets: COCO maxDets.
     """
 
     def __init__(self, gt: CocoFile | str, *, max_dets: tuple[int, ...] = (1, 10, 100)) -> None:
         self.gt = gt if isinstance(gt, CocoFile) else load_coco(gt)
+        boxes_only = [a.id for a in self.gt.annotations if a.segmentation is None and not a.iscrowd]
+        if boxes_only:
+            # Scored against its filled box, such an annotation rewards box-shaped labels (a model
+            # that returns the box would reach mask_iou 1.0).
+            raise DataError(
+                f"{gt if isinstance(gt, str) else 'the ground truth'}: {len(boxes_only)} of "
+                f"{len(self.gt.annotations)} annotations (first id={boxes_only[0]}) have no 'segmentation'; "
+                "MAL evaluation scores the labels against ground-truth masks (dataset.val_ann_path: use a "
+                "file with masks, or leave it out to train without validation)"
+            )
         self.coco = CocoEvaluator(self.gt, iou_types=("segm",), max_dets=max_dets, attribute_names=())
         self.metrics: dict[str, float] = {}
         self.reset()
