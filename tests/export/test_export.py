@@ -19,7 +19,7 @@ META = DatasetMeta(classes=("a", "b", "c"))
 ZOO = {
     "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2550i_synthetic-128x128.yaml",
     "segformer": "segformer/segformer_mit-b0_1xb8-2650i_synthetic-128x128.yaml",
-    "upernet": "upernet/upernet_mit-b0_1xb8-1950i_synthetic-128x128.yaml",
+    "upernet": "upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
     "pspnet": "pspnet/pspnet_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
     "fpn": "fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
