@@ -388,25 +388,19 @@ def _check_fit(
     src: Path,
     config: str,
 ) -> None:
-    """One line naming what does not fit: MMSeg keys without a place, model keys not given, shapes."""
-
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+    """One line naming what does not fit: MMSeg weights without a place (by their MMSeg names), then
+    model weights not given and wrong shapes (:func:`describe_mismatch`)."""
+    from masklab.models.backbones.weight_file import describe_mismatch
 
     unmatched = unknown + [origins.get(k, k) for k in state if k not in own]
-    missing = [k for k in own if k not in state]
-    shapes = [
-        f"{origins.get(k, k)} {tuple(v.shape)} vs model {k} {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
     parts = []
     if unmatched:
-        parts.append(f"{len(unmatched)} checkpoint weights have no place in the model: {few(unmatched)}")
-    if missing:
-        parts.append(f"{len(missing)} model weights are not in the checkpoint: {few(missing)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches: {few(shapes)}")
+        more = f" (+{len(unmatched) - 3} more)" if len(unmatched) > 3 else ""
+        parts.append(
+            f"{len(unmatched)} checkpoint weights have no place in the model: {', '.join(unmatched[:3])}{more}"
+        )
+    if mismatch := describe_mismatch(dict(own), {k: v for k, v in state.items() if k in own}):
+        parts.append(mismatch)
     if parts:
         raise CheckpointError(
             f"{src}: weights do not fit the model of {config} (a checkpoint of another architecture or "
