@@ -214,3 +214,25 @@ def test_registered_and_bad_config() -> None:
         RandomFlip(direction="diagonal")
     with pytest.raises(ConfigError, match="RandomCrop.crop_size"):
         RandomCrop(crop_size=(1, 2, 3))
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: RandomCrop(crop_size=0), "RandomCrop.crop_size: 0"),
+        (lambda: RandomCrop(crop_size=(-4, 8)), "RandomCrop.crop_size"),
+        (lambda: Resize(scale=0), "Resize.scale: 0"),
+        (lambda: Resize(scale=(0, 10), keep_ratio=False), "Resize.scale"),
+        (lambda: RandomResize(scale=-5), "RandomResize.scale"),
+        (lambda: LargeScaleJitter(output_size=0), "LargeScaleJitter.output_size"),
+        (lambda: Pad(size=-3), "Pad.size: -3"),
+        (lambda: Pad(size_divisor=0), "Pad.size_divisor: 0"),
+        (lambda: Pad(size_divisor=-2), "Pad.size_divisor"),
+    ],
+)
+def test_non_positive_sizes_are_config_errors(build, key) -> None:
+    """A zero or negative size used to crop to an empty image, crash in the resize kernel or
+    divide by zero on the first sample; it is a config mistake named when the transform is built."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
+        build()
+    assert "expected a positive int" in str(info.value)

@@ -13,8 +13,8 @@ def semantic_ground_truth(
 ) -> torch.Tensor:
     """The original-resolution ground truth of a prediction, in training label space.
 
-    Read from ``meta.extra["seg_map_path"]`` through the dataset's ``reduce_zero_label`` and
-    ``label_map`` (so class subsets and raw-id datasets count right), else
+    Read from ``meta.extra["seg_map_path"]`` through the dataset's ``reduce_zero_label``,
+    ``label_map`` and ``ignore_index`` (so class subsets and raw-id datasets count right), else
     ``meta.extra["gt_semantic"]`` (already in label space), else the batch's map when the image
     was not resized.
     """
@@ -23,7 +23,11 @@ def semantic_ground_truth(
         from masklab.data.datasets.semantic import label_lut
         from masklab.data.io import read_label
 
-        lut = label_lut(bool(meta.extra.get("reduce_zero_label", False)), meta.extra.get("label_map") or None)
+        lut = label_lut(
+            bool(meta.extra.get("reduce_zero_label", False)),
+            meta.extra.get("label_map") or None,
+            int(meta.extra.get("ignore_index", 255)),
+        )
         return lut[read_label(str(path)).clamp(0, 255)]
     gt = meta.extra.get("gt_semantic")
     if isinstance(gt, torch.Tensor):

@@ -315,6 +315,7 @@ class FolderSegDataset(Dataset):
                 "seg_map_path": str(seg_path),
                 "reduce_zero_label": self.reduce_zero_label,
                 "label_map": self.label_map,
+                "ignore_index": self.metainfo.ignore_index,
             },
         )
         return Sample(image=image, meta=meta, semantic=semantic)

@@ -64,12 +64,12 @@ def finalize_instances(inst: Instances) -> Instances:
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``(a, b)`` from an int or a 2-sequence; anything else is a ConfigError naming ``name``."""
-    if isinstance(value, int):
+    """``(a, b)`` from a positive int or a 2-sequence of them (sizes); else a ConfigError naming ``name``."""
+    if isinstance(value, int) and value > 0:
         return value, value
-    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
         return int(value[0]), int(value[1])
-    raise ConfigError(f"{name}: {value!r}; expected an int or a pair of ints")
+    raise ConfigError(f"{name}: {value!r}; expected a positive int or a pair of positive ints")
 
 
 def uniform(low: float, high: float) -> float:

@@ -142,6 +142,8 @@ class Pad:
             raise ConfigError(
                 f"Pad: size={size!r}, size_divisor={size_divisor!r}; expected exactly one of them"
             )
+        if size_divisor is not None and not (isinstance(size_divisor, int) and size_divisor > 0):
+            raise ConfigError(f"Pad.size_divisor: {size_divisor!r}; expected a positive int")
         self.size = None if size is None else pair(size, "Pad.size")
         self.size_divisor = size_divisor
         self.pad_val, self.seg_pad_val = pad_val, seg_pad_val
