@@ -171,3 +171,53 @@ def test_resume_refuses_regrouped_parameters(tmp_path: Path) -> None:
         CheckpointError, match=r"parameter group 0 holds other parameters than in the checkpoint"
     ):
         moved.resume()
+
+
+class StopAt(Hook):
+    """Ends the run after iteration ``n``, as a crash after its checkpoint would."""
+
+    priority = 99
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def after_train_iter(self, trainer: Trainer) -> None:
+        trainer.should_stop = trainer.iter == self.n
+
+
+def _train_records(work_dir: Path) -> dict[int, dict]:
+    import json
+
+    lines = (work_dir / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    drop = ("time", "data_time", "train_cpu_s")
+    return {
+        r["iteration"]: {k: v for k, v in r.items() if k not in drop} for r in records if r["mode"] == "train"
+    }
+
+
+def test_resume_inside_a_log_interval_logs_the_uninterrupted_values(tmp_path: Path) -> None:
+    # A checkpoint at iteration 6 cuts the log interval 5..8: the record at 8 must still average
+    # iterations 5..8 (the sums of 5 and 6 travel in the checkpoint), not 7..8 alone.
+    from masklab.engine.hooks.logger import LoggerHook
+
+    def run(work_dir: Path, stop: int | None, resume: bool) -> None:
+        trainer = make_trainer(work_dir, 12, Record(), checkpoint_every=6)
+        trainer.hooks = sorted(
+            [
+                *trainer.hooks,
+                LoggerHook(log_interval=4, tensorboard=False),
+                *([StopAt(stop)] if stop else []),
+            ],
+            key=lambda h: h.priority,
+        )
+        if resume:
+            trainer.resume()
+        trainer.train()
+
+    run(tmp_path / "full", None, False)
+    run(tmp_path / "split", 6, False)
+    run(tmp_path / "split", None, True)
+    full, split = _train_records(tmp_path / "full"), _train_records(tmp_path / "split")
+    assert sorted(full) == sorted(split) == [4, 8, 12]
+    assert split == full

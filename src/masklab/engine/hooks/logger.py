@@ -22,7 +22,8 @@ class LoggerHook(Hook):
     """Every ``log_interval`` iterations: a console line, a ``log.jsonl`` record, TensorBoard scalars.
 
     Losses are averaged over the interval. Each evaluation adds a record with ``"mode": "val"``.
-    Only rank 0 writes. Priority 90: last, so it reports what the other hooks did.
+    Only rank 0 writes. Priority 90: last, so it reports what the other hooks did. The sums of an
+    interval a checkpoint cuts travel in it, so a resumed run logs the uninterrupted run's values.
 
     Args:
         log_interval: iterations between log lines.
@@ -104,6 +105,14 @@ class LoggerHook(Hook):
         if self._writer is not None:
             for k, v in metrics.items():
                 self._writer.add_scalar(f"val/{k}", v, trainer.iter)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called on every rank (checkpoint payload): the mean over ranks, as the record will be.
+        return {"sums": all_reduce_dict(self._sums), "count": self._count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums = {str(k): float(v) for k, v in state["sums"].items()}
+        self._count = int(state["count"])
 
     def after_run(self, trainer: Trainer) -> None:
         if self._writer is not None:
