@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--confusion", metavar="DIR", help="also write confusion_matrix.png/.csv here (semantic configs)"
     )
+    parser.add_argument(
+        "--format-only",
+        metavar="DIR",
+        help="write one label PNG per image of dataset.val to DIR (benchmark submission; no metrics, "
+        "no labels needed); sets evaluate.format_only / evaluate.output_dir",
+    )
     coco = parser.add_argument_group("evaluate coco")
     coco.add_argument("--gt", help="ground-truth COCO instances JSON")
     coco.add_argument("--pred", help="COCO results JSON")
@@ -55,25 +61,24 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     from masklab.cli.common import resolve_for_cli
     from masklab.cli.output import check_output_dir
     from masklab.config.assemble import (
-        apply_eval_settings,
         build_dataset,
         build_evaluator,
-        build_model,
         build_val_loader,
         dataset_meta,
-        place_model,
         resolve_device,
     )
-    from masklab.data.split_meta import check_checkpoint_meta
-    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest, load_checkpoint
+    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
-    from masklab.errors import CheckpointError
+    from masklab.errors import CheckpointError, ConfigError
 
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
     rc = resolve_for_cli(args.config, args.overrides)
+    format_dir = args.format_only or (rc.evaluate.output_dir if rc.evaluate.format_only else None)
+    if format_dir:
+        return _format_only(args, rc, ckpt, format_dir)
     # Every output is checked before the evaluation: a long run must not end in a path error, nor
     # leave one output written when another cannot be.
     out = _output_file(args.out, ckpt)
@@ -84,16 +89,12 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if "LOCAL_RANK" in os.environ:
         init_distributed(device=device)
     val_set = build_dataset(rc, "val")
-    payload = None if real.suffix == ".safetensors" else load_checkpoint(real)
-    # Same class list in another order: same model, same weights, wrong per-class metrics.
-    saved_meta = (payload or {}).get("dataset_meta")
-    check_checkpoint_meta(saved_meta, val_set, str(ckpt), "dataset.val", attributes=rc.task != "semantic")
-    model = build_model(rc, dataset_meta(val_set))
-    loaded = _load_weights(model, payload if payload is not None else real, ckpt)
-    if loaded.ema and is_main_process():
-        print(loaded.message(str(ckpt)))
-    apply_eval_settings(model, rc)
-    place_model(model, rc, device)
+    if getattr(val_set, "labels", True) is False:
+        raise ConfigError(
+            "dataset.val.labels: false reads no label maps, so there is nothing to score; write "
+            "predictions for a benchmark server with --format-only DIR, or set labels: true"
+        )
+    model = _checked_model(rc, ckpt, real, val_set, device)
     evaluator = build_evaluator(rc, val_set)
     if confusion_dir is not None:
         from masklab.evaluation.confusion import with_confusion
@@ -106,6 +107,70 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     if main_process:
         _report_and_write(evaluator, metrics, ckpt, out, confusion_dir)
     return 0
+
+
+def _format_only(args: argparse.Namespace, rc: Any, ckpt: Path, out_dir: str) -> int:
+    """``--format-only DIR``: predict ``dataset.val`` exactly as the evaluation does and write one
+    label PNG per image (MMSeg's ``format_only``); no labels read, no metrics computed."""
+    from masklab.cli.output import check_output_dir
+    from masklab.config.assemble import (
+        build_dataset,
+        build_val_loader,
+        resolve_device,
+    )
+    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest
+    from masklab.engine.distributed import init_distributed, is_main_process, teardown
+    from masklab.engine.val_loop import ValLoop
+    from masklab.errors import ConfigError
+    from masklab.evaluation.format_only import LabelPngFormatter, output_names, output_values
+
+    flag = "--format-only" if args.format_only else "evaluate.output_dir"
+    if rc.task != "semantic":
+        raise ConfigError(
+            f"{flag}: format_only is for semantic models; instance models write COCO results with "
+            "`masklab infer CFG CKPT --input DIR` (pred/instances.json)"
+        )
+    if args.out or args.confusion:
+        raise ConfigError(f"{flag}: computes no metrics; --out and --confusion cannot be given with it")
+    directory = check_output_dir(out_dir, flag)
+    real = follow_latest(ckpt)
+    check_checkpoint_task(real, rc.task, args.config)
+    device = resolve_device(rc.runtime.device)
+    if "LOCAL_RANK" in os.environ:
+        init_distributed(device=device)
+    val_set = build_dataset(rc, "val", labels=False)
+    names = output_names(val_set)  # name clashes stop the run before anything is predicted
+    values, description = output_values(val_set)
+    model = _checked_model(rc, ckpt, real, val_set, device)
+    formatter = LabelPngFormatter(directory, names, values, description)
+    loop = ValLoop(model, build_val_loader(rc, val_set), formatter, precision=rc.runtime.precision)
+    loop.run(progress=not args.no_progress)
+    main_process = is_main_process()
+    teardown()
+    if main_process:
+        print(formatter.summary())
+    return 0
+
+
+def _checked_model(rc: Any, ckpt: Path, real: Path, val_set: Any, device: Any) -> Any:
+    """The model of ``rc`` with the checkpoint's weights, in evaluation mode, on ``device``; the
+    checkpoint's class list checked against ``val_set``'s first."""
+    from masklab.config.assemble import apply_eval_settings, build_model, dataset_meta, place_model
+    from masklab.data.split_meta import check_checkpoint_meta
+    from masklab.engine.checkpoint import load_checkpoint
+    from masklab.engine.distributed import is_main_process
+
+    payload = None if real.suffix == ".safetensors" else load_checkpoint(real)
+    # Same class list in another order: same model, same weights, wrong per-class metrics.
+    saved_meta = (payload or {}).get("dataset_meta")
+    check_checkpoint_meta(saved_meta, val_set, str(ckpt), "dataset.val", attributes=rc.task != "semantic")
+    model = build_model(rc, dataset_meta(val_set))
+    loaded = _load_weights(model, payload if payload is not None else real, ckpt)
+    if loaded.ema and is_main_process():
+        print(loaded.message(str(ckpt)))
+    apply_eval_settings(model, rc)
+    place_model(model, rc, device)
+    return model
 
 
 def _report_and_write(

@@ -85,8 +85,12 @@ def dataset_node(rc: ResolvedConfig, split: str) -> Config:
     return rc.dataset[split]
 
 
-def build_dataset(rc: ResolvedConfig, split: str) -> Any:
-    """Build ``dataset.<split>``. ``dataset.root`` (optional) is passed to datasets that take ``root``."""
+def build_dataset(rc: ResolvedConfig, split: str, *, labels: bool = True) -> Any:
+    """Build ``dataset.<split>``. ``dataset.root`` (optional) is passed to datasets that take ``root``.
+
+    ``labels=False`` (``masklab evaluate --format-only``) builds an images-only dataset when its
+    class takes ``labels`` (a config's own ``labels`` key wins); other datasets are built as written.
+    """
     if rc.task == "mal":
         from masklab.models.mal.build import build_mal_dataset
 
@@ -94,10 +98,14 @@ def build_dataset(rc: ResolvedConfig, split: str) -> Any:
     node = dataset_node(rc, split)
     provided: dict[str, Any] = {}
     root = rc.dataset.get("root") if rc.dataset is not None else None
-    if root is not None and "root" not in node:
+    wants_root = root is not None and "root" not in node
+    if wants_root or (not labels and "labels" not in node):
         factory = node_factory(node, path=f"dataset.{split}", source=rc.source, registry=registries.DATASETS)
-        if "root" in _parameters(factory):
+        params = _parameters(factory)
+        if wants_root and "root" in params:
             provided["root"] = root
+        if not labels and "labels" not in node and "labels" in params:
+            provided["labels"] = False
     from masklab.data.datasets.config_key import with_config_key
 
     try:

@@ -274,9 +274,26 @@ class InferenceModeConfig:
 
 @dataclass(kw_only=True)
 class EvaluateConfig(InferenceModeConfig):
-    """Evaluation: inference settings plus the metrics to compute."""
+    """Evaluation: inference settings plus the metrics to compute.
+
+    ``format_only`` (MMSeg's ``test_evaluator.format_only``): ``masklab evaluate`` writes one label
+    PNG per image of ``dataset.val`` into ``output_dir`` and computes no metrics (semantic configs;
+    the command line's ``--format-only DIR`` sets both). Validation during training ignores both.
+    """
 
     metrics: list[str] = field(default_factory=lambda: ["mIoU"])
+    format_only: bool = False
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format_only and not self.output_dir:
+            raise ValueError("format_only: true needs output_dir, the folder the label PNGs are written to")
+        if self.output_dir and not self.format_only:
+            raise ValueError(
+                f"output_dir: {self.output_dir!r} is only written with format_only: true (no metrics are "
+                "computed then); set format_only: true or remove output_dir"
+            )
 
 
 @dataclass(kw_only=True)

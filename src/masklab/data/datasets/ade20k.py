@@ -90,6 +90,7 @@ class ADE20KDataset(FolderSegDataset):
         label_map: stored value -> training label, applied after ``reduce_zero_label``.
         ignore_index: label value that is not trained on nor evaluated.
         pipeline: transforms applied to each sample, in order.
+        labels: False reads the images only (a test split; see :class:`FolderSegDataset`).
     """
 
     METAINFO = ADE20K_META
@@ -110,6 +111,7 @@ class ADE20KDataset(FolderSegDataset):
         label_map: Mapping[int, int] | None = None,
         ignore_index: int = 255,
         pipeline: Sequence[Transform] = (),
+        labels: bool = True,
     ) -> None:
         name = type(self).__name__
         super().__init__(
@@ -124,4 +126,5 @@ class ADE20KDataset(FolderSegDataset):
             label_map=label_map,
             ignore_index=ignore_index,
             pipeline=pipeline,
+            labels=labels,
         )

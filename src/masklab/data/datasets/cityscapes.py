@@ -90,6 +90,7 @@ class CityscapesDataset(FolderSegDataset):
         label_map: stored value -> train id (e.g. :data:`CITYSCAPES_LABEL_ID_TO_TRAIN_ID`).
         ignore_index: label value that is not trained on nor evaluated.
         pipeline: transforms applied to each sample, in order.
+        labels: False reads the images only (a test split; see :class:`FolderSegDataset`).
     """
 
     METAINFO = CITYSCAPES_META
@@ -109,6 +110,7 @@ class CityscapesDataset(FolderSegDataset):
         label_map: Mapping[int, int] | None = None,
         ignore_index: int = 255,
         pipeline: Sequence[Transform] = (),
+        labels: bool = True,
     ) -> None:
         name = type(self).__name__
         super().__init__(
@@ -122,4 +124,5 @@ class CityscapesDataset(FolderSegDataset):
             label_map=label_map,
             ignore_index=ignore_index,
             pipeline=pipeline,
+            labels=labels,
         )

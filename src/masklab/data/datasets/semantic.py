@@ -115,6 +115,10 @@ class FolderSegDataset(Dataset):
             stored values 0..255 onto class ids or ``ignore_index``, checked before any file is read.
         ignore_index: label value that is not trained on nor evaluated.
         pipeline: transforms applied to each sample, in order.
+        labels: False reads the images only (a test split without label maps, predicted for a
+            benchmark server by ``masklab evaluate --format-only``): ``ann_dir`` and
+            ``seg_map_suffix`` are not read and samples have no semantic map. The default requires
+            a label map for every image.
     """
 
     METAINFO: DatasetMeta | None = None
@@ -133,8 +137,10 @@ class FolderSegDataset(Dataset):
         label_map: Mapping[int, int] | None = None,
         ignore_index: int = 255,
         pipeline: Sequence[Transform] = (),
+        labels: bool = True,
     ) -> None:
         self.img_dir = Path(img_dir)
+        self.labels = labels
         self.ann_dir = Path(ann_dir)
         self.img_suffix = img_suffix
         self.seg_map_suffix = seg_map_suffix
@@ -151,7 +157,8 @@ class FolderSegDataset(Dataset):
                 f"{type(self).__name__}.img_dir: no image found: {self.img_dir} holds no file ending in "
                 f"{self.img_suffix!r} and no split file (every image is used); check img_dir, img_suffix and split"
             )
-        check_lossless_labels(self.items[0][1], type(self).__name__)
+        if labels:
+            check_lossless_labels(self.items[0][1], type(self).__name__)  # type: ignore[arg-type]
 
     def _check_label_map(self, label_map: Mapping[int, int]) -> None:
         """Every ``stored -> training`` pair maps an 8-bit value onto a class id or ``ignore_index``.
@@ -205,12 +212,13 @@ class FolderSegDataset(Dataset):
         pal = None if palette is None else tuple(tuple(int(v) for v in p) for p in palette)
         return DatasetMeta(classes, pal, (), ignore_index), subset_map  # type: ignore[arg-type]
 
-    def _list_items(self, split: str | Path | None) -> list[tuple[Path, Path]]:
-        """(image, label) pairs from ``split`` or, without one, every image under ``img_dir``."""
+    def _list_items(self, split: str | Path | None) -> list[tuple[Path, Path | None]]:
+        """(image, label) pairs from ``split`` or, without one, every image under ``img_dir``
+        (label None for an images-only dataset)."""
         name = type(self).__name__
         if not self.img_dir.is_dir():
             raise DataError(f"{name}.img_dir: {self.img_dir} is not a directory")
-        if not self.ann_dir.is_dir():
+        if self.labels and not self.ann_dir.is_dir():
             raise DataError(f"{name}.ann_dir: {self.ann_dir} is not a directory")
         if split is not None:
             return self._pair(self._read_split(split), self.ann_dir, Path(split))
@@ -237,13 +245,27 @@ class FolderSegDataset(Dataset):
             )
         return stems
 
-    def _pair(self, stems: Sequence[str], ann_dir: Path, split: Path | None) -> list[tuple[Path, Path]]:
-        """(image, label) paths of ``stems`` (listed by ``split``, or found under img_dir when None).
+    def _pair(
+        self, stems: Sequence[str], ann_dir: Path, split: Path | None
+    ) -> list[tuple[Path, Path | None]]:
+        """(image, label) paths of ``stems`` (listed by ``split``, or found under img_dir when None);
+        for an images-only dataset (image, None), the images still checked.
 
         Raises:
             DataError: one line counting the stems whose image or label is missing, naming the
                 split file (or ann_dir) and the first such stem's missing files.
         """
+        if not self.labels:
+            images = [self.img_dir / f"{s}{self.img_suffix}" for s in stems]
+            absent = [(stem, img) for stem, img in zip(stems, images, strict=True) if not img.is_file()]
+            if absent:  # only a split file can name an image that is not there
+                counted = "1 stem" if len(absent) == 1 else f"{len(absent)} stems"
+                raise DataError(
+                    f"{type(self).__name__}.split: the split file {split} lists {counted} (of "
+                    f"{len(stems)}) whose image is missing, first {absent[0][0]!r}: image {absent[0][1]} "
+                    "not found; check img_dir and img_suffix"
+                )
+            return [(img, None) for img in images]
         items = [
             (self.img_dir / f"{s}{self.img_suffix}", ann_dir / f"{s}{self.seg_map_suffix}") for s in stems
         ]
@@ -253,7 +275,7 @@ class FolderSegDataset(Dataset):
             if not img.is_file() or not seg.is_file()
         ]
         if not missing:
-            return items
+            return items  # type: ignore[return-value]
         name, (stem, img, seg) = type(self).__name__, missing[0]
         if split is None:  # the image was found under img_dir: only its label can be missing
             raise DataError(
@@ -300,8 +322,16 @@ class FolderSegDataset(Dataset):
         """The sample at ``index`` before the pipeline."""
         img_path, seg_path = self.items[index]
         image = read_image(img_path)
-        semantic = self.load_label(seg_path)
         h, w = image.shape[-2:]
+        if seg_path is None:  # images only: nothing to evaluate against
+            meta = SampleMeta(
+                image_id=index,
+                file_name=str(img_path),
+                ori_shape=(int(h), int(w)),
+                img_shape=(int(h), int(w)),
+            )
+            return Sample(image=image, meta=meta)
+        semantic = self.load_label(seg_path)
         if tuple(semantic.shape) != (h, w):
             raise DataError(
                 f"{seg_path}: label size {tuple(semantic.shape)} differs from image {img_path} size {(h, w)}"
@@ -335,9 +365,17 @@ class SyntheticSemanticDataset(FolderSegDataset):
         root: the folder passed to ``masklab data synth --out``.
         split: ``"train"`` or ``"val"``.
         pipeline: transforms applied to each sample, in order.
+        labels: False reads the images only (see :class:`FolderSegDataset`).
     """
 
-    def __init__(self, root: str | Path, split: str = "train", *, pipeline: Sequence[Transform] = ()) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        pipeline: Sequence[Transform] = (),
+        labels: bool = True,
+    ) -> None:
         root = Path(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
@@ -361,6 +399,7 @@ class SyntheticSemanticDataset(FolderSegDataset):
             palette=meta.palette,
             ignore_index=meta.ignore_index,
             pipeline=pipeline,
+            labels=labels,
         )
         # Keep the attributes too: instance-level consumers read them from the same meta.
         self.metainfo = meta
