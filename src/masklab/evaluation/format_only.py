@@ -25,14 +25,15 @@ from masklab.structures.predictions import SemanticPrediction
 def output_values(dataset: Any) -> tuple[torch.Tensor, str]:
     """(C,) int64 table training label -> written value, and how the values are described."""
     from masklab.data.datasets.cityscapes import (
-        _TRAIN_LABEL_IDS,
+        CITYSCAPES_LABEL_ID_TO_TRAIN_ID,
         CITYSCAPES_META,
         CityscapesDataset,
     )
 
     classes = tuple(dataset.metainfo.classes)
     if isinstance(dataset, CityscapesDataset):
-        ids = [_TRAIN_LABEL_IDS[CITYSCAPES_META.classes.index(c)] for c in classes]
+        label_ids = {t: i for i, t in CITYSCAPES_LABEL_ID_TO_TRAIN_ID.items() if t != 255}
+        ids = [label_ids[CITYSCAPES_META.classes.index(c)] for c in classes]
         return torch.tensor(ids, dtype=torch.int64), "Cityscapes labelIds"
     arange = torch.arange(len(classes), dtype=torch.int64)
     if getattr(dataset, "reduce_zero_label", False):
@@ -113,19 +114,15 @@ class LabelPngFormatter:
                     f"{pred.meta.file_name}: predicted labels {int(labels.min())}..{int(labels.max())} "
                     f"outside [0, {self.values.numel()})"
                 )
-            path = self.out_dir / self.names[index]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_label_png(path, self.values[labels])
+            write_label_png(self.out_dir / self.names[index], self.values[labels])  # creates subfolders
             self.written += 1
 
     def compute(self) -> dict[str, float]:
         """No metrics (the count of files written, summed over ranks, is kept for :meth:`summary`)."""
-        import torch.distributed as dist
+        from masklab.engine.distributed import all_reduce_dict
 
-        if dist.is_available() and dist.is_initialized():
-            count = torch.tensor([self.written], dtype=torch.int64)
-            dist.all_reduce(count)
-            self.written = int(count.item())
+        # all_reduce_dict puts the count on the GPU under NCCL (a CPU tensor there is an error).
+        self.written = round(all_reduce_dict({"written": self.written}, op="sum")["written"])
         return {}
 
     def summary(self) -> str:

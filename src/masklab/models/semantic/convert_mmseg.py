@@ -127,16 +127,19 @@ def mmseg_key_to_masklab(key: str, layout: ModelLayout) -> str | None:
 
 def convert_mmseg_state_dict(
     state: Mapping[str, torch.Tensor], layout: ModelLayout
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename an MMSeg state dict for masklab; returns (converted weights, MMSeg keys no rule knows)."""
+) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    """Rename an MMSeg state dict for masklab; returns (converted weights, MMSeg keys no rule knows,
+    masklab key -> the MMSeg key it came from, for messages)."""
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
+    origins: dict[str, str] = {}
     for key, value in state.items():
         if layout.backbone == "MixVisionTransformer" and (m := _MIT_IN_PROJ.fullmatch(key)):
             prefix = f"backbone.stages.{m[1]}.blocks.{m[2]}.attn"
             dims = value.shape[0] // 3
-            out[f"{prefix}.q.{m[3]}"] = value[:dims].clone()
-            out[f"{prefix}.kv.{m[3]}"] = value[dims:].clone()
+            for part, rows in (("q", value[:dims]), ("kv", value[dims:])):
+                out[f"{prefix}.{part}.{m[3]}"] = rows.clone()
+                origins[f"{prefix}.{part}.{m[3]}"] = key
             continue
         new = mmseg_key_to_masklab(key, layout)
         if new is None:
@@ -145,8 +148,9 @@ def convert_mmseg_state_dict(
         if re.search(r"\.ffn\.fc[12]\.weight$", new) and value.ndim == 4:
             value = value.flatten(1)  # MMSeg's 1x1 convolutions are masklab's linear layers
         out[new] = value
+        origins[new] = key
     _fill_batch_counters(out)
-    return out, unknown
+    return out, unknown, origins
 
 
 def _fill_batch_counters(out: dict[str, torch.Tensor]) -> None:
@@ -288,16 +292,19 @@ def convert_mmseg_checkpoint(
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: the output would replace the MMSeg checkpoint; write it elsewhere")
-    rc = config if hasattr(config, "model") and hasattr(config, "source") else resolve(config, overrides)
+    resolved = hasattr(config, "model") and hasattr(config, "source")
+    if resolved and list(overrides):
+        raise ValueError("convert_mmseg_checkpoint: overrides apply to a config path, not a resolved config")
+    rc = config if resolved else resolve(config, overrides)
     if rc.model is None:
         raise ConfigError(f"{rc.source}: model: missing section (a {{type: ...}} node)")
     layout = model_layout(rc.model, rc.source)
     ckpt = read_mmseg_checkpoint(src)
     cfg_meta = config_dataset_meta(rc)
     _check_class_count(ckpt, cfg_meta, src, rc.source)
-    state, unknown = convert_mmseg_state_dict(ckpt.state, layout)
+    state, unknown, origins = convert_mmseg_state_dict(ckpt.state, layout)
     model = build_model(rc, cfg_meta)
-    _check_fit(model.state_dict(), state, unknown, _origins(ckpt.state, layout), src, rc.source)
+    _check_fit(model.state_dict(), state, unknown, origins, src, rc.source)
     model.load_state_dict(state, strict=True)  # the check above makes this one certain
     classes = ckpt.classes or cfg_meta.classes
     palette = ckpt.palette if ckpt.palette and len(ckpt.palette) == len(classes) else None
@@ -343,7 +350,7 @@ def config_dataset_meta(rc: Any) -> Any:
     classes, palette = node.get("classes"), node.get("palette")
     ignore = int(node.get("ignore_index", 255))
     if classes is not None:
-        if palette is None and base is not None and all(c in base.classes for c in classes):
+        if palette is None and base is not None and base.palette and all(c in base.classes for c in classes):
             palette = [base.palette[base.classes.index(c)] for c in classes]
         return DatasetMeta(tuple(classes), palette, ignore_index=ignore)
     if isinstance(base, DatasetMeta):
@@ -366,18 +373,6 @@ def _check_class_count(ckpt: MMSegCheckpoint, meta: Any, src: Path, config: str)
             f"{meta.num_classes} ({', '.join(meta.classes[:3])}, ...); use a config of a {outputs}-class dataset "
             "or set dataset.val.classes / dataset.train.classes"
         )
-
-
-def _origins(state: Mapping[str, torch.Tensor], layout: ModelLayout) -> dict[str, str]:
-    """masklab key -> the MMSeg key it came from (for messages)."""
-    out = {}
-    for key in state:
-        if layout.backbone == "MixVisionTransformer" and (m := _MIT_IN_PROJ.fullmatch(key)):
-            for part in ("q", "kv"):
-                out[f"backbone.stages.{m[1]}.blocks.{m[2]}.attn.{part}.{m[3]}"] = key
-        elif (new := mmseg_key_to_masklab(key, layout)) is not None:
-            out[new] = key
-    return out
 
 
 def _check_fit(
