@@ -65,10 +65,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         build_evaluator,
         build_val_loader,
         dataset_meta,
-        resolve_device,
     )
-    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest
-    from masklab.engine.distributed import init_distributed, is_main_process, teardown
+    from masklab.engine.distributed import is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
     from masklab.errors import CheckpointError, ConfigError
 
@@ -83,11 +81,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
     # leave one output written when another cannot be.
     out = _output_file(args.out, ckpt)
     confusion_dir = check_output_dir(args.confusion, "--confusion") if args.confusion else None
-    real = follow_latest(ckpt)  # `latest` is a pointer file: read what it names
-    check_checkpoint_task(real, rc.task, args.config)  # a MAL checkpoint with a semantic config, ...
-    device = resolve_device(rc.runtime.device)
-    if "LOCAL_RANK" in os.environ:
-        init_distributed(device=device)
+    real, device = _checkpoint_and_device(args, rc, ckpt)
     val_set = build_dataset(rc, "val")
     if getattr(val_set, "labels", True) is False:
         raise ConfigError(
@@ -116,10 +110,8 @@ def _format_only(args: argparse.Namespace, rc: Any, ckpt: Path, out_dir: str) ->
     from masklab.config.assemble import (
         build_dataset,
         build_val_loader,
-        resolve_device,
     )
-    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest
-    from masklab.engine.distributed import init_distributed, is_main_process, teardown
+    from masklab.engine.distributed import is_main_process, teardown
     from masklab.engine.val_loop import ValLoop
     from masklab.errors import ConfigError
     from masklab.evaluation.format_only import LabelPngFormatter, output_names, output_values
@@ -133,11 +125,7 @@ def _format_only(args: argparse.Namespace, rc: Any, ckpt: Path, out_dir: str) ->
     if args.out or args.confusion:
         raise ConfigError(f"{flag}: computes no metrics; --out and --confusion cannot be given with it")
     directory = check_output_dir(out_dir, flag)
-    real = follow_latest(ckpt)
-    check_checkpoint_task(real, rc.task, args.config)
-    device = resolve_device(rc.runtime.device)
-    if "LOCAL_RANK" in os.environ:
-        init_distributed(device=device)
+    real, device = _checkpoint_and_device(args, rc, ckpt)
     val_set = build_dataset(rc, "val", labels=False)
     names = output_names(val_set)  # name clashes stop the run before anything is predicted
     values, description = output_values(val_set)
@@ -150,6 +138,22 @@ def _format_only(args: argparse.Namespace, rc: Any, ckpt: Path, out_dir: str) ->
     if main_process:
         print(formatter.summary())
     return 0
+
+
+def _checkpoint_and_device(args: argparse.Namespace, rc: Any, ckpt: Path) -> tuple[Path, Any]:
+    """The checkpoint file ``ckpt`` names (``latest`` is a pointer file), checked to be of the config's
+    task (a MAL checkpoint with a semantic config, ...), and the device, with the process group joined
+    under torchrun."""
+    from masklab.config.assemble import resolve_device
+    from masklab.engine.checkpoint import check_checkpoint_task, follow_latest
+    from masklab.engine.distributed import init_distributed
+
+    real = follow_latest(ckpt)
+    check_checkpoint_task(real, rc.task, args.config)
+    device = resolve_device(rc.runtime.device)
+    if "LOCAL_RANK" in os.environ:
+        init_distributed(device=device)
+    return real, device
 
 
 def _checked_model(rc: Any, ckpt: Path, real: Path, val_set: Any, device: Any) -> Any:
