@@ -257,3 +257,18 @@ def test_zero_initialised_gate_is_not_a_missing_gradient() -> None:
     assert gradient_findings(_Gated(dead=False), batch)[0].status == "ok"
     dead = gradient_findings(_Gated(dead=True), batch)[0]
     assert dead.status == "error" and "conv.weight" in dead.evidence
+
+
+def test_zero_no_object_weight_is_a_warning(synth_root: Path, make_ctx: Ctx) -> None:
+    """eos_coef 0 on the class head or on one attribute head is named; written positive values pass."""
+    ctx = make_ctx(
+        synth_root,
+        "model.eos_coef=0",
+        "model.attributes=[{name: color, num_values: 4, eos_coef: 0.1}, {name: pattern, num_values: 3, eos_coef: 0}]",
+        nodes=False,
+    )
+    rows = {f.evidence.split("=")[0]: f for f in cfg_checks.check_no_object_weight(ctx)}
+    assert rows["model.eos_coef"].status == "warn" and "set model.eos_coef > 0" in rows["model.eos_coef"].advice
+    assert rows["model.attributes.1.eos_coef"].status == "warn"
+    assert rows["model.attributes.0.eos_coef"].status == "ok"
+    assert cfg_checks.check_no_object_weight(make_ctx(synth_root, nodes=False)) == []

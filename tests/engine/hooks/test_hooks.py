@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -231,3 +232,21 @@ def test_timer_charges_training_cpu_not_evaluation() -> None:
     burn(0.05)
     timer.after_train_iter(trainer)  # type: ignore[arg-type]
     assert 0.1 <= timer.train_cpu_seconds < 0.2
+
+
+@pytest.mark.parametrize("rule", ["greater", "less"])
+def test_eval_hook_best_skips_nan(tmp_path: Path, rule: str) -> None:
+    """An early NaN metric must not stay "best" (NaN compares false with everything), and a later
+    NaN must not replace a numeric best."""
+    hook = EvalHook(interval=1, rule=rule)  # type: ignore[arg-type]
+    trainer = SimpleNamespace(iter=0, work_dir=tmp_path)
+    for iteration, value in [(1, float("nan")), (2, 0.5), (3, float("nan")), (4, 0.25 if rule == "less" else 0.75)]:
+        trainer.iter = iteration
+        hook.after_val(trainer, {"mIoU": value})  # type: ignore[arg-type]
+        if iteration == 2:
+            assert hook.best is not None and hook.best["iteration"] == 2
+        if iteration == 3:
+            assert hook.best is not None and hook.best["iteration"] == 2
+    assert hook.best is not None and hook.best["iteration"] == 4
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["best"]["iteration"] == 4 and saved["latest"]["iteration"] == 4

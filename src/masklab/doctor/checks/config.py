@@ -1,5 +1,6 @@
-"""Config checks: LR vs effective batch, queries vs instances, maxDets vs top-k, class weights,
-SyncBN without a process group, ``num_classes`` and ``attributes`` vs the dataset metadata.
+"""Config checks: LR vs effective batch, queries vs instances, no-object weights, maxDets vs top-k,
+class weights, SyncBN without a process group, ``num_classes`` and ``attributes`` vs the dataset
+metadata.
 
 :func:`model_blockers` tells the model checks which of these errors also stop the model from
 building, so they report "skipped" naming the row instead of repeating its message."""
@@ -110,6 +111,26 @@ def check_num_queries(ctx: DoctorContext) -> list[Finding]:
             )
         else:
             out.append(ok("config.num_queries", f"{path}={q} vs up to {most} instances per image"))
+    return out
+
+
+@register_check("config", "no_object_weight")
+def check_no_object_weight(ctx: DoctorContext) -> list[Finding]:
+    """An ``eos_coef`` of 0 (the class head's or an attribute head's) takes the "no object" slot out
+    of its cross-entropy: unmatched queries never learn to say "no object", so every query scores as
+    an object (class) or the "no object wins" attribute filter never fires (attribute)."""
+    out = []
+    for path, value in find_keys(_model_data(ctx), "eos_coef"):
+        if isinstance(value, (int, float)) and value == 0:
+            out.append(
+                warn(
+                    "config.no_object_weight",
+                    f"{path}=0: the no-object slot gets no loss, so unmatched queries never learn it",
+                    f"set {path} > 0 (the paper uses 0.1)",
+                )
+            )
+        else:
+            out.append(ok("config.no_object_weight", f"{path}={value}"))
     return out
 
 

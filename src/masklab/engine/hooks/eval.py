@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from masklab import strict_json
@@ -55,9 +56,15 @@ class EvalHook(Hook):
             trainer.validate()
 
     def _is_better(self, value: float) -> bool:
+        """A NaN (e.g. mIoU of a val set without labelled pixels) is never better than a number, and
+        any number replaces a NaN best: otherwise one early NaN would stay "best" for the whole run."""
         if self.best is None:
             return True
         old = float(self.best["metrics"][self.best["key"]])
+        if math.isnan(value):
+            return False
+        if math.isnan(old):
+            return True
         return value > old if self.rule == "greater" else value < old
 
     def after_val(self, trainer: Trainer, metrics: dict[str, float]) -> None:
