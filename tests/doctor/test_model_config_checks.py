@@ -268,7 +268,9 @@ def test_zero_no_object_weight_is_a_warning(synth_root: Path, make_ctx: Ctx) -> 
         nodes=False,
     )
     rows = {f.evidence.split("=")[0]: f for f in cfg_checks.check_no_object_weight(ctx)}
-    assert rows["model.eos_coef"].status == "warn" and "set model.eos_coef > 0" in rows["model.eos_coef"].advice
+    assert (
+        rows["model.eos_coef"].status == "warn" and "set model.eos_coef > 0" in rows["model.eos_coef"].advice
+    )
     assert rows["model.attributes.1.eos_coef"].status == "warn"
     assert rows["model.attributes.0.eos_coef"].status == "ok"
     assert cfg_checks.check_no_object_weight(make_ctx(synth_root, nodes=False)) == []

@@ -240,7 +240,12 @@ def test_eval_hook_best_skips_nan(tmp_path: Path, rule: str) -> None:
     NaN must not replace a numeric best."""
     hook = EvalHook(interval=1, rule=rule)  # type: ignore[arg-type]
     trainer = SimpleNamespace(iter=0, work_dir=tmp_path)
-    for iteration, value in [(1, float("nan")), (2, 0.5), (3, float("nan")), (4, 0.25 if rule == "less" else 0.75)]:
+    for iteration, value in [
+        (1, float("nan")),
+        (2, 0.5),
+        (3, float("nan")),
+        (4, 0.25 if rule == "less" else 0.75),
+    ]:
         trainer.iter = iteration
         hook.after_val(trainer, {"mIoU": value})  # type: ignore[arg-type]
         if iteration == 2:
