@@ -32,8 +32,11 @@ def _ids() -> Iterator[str]:
 
 def tiny_overrides(path: Path) -> list[str]:
     """Overrides shrinking a config's model to seconds-per-test size, keyed on what it contains."""
-    model = load_config(path)["model"]
+    cfg = load_config(path)
+    model = cfg["model"]
     out = ["model.decode_head.channels=16"]
+    if cfg["train"].get("schedule", {}).get("decay_after_warmup"):
+        out.append("train.schedule.warmup_iters=1")  # the decay must start within the 2 iterations run
     backbone = model["backbone"]
     if backbone["type"] == "TimmBackbone":
         out.append("model.backbone.model_name=resnet10t")
@@ -45,6 +48,8 @@ def tiny_overrides(path: Path) -> list[str]:
         out.append("model.neck.out_channels=16")
     if "c1_channels" in model["decode_head"]:
         out.append("model.decode_head.c1_channels=8")
+    if model.get("data_preprocessor", {}).get("size") is not None:
+        out.append("model.data_preprocessor.size=[64, 64]")  # the crop would pad the 64 px batch
     return out
 
 
@@ -72,6 +77,13 @@ def test_config_resolves_and_follows_the_naming_scheme(path: Path) -> None:
     gpus, per_gpu = map(int, re.search(r"_(\d+)xb(\d+)-", path.name).groups())
     assert rc.train.batch_size == per_gpu
     assert rc.train.optim.base_batch_size == gpus * per_gpu
+    count, unit = re.search(r"xb\d+-(\d+)([ki]?)_", path.name).groups()
+    assert rc.train.max_iters == int(count) * (1000 if unit == "k" else 1), "schedule in the name"
+    height, width = map(int, re.search(r"-(\d+)x(\d+)\.yaml$", path.name).groups())
+    crops = [t["crop_size"] for t in rc.dataset["train"].get("pipeline", []) if t["type"] == "RandomCrop"]
+    if crops:  # the crop in the name is the one trained on, and batches pad to it (MMSeg's size=crop_size)
+        assert [list(c) for c in crops] == [[height, width]], "crop size in the name"
+        assert list(rc.model["data_preprocessor"]["size"]) == [height, width]
 
 
 def _tiny_groups() -> dict[str, list[Path]]:

@@ -43,6 +43,23 @@ def test_preprocessor_normalises_and_pads() -> None:
     assert [m.img_shape for m in out.metas] == [(10, 14), (16, 8)]
 
 
+def test_preprocessor_pads_training_batches_to_size() -> None:
+    """MMSeg's ``data_preprocessor.size=crop_size``: a crop smaller than the window (from an image
+    smaller than the crop) trains padded to the full window, ignored; evaluation keeps its size."""
+    a, b = make_sample(10, 14, seed=1), make_sample(16, 8, seed=2)
+    pre = DataPreprocessor(size=(24, 20), size_divisor=8, seg_pad_val=200)
+    out = pre(collate([a, b]), training=True)
+    assert out.images.shape == (2, 3, 24, 24)  # (24, 20) then the size divisor
+    assert (out.images[0, :, 10:, :] == 0).all() and (out.semantic[0, 10:, :] == 200).all()
+    assert (out.semantic[1, 16:, :] == 200).all() and (out.semantic[1, :, 8:] == 200).all()
+    assert all(m.pad_shape == (24, 24) for m in out.metas)
+    assert pre(collate([a, b]), training=False).images.shape == (2, 3, 16, 16)
+    big = make_sample(32, 40, seed=3)  # larger than size: only the divisor pads
+    assert pre(collate([big]), training=True).images.shape == (1, 3, 32, 40)
+    with pytest.raises(ModelError, match="data_preprocessor.size"):
+        DataPreprocessor(size=(0, 8))
+
+
 def test_preprocessor_bgr_flag_and_bad_std() -> None:
     s = make_sample(4, 4, n=1)
     pre = DataPreprocessor(mean=(0, 0, 0), std=(1, 1, 1), bgr_to_rgb=True)

@@ -40,6 +40,21 @@ def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     teardown(None)  # no group: nothing to do, no error
 
 
+def test_sync_bn_converts_every_batchnorm_under_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runtime.sync_bn (MMSeg's SyncBN norm_cfg) reaches the model; CPU is refused in one line."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    assert wrap_model(model, "ddp", sync_bn=True) is model  # single process: BatchNorm kept
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    monkeypatch.setattr("masklab.engine.distributed.is_initialized", lambda: True)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda module, device_ids: module)
+    with pytest.raises(ConfigError, match=r"runtime.sync_bn: .*CPU"):
+        wrap_model(model, "ddp", "cpu", sync_bn=True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    wrapped = wrap_model(model, "ddp", "cuda", sync_bn=True)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in wrapped.modules()) == 2
+    assert not any(type(m) is nn.BatchNorm2d for m in wrapped.modules())
+
+
 def _torchrun_env(monkeypatch: pytest.MonkeyPatch, local_rank: int) -> list[str]:
     """torchrun's variables for rank ``local_rank`` of 2; ``init_process_group`` records its backend."""
     for key, value in {"WORLD_SIZE": "2", "RANK": str(local_rank), "LOCAL_RANK": str(local_rank)}.items():

@@ -473,7 +473,7 @@ def build_trainer(
                 f"{rc.source}: train.ema: not supported with runtime.strategy: fsdp (the average "
                 "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
             )
-        model = wrap_model(model, rc.runtime.strategy, device)
+        model = wrap_model(model, rc.runtime.strategy, device, sync_bn=rc.runtime.sync_bn)
     optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters, per_epoch)
     val_loop = None
     if with_val and rc.dataset is not None and "val" in rc.dataset:

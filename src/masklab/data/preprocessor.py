@@ -25,6 +25,10 @@ class DataPreprocessor(nn.Module):
         mean: per-channel mean in 0-255 RGB space.
         std: per-channel standard deviation in 0-255 RGB space.
         size_divisor: pad H and W up to a multiple of this (None: no extra padding).
+        size: training batches only: pad H and W up to at least this ``(H, W)``, usually the crop
+            size (MMSeg's ``data_preprocessor.size``), so a crop taken from an image smaller than
+            the window trains at the full size with the rest ignored. Evaluation batches are not
+            padded to it (MMSeg pads them only by its ``test_cfg``).
         pad_val: value of padded image pixels *after* normalisation (0 = the mean colour).
         seg_pad_val: value of padded semantic-map pixels (the ignore index).
         bgr_to_rgb: flip the channel order first (for BGR-trained weights fed RGB images).
@@ -38,6 +42,7 @@ class DataPreprocessor(nn.Module):
         pad_val: float = 0.0,
         seg_pad_val: int = 255,
         bgr_to_rgb: bool = False,
+        size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3:
@@ -50,7 +55,12 @@ class DataPreprocessor(nn.Module):
             raise ModelError(
                 f"data_preprocessor.size_divisor: {size_divisor}; expected a positive integer or null"
             )
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise ModelError(
+                f"data_preprocessor.size: {list(size)}; expected [height, width] of at least 1 pixel"
+            )
         self.size_divisor = size_divisor
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self.pad_val = float(pad_val)
         self.seg_pad_val = int(seg_pad_val)
         self.bgr_to_rgb = bgr_to_rgb
@@ -67,15 +77,16 @@ class DataPreprocessor(nn.Module):
     def forward(self, batch: Batch, training: bool = False) -> Batch:
         """Return a new normalised, padded :class:`Batch` on :attr:`device`; ``meta.pad_shape`` is set.
 
-        ``training`` is accepted for interface symmetry with models that augment on device.
+        ``training`` pads to at least :attr:`size` when one is set.
         """
-        del training
         batch = batch.to(self.device, non_blocking=True)
         images = batch.images.float()
         if self.bgr_to_rgb:
             images = images.flip(1)
         images = (images - self.mean) / self.std
         height, width = images.shape[-2:]
+        if training and self.size is not None:
+            height, width = max(height, self.size[0]), max(width, self.size[1])
         if self.size_divisor:
             d = self.size_divisor
             height, width = -(-height // d) * d, -(-width // d) * d

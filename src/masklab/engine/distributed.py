@@ -120,7 +120,9 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def wrap_model(model: nn.Module, strategy: Strategy = "ddp", device: torch.device | str = "cpu") -> nn.Module:
+def wrap_model(
+    model: nn.Module, strategy: Strategy = "ddp", device: torch.device | str = "cpu", *, sync_bn: bool = False
+) -> nn.Module:
     """Wrap ``model`` for data-parallel training; returns it unchanged in a single process.
 
     Args:
@@ -128,6 +130,13 @@ def wrap_model(model: nn.Module, strategy: Strategy = "ddp", device: torch.devic
         strategy: ``"ddp"`` (DistributedDataParallel) or ``"fsdp"`` (FSDP2 ``fully_shard``, in
             place; build the optimizer after wrapping).
         device: this rank's device.
+        sync_bn: ``runtime.sync_bn``: every BatchNorm becomes a ``SyncBatchNorm`` over the process
+            group first (MMSeg's ``norm_cfg=dict(type='SyncBN')`` in every module). A single
+            process keeps its BatchNorms, which compute the same statistics there.
+
+    Raises:
+        ConfigError: an unknown strategy, or ``sync_bn`` on CPU (torch's SyncBatchNorm refuses
+            CPU tensors at the first forward).
     """
     if strategy not in ("ddp", "fsdp"):
         raise ConfigError(
@@ -136,6 +145,13 @@ def wrap_model(model: nn.Module, strategy: Strategy = "ddp", device: torch.devic
     if not is_initialized():
         return model
     device = torch.device(device)
+    if sync_bn:
+        if device.type == "cpu":
+            raise ConfigError(
+                "runtime.sync_bn: SyncBatchNorm runs on GPUs only, and this distributed run is on CPU; "
+                "set runtime.sync_bn: false (each process then normalises over its own batch)"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if strategy == "ddp":
         ids = (
             [device.index if device.index is not None else torch.cuda.current_device()]

@@ -4,7 +4,7 @@ with: the ``inference`` section, with ``evaluate``'s value for every key it leav
 ``inference`` and ``evaluate`` share the keys of :class:`~masklab.config.schema.InferenceModeConfig`
 (``mode``, ``crop_size``, ``stride``, ``tta.scales``, ``tta.flip``, ``max_dets``, ``batch_size``,
 ``checkpoint``). The schema fills an absent section with its defaults, so a config that only says
-``evaluate: {mode: slide, crop_size: ..., stride: ...}`` (every Cityscapes config) would infer whole
+``evaluate: {mode: slide, crop_size: ..., stride: ...}`` (the SegFormer Cityscapes configs) would infer whole
 images if ``inference`` were read as resolved. "Unset" is therefore read from the loaded config
 (bases merged, overrides applied): a key that is absent there, or null, takes ``evaluate``'s
 value; a key the config writes wins, even when it equals the default (``inference.mode: whole``
