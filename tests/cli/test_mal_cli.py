@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -251,6 +252,32 @@ def test_evaluate_and_resume_with_a_mal_checkpoint_and_a_semantic_config_name_bo
     err = capsys.readouterr().err.strip()
     assert "'task: mal' checkpoint" in err and "'task: semantic' config" in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", ["infer", "train"])
+def test_a_mal_run_latest_pointer_with_a_semantic_config_names_both_tasks(
+    command: str, tiny_synth: Path, mal_ckpt_with_config: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """``checkpoints/latest`` stands for a checkpoint everywhere: the task check reads what it names
+    (it read the pointer file itself, found no task, and infer said "weights do not fit ...")."""
+    from .conftest import DEMO_CONFIG
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(mal_ckpt_with_config, folder / "iter_0000004.pth")
+    (folder / "latest").write_text("iter_0000004.pth\n")
+    latest = str(folder / "latest")
+    if command == "infer":
+        args = ["infer", str(DEMO_CONFIG), latest, "--input", str(tiny_synth / "images" / "val"),
+                "--out", str(tmp_path / "out")]  # fmt: skip
+    else:
+        args = ["train", str(DEMO_CONFIG), f"dataset.root={tiny_synth}", "--no-progress",
+                "--work-dir", str(tmp_path / "out"), "--resume", latest]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'task: mal' checkpoint" in err and "'task: semantic' config" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_swapped_image_size_is_named_before_the_box(

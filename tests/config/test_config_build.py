@@ -303,6 +303,22 @@ def test_errors_name_the_file_that_set_each_key(write):
     assert "<override>: model.num_classes: expected int, got str 'two'" in msg
 
 
+def test_lazy_conflict_names_the_file_that_set_the_key(write):
+    """A derived key restated in a child file (or an override) is blamed on that file, not on the
+    base that set the node's ``type``."""
+    write(
+        "base.yaml",
+        "model:\n  type: config_components:Model\n  backbone: {type: config_components:Backbone, out_channels: 5}\n"
+        "  decode_head: {type: config_components:Head}\n",
+    )
+    top = write("top.yaml", "_base_: base.yaml\nmodel:\n  decode_head: {in_channels: 9}\n")
+    with pytest.raises(ConfigError, match=rf"^{top}: model\.decode_head\.in_channels: config says 9"):
+        build_node(load_config(top).model, path="model")
+    cfg = load_config(top, ["model.decode_head.in_channels=8"])
+    with pytest.raises(ConfigError, match=r"^<override>: model\.decode_head\.in_channels: config says 8"):
+        build_node(cfg.model, path="model")
+
+
 def test_call_bound_checks_then_calls():
     import config_components
 

@@ -173,6 +173,11 @@ def test_inference_counts_must_be_positive(write, key):
          "train.schedule.policy: the step policy needs at least one milestone (got milestones [])"),
         ("train.schedule.decay_after_warmup=true",
          "train.schedule.decay_after_warmup: applies to the poly and cosine policies, got policy 'step'"),
+        ("train.ema.momentum=0.9998",
+         "train.ema.momentum: expected 0 < momentum <= 0.5, the weight of the current parameters per update "
+         "(MMEngine's convention; for a decay d write 1 - d), got 0.9998"),
+        ("train.ema.interval=0", "train.ema.interval: expected >= 1, got 0"),
+        ("train.ema.warmup=-1", "train.ema.warmup: expected >= 0 (0: none), got -1"),
     ],
 )  # fmt: skip
 def test_optimizer_and_schedule_values_are_checked_when_resolved(write, override, expected):

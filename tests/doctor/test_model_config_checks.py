@@ -113,7 +113,7 @@ def test_semantic_class_weight_is_one_per_channel_as_training_checks(
     assert cw.evidence.startswith(f"model.{key} has {count} entries but the head predicts 7 channels")
     assert cw.advice.startswith("give 7 weights") and "no-object" not in cw.advice
     with pytest.raises(
-        ModelError, match=re.escape(f"{key} has {count} entries but the head predicts 7 channels")
+        ModelError, match="^" + re.escape(f"model.{key} has {count} entries but the head predicts 7 channels")
     ):
         build_model(ctx.rc, ctx.meta())  # training's own words: the same key
     model_rows = [f for f in rows if f.check.startswith("model.")]

@@ -82,7 +82,7 @@ def test_topk_conflict_is_an_error_advising_to_remove_the_key(synth_root: Path, 
 
 
 def test_a_head_num_classes_mismatch_is_one_config_error(synth_root: Path, make_ctx: Ctx) -> None:
-    """The head's build error reads "...num_classes: 5 disagrees with the derived value 7; remove the
+    """The head's build error reads "...num_classes: config says 5 but the model derives 7 (...); remove the
     key, ...": its "; " is not a second error, so the model rows skip naming config.num_classes
     (they reported "cannot build the model" a second time)."""
     ctx = make_ctx(synth_root, "model.decode_head.num_classes=5", steps=1)

@@ -378,7 +378,11 @@ def _convert_lazy(value: Any, target: Any, path: str, ctx: _Context) -> Any:
         kwargs = _bind(target, value, path, ctx, allow_missing=True, skip_type=False)
         if kwargs is _FAIL:
             return _FAIL
-        return Lazy(target, kwargs, path, source=ctx.where(path)) if ctx.build else _Checked(target)
+        return (
+            Lazy(target, kwargs, path, source=ctx.where(path), origin=ctx.origin)
+            if ctx.build
+            else _Checked(target)
+        )
     ctx.error(path, f"expected a {{type: ...}} node for {describe(Lazy[target])}, got {_show(value)}")
     return _FAIL
 
@@ -616,7 +620,7 @@ def _build_node(
     if not ctx.build:
         return _Checked(factory)
     if lazy:
-        return Lazy(factory, kwargs, path, source=ctx.where(join(path, "type")))
+        return Lazy(factory, kwargs, path, source=ctx.where(join(path, "type")), origin=ctx.origin)
     return _call(factory, kwargs, path, ctx)
 
 
@@ -739,13 +743,15 @@ def call_bound(
     path: str,
     *,
     source: str = "",
+    origin: Callable[[str], str] | None = None,
     provided: Mapping[str, Any] | None = None,
 ) -> Any:
     """Check ``kwargs`` (plus caller-``provided`` ones) against ``factory``'s signature, then call it.
 
-    This is what :class:`Lazy` runs when its owner completes it with derived values.
+    This is what :class:`Lazy` runs when its owner completes it with derived values. ``origin`` maps
+    a dotted key to the file that set it (default: ``source`` for every key).
     """
-    ctx = _Context(path, lambda _p: source)
+    ctx = _Context(path, origin or (lambda _p: source))
 
     def run(c: _Context) -> Any:
         bound = _bind(factory, kwargs, path, c, provided=provided, skip_type=False)

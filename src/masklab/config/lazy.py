@@ -27,6 +27,8 @@ class Lazy(Generic[T]):
         kwargs: keyword arguments already bound from the config.
         path: dotted config path of the node (for error messages).
         source: the file that set the node (for error messages).
+        origin: maps a dotted key under ``path`` to the file that set it (default: ``source`` for
+            every key), so an error on a key names the file that wrote that key.
     """
 
     def __init__(
@@ -35,16 +37,20 @@ class Lazy(Generic[T]):
         kwargs: dict[str, Any] | None = None,
         path: str = "",
         source: str = "",
+        origin: Callable[[str], str] | None = None,
     ) -> None:
         self.factory = factory
         self.kwargs = dict(kwargs or {})
         self.path = path
         self.source = source
+        self.origin = origin
 
     def __call__(self, **later: Any) -> T:
         from masklab.config.build import call_bound  # build.py imports this module
 
-        return call_bound(self.factory, self.kwargs, path=self.path, source=self.source, provided=later)
+        return call_bound(
+            self.factory, self.kwargs, path=self.path, source=self.source, origin=self.origin, provided=later
+        )
 
     def __repr__(self) -> str:
         name = getattr(self.factory, "__name__", repr(self.factory))

@@ -171,6 +171,18 @@ class EMAConfig:
     interval: int = 1
     warmup: int = 0
 
+    def __post_init__(self) -> None:
+        # The same rules as EMAHook's, checked when the config is resolved (config show, doctor).
+        if not 0.0 < self.momentum <= 0.5:
+            raise ValueError(
+                "momentum: expected 0 < momentum <= 0.5, the weight of the current parameters per update "
+                f"(MMEngine's convention; for a decay d write 1 - d), got {self.momentum}"
+            )
+        if self.interval < 1:
+            raise ValueError(f"interval: expected >= 1, got {self.interval}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup: expected >= 0 (0: none), got {self.warmup}")
+
 
 @dataclass(kw_only=True)
 class NonFiniteConfig:

@@ -117,10 +117,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
 def stored_task(checkpoint: str | Path) -> str | None:
     """The ``task`` of the config a training checkpoint stores (payload key ``config``), or None.
 
-    Memory-mapped, so the weights are not read. None for a safetensors file, a plain state dict,
-    or a file that cannot be read: the loader that follows reports those.
+    Memory-mapped, so the weights are not read. A run's ``checkpoints/latest`` pointer is followed.
+    None for a safetensors file, a plain state dict, or a file that cannot be read: the loader that
+    follows reports those.
     """
-    path = Path(checkpoint)
+    try:
+        path = follow_latest(Path(checkpoint))
+    except CheckpointError:  # a dangling pointer: the loader names it
+        return None
     if path.suffix == ".safetensors" or not path.is_file():
         return None
     try:

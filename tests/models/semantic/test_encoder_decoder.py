@@ -124,8 +124,11 @@ def test_tta_identity_settings_match_plain_prediction() -> None:
 
 
 def test_lazy_head_restating_num_classes_differently_is_refused() -> None:
-    head = Lazy(FCNHead, {"channels": 8, "num_classes": 5}, path="model.decode_head")
-    with pytest.raises(ConfigError, match="model.decode_head.num_classes"):
+    head = Lazy(FCNHead, {"channels": 8, "num_classes": 5}, path="model.decode_head", source="m.yaml")
+    with pytest.raises(
+        ConfigError,
+        match=r"^m\.yaml: model\.decode_head\.num_classes: config says 5 but the model derives 3 ",
+    ):
         EncoderDecoder(TinyBackbone(), head, num_classes=3, data_preprocessor=nn.Identity())
 
 

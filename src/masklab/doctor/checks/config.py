@@ -367,7 +367,9 @@ def model_blockers(ctx: DoctorContext) -> dict[str, str]:
     keys.update({p: "config.max_dets" for p, _ in topk_conflicts(ctx) if p == "model.test_topk"})
     for spelled, _, finding in class_weight_problems(ctx):
         if finding.status == "error" and spelled.endswith("].class_weight"):
-            # The head raises ``decode_head.loss_decode[i].class_weight has ...`` (its own spelling).
+            # The model raises ``model.decode_head.loss_decode[i].class_weight has ...`` (the head's
+            # own ``decode_head.`` spelling, put under its config key).
+            keys[spelled] = "config.class_weight"
             keys[spelled.split(".", 1)[1]] = "config.class_weight"
             keys["decode_head" + spelled[spelled.index(".loss_decode[") :]] = "config.class_weight"
             aux = re.match(r"model\.auxiliary_head(?:\.(\d+))?(\.loss_decode\[.*)", spelled)

@@ -242,7 +242,7 @@ def not_run(ctx: DoctorContext, name: str, why: str) -> Finding:
 
     blockers = model_blockers(ctx)
     # The builder joins its errors with "; ", each ``[file: ]key: what``; a "; " inside one error
-    # ("...: 5 disagrees with the derived value 7; remove the key, ...") continues that error.
+    # ("...: config says 5 but the model derives 7 (...); remove the key, ...") continues that error.
     parts: list[str] = []
     for part in why.split("; "):
         if parts and not re.match(r"[^\s:]+: ", part):

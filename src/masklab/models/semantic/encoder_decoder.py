@@ -50,21 +50,31 @@ def _default_preprocessor() -> nn.Module:
     return DataPreprocessor()
 
 
+_DERIVED_FROM = {
+    "num_classes": "model.num_classes, the dataset metadata's class count unless the config sets it",
+    "in_channels": "the output channels of the module before it",
+}
+
+
 def _build_child(factory: Callable[..., Any], where: str, **derived: Any) -> Any:
     """Complete a ``Lazy`` (or any callable) with derived kwargs, refusing a config that restates them."""
     if isinstance(factory, Lazy):
         for key, value in derived.items():
             if key in factory.kwargs and factory.kwargs[key] != value:
+                path = f"{factory.path or where}.{key}"
+                file = factory.origin(path) if factory.origin is not None else factory.source
                 raise ConfigError(
-                    f"{factory.path or where}.{key}: {factory.kwargs[key]!r} disagrees with the derived value "
-                    f"{value!r}; remove the key, the model fills it in"
+                    f"{file + ': ' if file else ''}{path}: config says {factory.kwargs[key]!r} but the model "
+                    f"derives {value!r} ({_DERIVED_FROM.get(key, 'from the parts it builds')}); remove the key, "
+                    "the model fills it in"
                 )
     try:
         return factory(**derived)
     except ModelError as exc:
-        # Heads name their own keys as ``decode_head.<key>``; an auxiliary head's are under its key.
+        # Heads name their own keys as ``decode_head.<key>``; put them under the config key of the
+        # head that raised (``model.decode_head``, ``model.auxiliary_head[i]``), as doctor spells them.
         text = str(exc)
-        if where.startswith("model.auxiliary_head") and text.startswith("decode_head"):
+        if text.startswith("decode_head"):
             raise ModelError(where + text[len("decode_head") :]) from None
         raise
 
