@@ -124,6 +124,20 @@ def test_bad_overrides(write, override, message):
         load_config(top, [override])
 
 
+def test_override_mapping_with_delete_key(write):
+    """MMEngine's ``_delete_`` in a mapping override: true replaces (as any mapping override does),
+    false merges into the node as a child file would; the key itself never reaches the config."""
+    top = write("x.yaml", "model: {head: {type: H, a: 1, b: {c: 2, d: 3}}}\n")
+    replaced = load_config(top, ["model.head={_delete_: true, type: G, e: 5}"])
+    assert replaced.to_dict()["model"]["head"] == {"type": "G", "e": 5}
+    merged = load_config(top, ["model.head={_delete_: false, a: 7, b: {c: 8}}"])
+    assert merged.to_dict()["model"]["head"] == {"type": "H", "a": 7, "b": {"c": 8, "d": 3}}
+    assert merged.source("model.head.a") == "<override>" and merged.source("model.head.b.c") == "<override>"
+    assert merged.source("model.head.b.d") == str(top)
+    with pytest.raises(ConfigError, match=r"model\.head\._delete_: expected true or false, got 3"):
+        load_config(top, ["model.head={_delete_: 3, a: 1}"])
+
+
 def test_provenance_follows_merges_and_overrides(write):
     base = write("base.yaml", "model: {type: A, x: 1, head: {type: H, k: 1}}\ntrain: {lr: 1}\n")
     top = write("top.yaml", "_base_: base.yaml\nmodel: {x: 2, head: {type: G}}\n")

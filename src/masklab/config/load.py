@@ -217,6 +217,9 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
         if isinstance(node, dict):
             if last and seg == "type" and depth > 0 and "type" in node and node["type"] != value:
                 _replace_node(node, ".".join(segs[:depth]), value, prov)
+            elif last and isinstance(value, dict) and DELETE_KEY in value:
+                if _override_mapping(node, seg, key, value, prov, text):
+                    return
             elif last:
                 node[seg] = value
             else:
@@ -236,6 +239,26 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
             )
     _forget(key, prov)
     _record(value, key, OVERRIDE, prov)
+
+
+def _override_mapping(
+    node: dict[str, Any], seg: str, key: str, value: dict[str, Any], prov: dict[str, str], text: str
+) -> bool:
+    """A mapping override that writes ``_delete_`` (MMEngine's spelling): ``true`` replaces the node
+    (what a mapping override does anyway), ``false`` merges into it as a child file's mapping would.
+    Returns True when it merged (provenance recorded key by key)."""
+    delete = value[DELETE_KEY]
+    if not isinstance(delete, bool):
+        raise ConfigError(
+            f"override {text!r}: {join(key, DELETE_KEY)}: expected true or false, got {delete!r}"
+        )
+    if delete or not isinstance(node.get(seg), dict):
+        node[seg] = _strip_delete(value)
+        return False
+    child_prov: dict[str, str] = {}
+    _record(value, key, OVERRIDE, child_prov)
+    _merge(node[seg], {k: v for k, v in value.items() if k != DELETE_KEY}, prov, child_prov, key, OVERRIDE)
+    return True
 
 
 def _replace_node(node: dict[str, Any], path: str, new_type: Any, prov: dict[str, str]) -> None:
