@@ -335,6 +335,26 @@ def test_vis_folder_that_is_a_file_is_refused_before_labeling(
     assert not out.exists()
 
 
+def test_a_failed_overlay_write_leaves_no_labels_file(
+    tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """A full disk on the overlays (``ulimit -f``) was a traceback, and left the labels file and
+    an empty ``_vis`` folder behind."""
+    import errno
+
+    import masklab.data.io as io
+
+    def full_disk(path, array):
+        raise OSError(errno.EFBIG, "File too large", str(path))
+
+    monkeypatch.setattr(io, "write_png_atomic", full_disk)
+    out = tmp_path / "run" / "labels.json"
+    assert _infer(tiny_synth, tiny_ckpt, _boxes(tmp_path, tiny_synth), out, "--vis") == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out.parent}: could not write the labels (File too large)" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_out_folder_is_refused_before_labeling(
     tiny_synth: Path, tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:

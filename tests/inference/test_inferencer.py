@@ -12,7 +12,7 @@ from PIL import Image
 from masklab.errors import CheckpointError, ConfigError, DataError
 from masklab.inference.inferencer import Inferencer, inference_model, show_result
 
-from .conftest import SEGFORMER, TINY_FCN
+from .conftest import REPO, SEGFORMER, TINY_FCN
 
 SLIDE = ["mode=slide", "crop_size=[64,64]", "stride=[32,32]"]
 
@@ -115,6 +115,21 @@ def test_another_models_checkpoint_is_named(synth: Path, fcn_ckpt: Path, tmp_pat
         _fcn(synth, weights=other)
 
 
+def test_a_checkpoint_of_another_task_names_both_tasks(synth: Path, fcn_ckpt: Path, tmp_path: Path) -> None:
+    other = tmp_path / "instance.pth"
+    torch.save({**torch.load(fcn_ckpt, weights_only=True), "config": {"task": "instance"}}, other)
+    with pytest.raises(
+        CheckpointError, match=rf"^{other}: a 'task: instance' checkpoint .* is a 'task: semantic' config"
+    ):
+        _fcn(synth, weights=other)
+
+
+def test_a_mal_config_is_refused_in_one_line() -> None:
+    mal = REPO / "configs" / "mal" / "mal_tiny_synthetic-64.yaml"
+    with pytest.raises(ConfigError, match=rf"^{mal}: a 'task: mal' config labels boxes, .* --boxes"):
+        Inferencer(mal, device="cpu")
+
+
 @pytest.mark.parametrize("opacity", [2.0, -1.0, float("nan")])
 def test_opacity_outside_0_1_is_refused(synth: Path, tmp_path: Path, opacity: float) -> None:
     inf = _fcn(synth)
@@ -158,6 +173,40 @@ def test_two_inputs_for_one_output_are_refused_before_running(synth: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_write_leaves_nothing_half_written(
+    synth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from masklab.inference import writers
+
+    real, calls = writers.write_rgb_png, []
+
+    def full_disk_on_the_third(path: Path, array: np.ndarray) -> Path:
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.EFBIG, "File too large", str(path))
+        return real(path, array)
+
+    monkeypatch.setattr(writers, "write_rgb_png", full_disk_on_the_third)
+    inf, images = _fcn(synth), [_image(seed=k) for k in range(4)]
+    earlier = tmp_path / "old" / "pred" / "earlier.png"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run")
+    for out in (tmp_path / "new" / "out", tmp_path / "old"):
+        calls.clear()
+        with pytest.raises(
+            ConfigError, match=rf"^{out}: could not write the predictions \(File too large\); nothing"
+        ):
+            inf(images, out_dir=out)
+    assert not (tmp_path / "new").exists()
+    assert inf([], out_dir=tmp_path / "new" / "out") == [] and not (tmp_path / "new").exists()
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "old").rglob("*")) == [
+        Path("old/pred"),
+        Path("old/pred/earlier.png"),
+    ]
+
+
 def test_inference_model_returns_one_result_for_one_image(synth: Path, tmp_path: Path) -> None:
     inf = _fcn(synth)
     path = tmp_path / "one.png"
@@ -168,6 +217,18 @@ def test_inference_model_returns_one_result_for_one_image(synth: Path, tmp_path:
     listed = inference_model(inf, [str(path), _image()])
     assert isinstance(listed, list) and len(listed) == 2
     assert isinstance(inference_model(inf, tmp_path), list)
+
+
+def test_a_prediction_does_not_depend_on_the_other_images_in_its_batch(synth: Path) -> None:
+    # A 61x97 image batched with 64x64 ones would be padded to 96x128 instead of its own 64x128.
+    images = [_image(seed=0), np.random.default_rng(1).integers(0, 256, (61, 97, 3), dtype=np.uint8)]
+    images += [_image(seed=2), _image(seed=3)]
+    inf = _fcn(synth)
+    one_by_one = [inf(image)[0] for image in images]
+    batched = inf(images, batch_size=8)
+    assert [p.label_map.shape for p in batched] == [(64, 64), (61, 97), (64, 64), (64, 64)]
+    for alone, together in zip(one_by_one, batched, strict=True):
+        assert torch.equal(alone.label_map, together.label_map)
 
 
 def test_sliding_windows_too_small_name_the_crop_setting(synth: Path) -> None:

@@ -79,3 +79,17 @@ def test_inputs_that_would_overwrite_each_other_are_refused(tmp_path: Path) -> N
     items = collect_inputs([tmp_path / "one", tmp_path / "two"])
     with pytest.raises(DataError, match=f"{one} and {two}: both would be written as x.png"):
         check_unique_names(items)
+
+
+def test_a_jpeg_with_exif_orientation_is_read_upright(tmp_path: Path) -> None:
+    # Stored 6 wide x 4 tall with Orientation 6 (turn 90 degrees clockwise to view): shown 4 x 6,
+    # as cv2.imread and detectron2's read_image give it.
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, :] = 255  # the stored top row becomes the right column when shown
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=100)
+    for item in (collect_inputs(path)[0], collect_inputs(tmp_path)[0]):
+        assert item.image.shape == (3, 6, 4)
+        assert item.image[:, :, -1].float().mean() > 200 and item.image[:, :, 0].float().mean() < 50

@@ -5,9 +5,9 @@ The input COCO file is re-emitted with every annotation kept (same order, every 
 pasted back at the crop's offset, clipped at the image borders, thresholded per size bucket
 (``train.mask_thres``). Bad input is a one-line error before any output is written: a zero-size
 box, a box entirely outside its image, a category or image id missing from the file, a missing
-image file. The output is written atomically (a crash leaves no partial file). ``--vis`` writes
-overlays to ``<out stem>_vis/<image file name>.png`` (subfolders of ``file_name`` mirrored). Both
-output paths are checked before labeling starts.
+image file. ``--vis`` writes overlays to ``<out stem>_vis/<image file name>.png`` (subfolders of
+``file_name`` mirrored). Both output paths are checked before labeling starts, and the labels file
+and its overlays are written all or nothing (a full disk while writing them leaves neither).
 
 As ``tao model mal inference`` reads its spec, ``masklab infer MAL_SPEC CKPT`` with no flags takes
 the boxes, the image folder and the output file from the spec's ``inference.ann_path``,
@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from masklab.atomic_files import atomic_write
     from masklab.cli.common import resolve_for_cli
     from masklab.cli.output import check_output_dir, check_output_file
+    from masklab.inference.staging import staged_outputs
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would label every box and write the file
         raise ConfigError(
@@ -210,11 +211,12 @@ def run(args: argparse.Namespace) -> int:
     if args.vis:
         check_output_dir(vis_dir, "--vis")
     coco, masks = label_boxes(rc, args.checkpoint, boxes, images, device=args.device)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(coco)
-    atomic_write(out, lambda f: f.write(text.encode()))
+    # The labels and their overlays land together or not at all (a full disk, an unreadable image).
+    with staged_outputs(out.parent, "labels") as stage:
+        atomic_write(stage / out.name, lambda f: f.write(text.encode()))
+        n = write_overlays(coco, masks, images, stage / vis_dir.name) if args.vis else 0
     print(f"{len(coco['annotations'])} boxes labeled -> {out}")
     if args.vis:
-        n = write_overlays(coco, masks, images, vis_dir)
         print(f"{n} overlays -> {vis_dir}")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from masklab.atomic_files import atomic_path
 from masklab.errors import DataError
@@ -37,18 +37,24 @@ def _open_loaded(path: str | Path) -> Image.Image:
     return img
 
 
-def read_image(path: str | Path) -> torch.Tensor:
+def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Tensor:
     """Read an image as a (3, H, W) uint8 RGB tensor.
 
     Grey, palette and RGBA images are converted to RGB (alpha is dropped). 16-bit greyscale
     (PNG, TIFF) keeps its top 8 bits (``value >> 8``), as 16-bit RGB already does when PIL reads it;
     PIL's own conversion would saturate every value above 255 to white.
 
+    ``exif_orientation=True`` turns the pixels upright as a viewer shows them (a phone JPEG's EXIF
+    ``Orientation``), as OpenCV's ``imread`` and detectron2's ``read_image`` do. Inference reads its
+    inputs so; datasets do not, since their labels and boxes are drawn on the stored pixels.
+
     Raises:
         DataError: the file is missing, not an image, corrupt or truncated, or a 32-bit integer or
             float greyscale image with values outside 0..255 (no scale to 8 bits can be told).
     """
     img = _open_loaded(path)
+    if exif_orientation:
+        img = ImageOps.exif_transpose(img)
     if img.mode in _GREY16_MODES:
         grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
         arr = np.repeat(grey[..., None], 3, axis=2)

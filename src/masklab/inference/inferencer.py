@@ -73,8 +73,9 @@ class Inferencer:
         settings: the effective ``inference`` section (unset keys taken from ``evaluate``).
 
     Raises:
-        ConfigError: ``classes`` / ``palette`` that do not fit the model, a bad setting.
-        CheckpointError: a missing checkpoint, or one for another model (naming the file).
+        ConfigError: ``classes`` / ``palette`` that do not fit the model, a bad setting, a MAL
+            config (it labels boxes: ``masklab infer --boxes``).
+        CheckpointError: a missing checkpoint, or one for another model or task (naming the file).
     """
 
     def __init__(
@@ -87,11 +88,20 @@ class Inferencer:
         palette: Sequence[Sequence[int]] | None = None,
     ) -> None:
         from masklab.config.assemble import apply_eval_settings, place_model, resolve, resolve_device
+        from masklab.engine.checkpoint import check_checkpoint_task
 
         self.cfg = resolve(config, overrides)
+        if self.cfg.task == "mal":  # else a misleading error about its datasets' class names
+            raise ConfigError(
+                f"{self.cfg.source}: a 'task: mal' config labels boxes, not whole images: masklab infer "
+                "CFG CKPT --boxes BOXES.json --images DIR --out LABELS.json (in Python: "
+                "masklab.cli.infer_boxes.label_boxes)"
+            )
         self.settings = inference_settings(self.cfg)
         if weights is None:
             weights = self.settings.checkpoint
+        if weights is not None:  # names both tasks, where a strict load would list every key
+            check_checkpoint_task(weights, self.cfg.task, self.cfg.source)
         payload = load_payload(weights) if weights is not None else None
         saved = find_meta(self.cfg, payload)
         self.meta = custom_meta(saved, classes, palette)
@@ -173,16 +183,31 @@ class Inferencer:
     def _predict_items(
         self, items: list[InferenceInput], ids: list[int], batch_size: int
     ) -> list[tuple[InferenceInput, Prediction]]:
+        """Batches hold images of one size only: a batch pads to its largest image, and the padding
+        changes what the network sees at the borders, so an image's prediction would depend on
+        the other images in its batch (and on ``batch_size``). Results come back in input order."""
         from masklab.data.loader import collate
 
-        results: list[tuple[InferenceInput, Prediction]] = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            samples = [self._sample(item, ids[start + i]) for i, item in enumerate(chunk)]
+        results: list[Prediction | None] = [None] * len(items)
+        pending: dict[tuple[int, ...], list[int]] = {}
+
+        def run(positions: list[int]) -> None:
+            chunk = [items[k] for k in positions]
+            samples = [self._sample(items[k], ids[k]) for k in positions]
             batch = self.model.data_preprocessor(collate(samples), training=False)
-            preds = self._forward(batch, chunk)
-            results.extend(zip(chunk, [_to_cpu(p) for p in preds]))
-        return results
+            for k, pred in zip(positions, self._forward(batch, chunk), strict=True):
+                results[k] = _to_cpu(pred)
+
+        for k, item in enumerate(items):
+            group = pending.setdefault(tuple(item.image.shape), [])
+            group.append(k)
+            if len(group) == batch_size:
+                run(pending.pop(tuple(item.image.shape)))
+        for positions in pending.values():
+            run(positions)
+        done = [pred for pred in results if pred is not None]
+        assert len(done) == len(items), "every input is predicted once"
+        return list(zip(items, done, strict=True))
 
     def _forward(self, batch: Batch, chunk: list[InferenceInput]) -> list[Prediction]:
         """``model(batch, mode="predict")``; an image too small for the network, even padded to the
@@ -265,31 +290,39 @@ class Inferencer:
         (in input order, folders sorted) or, with ``image_ids`` (relative path -> id), the COCO id,
         and ``file_name`` the input's path relative to its folder (``array_0003`` for arrays), so
         every result traces back to its file.
+
+        All or nothing: the files are written into a hidden folder under ``out_dir`` and moved into
+        place once every one is written; a failed write (full disk, ``ulimit -f``) is one
+        ConfigError line and leaves ``out_dir`` as it was (:mod:`masklab.inference.staging`).
         """
+        from masklab.inference.staging import staged_outputs
         from masklab.inference.writers import write_label_png, write_rgb_png
         from masklab.visualization.overlay import overlay_instances, overlay_semantic
 
         opacity = check_opacity(opacity, "opacity")
         check_unique_names([item for item, _ in results])
         palette = self.meta.palette or ()
-        for item, pred in results:
-            if isinstance(pred, SemanticPrediction):
-                write_label_png(out_dir / "pred" / f"{item.name}.png", pred.label_map)
-                vis = overlay_semantic(item.image, pred.label_map, palette, opacity, self.meta.ignore_index)
-            else:
-                values = {a.name: a.values for a in self.meta.attributes}
-                vis = overlay_instances(
-                    item.image,
-                    pred,
-                    self.meta.classes,
-                    palette,
-                    values,
-                    self.settings.score_threshold,
-                    opacity,
-                )
-            write_rgb_png(out_dir / "vis" / f"{item.name}.png", vis)
-        if results and isinstance(results[0][1], InstancePrediction):
-            self._write_instances(results, out_dir / "pred" / "instances.json", image_ids)
+        with staged_outputs(out_dir, "predictions") as stage:
+            for item, pred in results:
+                if isinstance(pred, SemanticPrediction):
+                    write_label_png(stage / "pred" / f"{item.name}.png", pred.label_map)
+                    vis = overlay_semantic(
+                        item.image, pred.label_map, palette, opacity, self.meta.ignore_index
+                    )
+                else:
+                    values = {a.name: a.values for a in self.meta.attributes}
+                    vis = overlay_instances(
+                        item.image,
+                        pred,
+                        self.meta.classes,
+                        palette,
+                        values,
+                        self.settings.score_threshold,
+                        opacity,
+                    )
+                write_rgb_png(stage / "vis" / f"{item.name}.png", vis)
+            if results and isinstance(results[0][1], InstancePrediction):
+                self._write_instances(results, stage / "pred" / "instances.json", image_ids)
 
     def _write_instances(
         self,

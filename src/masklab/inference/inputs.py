@@ -10,6 +10,8 @@
   file twice, or two input folders holding the same relative path) are refused before anything
   runs, by :func:`check_unique_names`, when predictions are written.
 * A file given directly is named by its file name; an array by its index (``array_0003``).
+* Files are read upright: a JPEG's EXIF ``Orientation`` is applied, as ``cv2.imread`` (MMSeg) and
+  detectron2's ``read_image`` do, so predictions overlay the image as a viewer shows it.
 * Arrays must be ``(H, W, 3)`` uint8 in RGB order (not OpenCV's BGR: pass ``image[..., ::-1]``),
   values 0-255. Any other dtype is refused rather than cast: floats in [0, 1] would become black,
   int32 300 would wrap to 44.
@@ -103,9 +105,10 @@ def collect_inputs(inputs: Any) -> list[InferenceInput]:
         if path.is_dir():
             for f in folder_images(path):
                 rel = f.relative_to(path).as_posix()
-                out.append(InferenceInput(read_image(f), _stem(rel), str(f), rel))
+                out.append(InferenceInput(read_image(f, exif_orientation=True), _stem(rel), str(f), rel))
         elif path.is_file():
-            out.append(InferenceInput(read_image(path), _stem(path.name), str(path), path.name))
+            image = read_image(path, exif_orientation=True)
+            out.append(InferenceInput(image, _stem(path.name), str(path), path.name))
         else:
             raise DataError(f"{path}: no such image file or folder")
     return _keep_extensions_apart(out)
