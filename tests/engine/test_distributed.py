@@ -254,3 +254,125 @@ def test_cuda_index_beyond_the_visible_devices_is_one_line(monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA device is available"):
         resolve_device("cuda")
+
+
+def test_nproc_relaunches_this_interpreter_with_the_parsed_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--nproc`` starts torchrun as ``python -m torch.distributed.run`` of this interpreter (a
+    ``torchrun`` on PATH may be another environment's) with the command ``main`` was given, not
+    ``sys.argv`` (another program's when ``main()`` is called from Python)."""
+    import masklab.cli.train as train_cli
+    from masklab.cli.main import main
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(train_cli.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])
+    tiny = str(Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml")
+    work = str(tmp_path / "run")
+    argv = ["train", tiny, "train.max_iters=2", "--work-dir", work, "--nproc", "2", "--no-progress"]
+    assert main([*argv, "--resume"]) == 0
+    assert seen == [
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "masklab",
+         "train", tiny, "train.max_iters=2", "--work-dir", work, "--no-progress", "--resume"]
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_an_error_in_one_rank_ends_the_job_and_leaves_no_run_folder(tmp_path: Path) -> None:
+    """Rank 1 alone reads corrupt images: it prints its one error line and leaves at once (before,
+    it waited in teardown's barrier while rank 0 waited in DDP's first collective, until gloo's
+    30-minute timeout), and the ``--nproc`` launcher removes the run folder rank 0 had created."""
+    from masklab.data.samplers import InfiniteSampler
+    from masklab.data.synthetic import synthesize
+
+    tiny = Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml"
+    root = tmp_path / "data"
+    synthesize(root, num_train=4, num_val=2, size=64, seed=0, max_objects=2)
+    # Rank 0's first image (runtime.seed 0, batch 1) stays readable; every other one is truncated.
+    keep = next(iter(InfiniteSampler(4, seed=0, rank=0, world_size=2)))
+    for i, image in enumerate(sorted((root / "images" / "train").iterdir())):
+        if i != keep:
+            image.write_bytes(image.read_bytes()[:100])
+    work = tmp_path / "run"
+    cmd = [sys.executable, "-m", "masklab", "train", str(tiny), f"dataset.root={root}", "train.batch_size=1",
+           "train.max_iters=4", "--work-dir", str(work), "--nproc", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: torchrun then ends its workers, which run in sessions of their own.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the job hung after one rank's error")
+    assert proc.returncode != 0
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "corrupt or truncated image" in errors[0], err[-3000:]
+    assert not work.exists()
+
+
+def test_nproc_with_sync_bn_on_cpu_is_one_line_before_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``runtime.sync_bn`` on a CPU run is known from the config: ``--nproc`` refuses it before
+    torchrun starts (before, each rank printed the error, then torchrun its traceback)."""
+    import masklab.cli.train as train_cli
+    from masklab.cli.main import main
+
+    monkeypatch.setattr(train_cli.subprocess, "call", lambda cmd: pytest.fail(f"torchrun started: {cmd}"))
+    tiny = str(Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml")
+    argv = ["train", tiny, "runtime.sync_bn=true", "--work-dir", str(tmp_path / "run"), "--nproc", "2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("error: runtime.sync_bn: SyncBatchNorm runs on GPUs only")
+
+
+def test_fsdp_with_channels_last_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FSDP2 refuses non-contiguous (NHWC) parameters: runtime.channels_last with fsdp is a
+    ConfigError naming both keys, not torch's NotImplementedError from every rank."""
+    import masklab.engine.distributed as distributed
+    from masklab.config.assemble import build_trainer, resolve
+    from masklab.data.synthetic import synthesize
+
+    root = tmp_path / "data"
+    synthesize(root, num_train=2, num_val=1, size=64, seed=0, max_objects=1)
+    tiny = Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml"
+    rc = resolve(tiny, [f"dataset.root={root}", "runtime.strategy=fsdp", "runtime.channels_last=true"])
+    monkeypatch.setattr(distributed, "get_info", lambda: DistInfo(0, 2, 0, True))
+    with pytest.raises(
+        ConfigError, match=r"runtime.channels_last: not supported with runtime.strategy: fsdp"
+    ):
+        build_trainer(rc, work_dir=tmp_path / "run", progress=False)
+
+
+def test_fsdp_shards_a_model_with_a_module_list_child(tmp_path: Path) -> None:
+    """fully_shard refuses a ModuleList (no forward): such a direct child goes to the root unit
+    instead of failing every rank with torch's ValueError (the FPN configs have one)."""
+    import torch.distributed as dist
+
+    class WithList(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for conv in self.convs:
+                x = conv(x)
+            return self.head(x)
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = wrap_model(WithList(), "fsdp", "cpu")
+        model(torch.ones(2, 4)).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+    finally:
+        dist.destroy_process_group()

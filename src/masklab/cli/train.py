@@ -47,8 +47,20 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # Checked once here, not by every rank: a config error is one line and exit 2 instead of
         # one line per rank and torchrun's ChildFailedError traceback.
-        prepare_work_dir(resolve_for_cli(args.config, args.overrides), args.work_dir)
-        return _launch_torchrun(args)
+        from masklab.config.assemble import resolve_device
+        from masklab.engine.distributed import check_sync_bn
+
+        rc = resolve_for_cli(args.config, args.overrides)
+        check_sync_bn(rc.runtime.sync_bn, resolve_device(rc.runtime.device))
+        work_dir = prepare_work_dir(rc, args.work_dir)
+        created = _outermost_missing(work_dir)
+        before = _snapshot(work_dir) if created is None and work_dir.is_dir() else {}
+        code = _launch_torchrun(args)
+        if code != 0 and not (args.resume or rc.train.resume):
+            # A rank that failed alone cannot clean up for rank 0, which torchrun ended: undo here
+            # what the run wrote, as one process does after its error (kept once it has a checkpoint).
+            _undo_failed_run(work_dir, created, before)
+        return code
     from masklab.config.assemble import build_trainer, resolve_device
     from masklab.engine.checkpoint import check_checkpoint_task
     from masklab.engine.distributed import init_distributed, is_main_process, teardown
@@ -63,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = build_trainer(rc, work_dir=work_dir, progress=not args.no_progress)
     main_process = is_main_process()  # asked before teardown, after which every rank reads as 0
     resuming = bool(args.resume or rc.train.resume)
+    finished = False  # an error may be this rank's alone: then no barrier on the way out
     try:
         if is_main_process():
             for message in (trainer.lr_message, getattr(trainer, "run_message", "")):
@@ -79,16 +92,14 @@ def run(args: argparse.Namespace) -> int:
         if is_main_process():
             rc.config.dump(work_dir / "config.yaml")
         trainer.train()
+        finished = True
     except MasklabError:
         if main_process and not resuming:
-            if created is not None:
-                _remove_unfinished(created, work_dir)
-            else:  # the folder existed: remove only what this run added to it
-                _remove_added(work_dir, before)
+            _undo_failed_run(work_dir, created, before)
         raise
     finally:
         if info is not None and info.is_distributed:
-            teardown(trainer.release_model())
+            teardown(trainer.release_model(), sync=finished)
     if main_process:
         print(f"done: {trainer.iter} iterations; checkpoints in {work_dir / 'checkpoints'}")
     return 0
@@ -127,6 +138,15 @@ def _outermost_missing(path: Path) -> Path | None:
     while not top.parent.exists():
         top = top.parent
     return top
+
+
+def _undo_failed_run(work_dir: Path, created: Path | None, before: dict[Path, bytes | None]) -> None:
+    """Remove what a failed run that wrote no checkpoint left: the folders it created or, in a work
+    dir that existed, the entries it added (its small rewritten files put back)."""
+    if created is not None:
+        _remove_unfinished(created, work_dir)
+    else:
+        _remove_added(work_dir, before)
 
 
 def _remove_unfinished(created: Path, work_dir: Path) -> None:
@@ -173,20 +193,17 @@ def _remove_added(work_dir: Path, before: dict[Path, bytes | None]) -> None:
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
-    """Re-run this command under ``torchrun --nproc_per_node N`` (single machine)."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    argv = [a for a in sys.argv[1:]]
-    cleaned: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        cleaned.append(a)
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={args.nproc}", "-m", "masklab", *cleaned]
+    """Run this command under ``torchrun --standalone --nproc_per_node N`` (single machine).
+
+    torchrun is started as ``python -m torch.distributed.run`` with this interpreter (a ``torchrun``
+    found on PATH may belong to another environment), and the command is rebuilt from ``args`` (not
+    ``sys.argv``, which is another program's when ``main()`` is called from Python)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    cmd += ["-m", "masklab", "train", args.config, *args.overrides]
+    if args.work_dir:
+        cmd += ["--work-dir", args.work_dir]
+    if args.no_progress:
+        cmd.append("--no-progress")
+    if args.resume:  # last: a bare --resume takes no value
+        cmd += ["--resume"] if args.resume == "latest" else [f"--resume={args.resume}"]
     return subprocess.call(cmd)

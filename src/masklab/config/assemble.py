@@ -473,6 +473,13 @@ def build_trainer(
                 f"{rc.source}: train.ema: not supported with runtime.strategy: fsdp (the average "
                 "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
             )
+        if rc.runtime.strategy == "fsdp" and rc.runtime.channels_last:
+            # Not torch's NotImplementedError from fully_shard on every rank.
+            raise ConfigError(
+                f"{rc.source}: runtime.channels_last: not supported with runtime.strategy: fsdp (FSDP2 "
+                "shards contiguous parameters only, and NHWC conv weights are not); set "
+                "runtime.channels_last: false or use runtime.strategy: ddp"
+            )
         model = wrap_model(model, rc.runtime.strategy, device, sync_bn=rc.runtime.sync_bn)
     optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters, per_epoch)
     val_loop = None

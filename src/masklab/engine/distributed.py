@@ -146,11 +146,7 @@ def wrap_model(
         return model
     device = torch.device(device)
     if sync_bn:
-        if device.type == "cpu":
-            raise ConfigError(
-                "runtime.sync_bn: SyncBatchNorm runs on GPUs only, and this distributed run is on CPU; "
-                "set runtime.sync_bn: false (each process then normalises over its own batch)"
-            )
+        check_sync_bn(sync_bn, device)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if strategy == "ddp":
         ids = (
@@ -162,9 +158,21 @@ def wrap_model(
     return _fully_shard(model, device)
 
 
+def check_sync_bn(sync_bn: bool, device: torch.device | str) -> None:
+    """``runtime.sync_bn`` on a CPU run of several processes is a :class:`ConfigError` (torch's
+    SyncBatchNorm refuses CPU tensors at the first forward); ``train --nproc`` asks this before
+    it starts torchrun, so the error is one line rather than one per rank."""
+    if sync_bn and torch.device(device).type == "cpu":
+        raise ConfigError(
+            "runtime.sync_bn: SyncBatchNorm runs on GPUs only, and this distributed run is on CPU; "
+            "set runtime.sync_bn: false (each process then normalises over its own batch)"
+        )
+
+
 def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): each direct child holding parameters is one
-    shard unit (backbone, neck, heads), then the root takes whatever is left. Works on CPU with
+    shard unit (backbone, neck, heads), then the root takes whatever is left (``ModuleList`` /
+    ``ModuleDict`` children included). Works on CPU with
     gloo and on CUDA with nccl. The model keeps its class (plus ``FSDPModule``) and its parameter
     names, so optimizers, param groups and state-dict keys are those of the bare model."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -172,7 +180,10 @@ def _fully_shard(model: nn.Module, device: torch.device) -> nn.Module:
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for child in model.children():
-        if any(p.requires_grad for p in child.parameters()):
+        # fully_shard refuses containers without a forward (an FPN's ModuleList of lateral
+        # convs): the root takes their parameters.
+        container = isinstance(child, (nn.ModuleList, nn.ModuleDict))
+        if not container and any(p.requires_grad for p in child.parameters()):
             fully_shard(child, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
@@ -309,16 +320,22 @@ def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
             m.set_reshard_after_forward(flag, recurse=False)
 
 
-def teardown(wrapper: nn.Module | None = None) -> None:
+def teardown(wrapper: nn.Module | None = None, *, sync: bool = True) -> None:
     """End the process group safely.
 
     Order matters (DESIGN §5 "Known trap"): destroying the group while a DDP wrapper is still
     alive aborts a rank at exit about half the time on gloo. So the caller hands over its last
     reference to the wrapper, we drop ours and collect it, then barrier, then destroy. The caller
     must not keep another reference (``trainer.model`` included: call ``trainer.release_model()``).
+
+    ``sync=False`` on an error path: a rank that failed alone must not wait in a barrier that the
+    other ranks, still inside a training or gather collective, never reach (the job would hang
+    until the backend's timeout, 30 minutes on gloo, before any error is printed). It destroys
+    the group at once, so it exits with its error and torchrun ends the other ranks.
     """
     del wrapper
     gc.collect()
     if is_initialized():
-        dist.barrier()
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
