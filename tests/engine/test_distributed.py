@@ -376,3 +376,30 @@ def test_fsdp_shards_a_model_with_a_module_list_child(tmp_path: Path) -> None:
         assert all(p.grad is not None for p in model.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def _buffers_rank(rank: int, store_path: str) -> None:
+    import torch.distributed as dist
+
+    from masklab.engine.distributed import broadcast_buffers
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+        model[1].running_mean.fill_(float(rank + 1))  # each rank's own statistics
+        model[1].num_batches_tracked.fill_(10 * (rank + 1))
+        weight = model[0].weight.detach().clone()
+        broadcast_buffers(model)
+        assert torch.equal(model[1].running_mean, torch.ones(2))  # rank 0's, on both ranks
+        assert int(model[1].num_batches_tracked) == 10
+        assert torch.equal(model[0].weight, weight)  # parameters are not buffers: untouched
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_buffers_are_rank_zeros(tmp_path: Path) -> None:
+    """Before validation every rank takes rank 0's BatchNorm statistics (those its checkpoint saves):
+    under FSDP each rank kept its own and the in-training metrics differed from the checkpoint's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_buffers_rank, args=(str(tmp_path / "store"),), nprocs=2, join=True)

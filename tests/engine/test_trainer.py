@@ -306,3 +306,32 @@ def test_log_lines_are_never_wrapped_into_several(tmp_path: Path) -> None:
     message = "iter 10/100  " + "  ".join(f"loss_part_{i} 0.{i:04d}" for i in range(20))
     trainer.log(message)
     assert out.getvalue() == message + "\n"
+
+
+def test_validation_takes_rank_zeros_buffers_after_the_before_val_hooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """validate() syncs the buffers after ``before_val`` (where EMA swaps its average in) and before
+    the val loop runs."""
+    import masklab.engine.trainer as trainer_module
+
+    events: list[str] = []
+
+    class Swap(Hook):
+        def before_val(self, trainer: Trainer) -> None:
+            events.append("before_val")
+
+    monkeypatch.setattr(trainer_module, "broadcast_buffers", lambda model: events.append("broadcast"))
+    model = ToyModel(dropout=0.0)
+    evaluator = PixelAccuracy()
+    original_process = evaluator.process
+
+    def process(batch, predictions):  # type: ignore[no-untyped-def]
+        events.append("val")
+        original_process(batch, predictions)
+
+    evaluator.process = process  # type: ignore[method-assign]
+    val = ValLoop(model, [next(toy_loader(seed=9))], evaluator)
+    trainer = Trainer(model, sgd(model), toy_loader(), 1, hooks=[Swap()], work_dir=tmp_path, val_loop=val)
+    trainer.validate()
+    assert events == ["before_val", "broadcast", "val"]

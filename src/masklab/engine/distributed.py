@@ -320,6 +320,19 @@ def full_parameters(model: nn.Module) -> Iterator[nn.Module]:
             m.set_reshard_after_forward(flag, recurse=False)
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), as rank 0's checkpoint holds them.
+
+    Each rank updates its BatchNorm statistics from its own batches; DDP copies rank 0's over them
+    only at the start of a training forward, FSDP never. Called before validation, so every rank
+    evaluates the model that rank 0 saves and that ``masklab evaluate`` later loads (under FSDP the
+    in-training metrics and those of the checkpoint differed)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return
+    for buffer in unwrap(model).buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def teardown(wrapper: nn.Module | None = None, *, sync: bool = True) -> None:
     """End the process group safely.
 

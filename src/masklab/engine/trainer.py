@@ -38,6 +38,7 @@ from torch import nn
 
 from masklab.engine.checkpoint import check_weights_fit, find_latest, load_checkpoint
 from masklab.engine.distributed import (
+    broadcast_buffers,
     get_info,
     is_initialized,
     is_main_process,
@@ -303,7 +304,8 @@ class Trainer:
         """Run the val loop between ``before_val``/``after_val`` hooks; returns its metrics."""
         if self.val_loop is None:
             raise ConfigError("evaluate: no validation loop is configured for this run")
-        self.call_hooks("before_val")
+        self.call_hooks("before_val")  # (the EMA hook swaps its average in here)
+        broadcast_buffers(self.model)
         metrics = self.val_loop.run(progress=self.show_progress, console=self.console)
         self.call_hooks("after_val", metrics)
         self.model.train()
