@@ -147,6 +147,8 @@ def convert_mmseg_state_dict(
             continue
         if re.search(r"\.ffn\.fc[12]\.weight$", new) and value.ndim == 4:
             value = value.flatten(1)  # MMSeg's 1x1 convolutions are masklab's linear layers
+        if new in origins:  # no real MMSeg layout does this; never let the later key win silently
+            raise CheckpointError(f"MMSeg keys {origins[new]!r} and {key!r} both map to masklab's {new!r}")
         out[new] = value
         origins[new] = key
     _fill_batch_counters(out)
