@@ -36,10 +36,10 @@ FAMILIES = {
     "fcn": "configs/fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
     "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
     "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
-    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2550i_synthetic-128x128.yaml",
+    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
     "upernet": "configs/upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
-    "segformer": "configs/segformer/segformer_mit-b0_1xb8-2650i_synthetic-128x128.yaml",
-    "fpn": "configs/fpn/fpn_mit-b0_1xb8-2600i_synthetic-128x128.yaml",
+    "segformer": "configs/segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",
+    "fpn": "configs/fpn/fpn_mit-b0_1xb8-2900i_synthetic-128x128.yaml",
     "fpn-regnetx002": "configs/fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
 
