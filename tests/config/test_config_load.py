@@ -138,6 +138,17 @@ def test_override_mapping_with_delete_key(write):
         load_config(top, ["model.head={_delete_: 3, a: 1}"])
 
 
+def test_override_with_delete_false_follows_file_merging(write):
+    """``_delete_: false`` merges as a child file would: a changed ``type`` still replaces the node
+    (the old component's keys would not bind to the new one), and a missing node is created."""
+    top = write("x.yaml", "model: {head: {type: H, a: 1}}\n")
+    cfg = load_config(
+        top, ["model.head={_delete_: false, type: G, e: 5}", "model.neck={_delete_: false, k: 1}"]
+    )
+    assert cfg.to_dict()["model"] == {"head": {"type": "G", "e": 5}, "neck": {"k": 1}}
+    assert cfg.source("model.head.e") == "<override>" and cfg.source("model.neck.k") == "<override>"
+
+
 def test_provenance_follows_merges_and_overrides(write):
     base = write("base.yaml", "model: {type: A, x: 1, head: {type: H, k: 1}}\ntrain: {lr: 1}\n")
     top = write("top.yaml", "_base_: base.yaml\nmodel: {x: 2, head: {type: G}}\n")

@@ -318,20 +318,36 @@ def test_an_error_in_one_rank_ends_the_job_and_leaves_no_run_folder(tmp_path: Pa
     assert not work.exists()
 
 
-def test_nproc_with_sync_bn_on_cpu_is_one_line_before_torchrun(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["runtime.sync_bn=true"], "error: runtime.sync_bn: SyncBatchNorm runs on GPUs only"),
+        (
+            ["runtime.strategy=fsdp", "runtime.channels_last=true"],
+            "runtime.channels_last: not supported with",
+        ),
+        (["runtime.strategy=fsdp", "train.ema={momentum: 0.01}"], "train.ema: not supported with"),
+    ],
+)
+def test_nproc_refuses_what_every_rank_would_refuse_in_one_line_before_torchrun(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    overrides: list[str],
+    expected: str,
 ) -> None:
-    """``runtime.sync_bn`` on a CPU run is known from the config: ``--nproc`` refuses it before
-    torchrun starts (before, each rank printed the error, then torchrun its traceback)."""
+    """Settings a multi-process run refuses are known from the config: ``--nproc`` refuses them
+    before torchrun starts (before, each rank printed the error, then torchrun its traceback)."""
     import masklab.cli.train as train_cli
     from masklab.cli.main import main
 
     monkeypatch.setattr(train_cli.subprocess, "call", lambda cmd: pytest.fail(f"torchrun started: {cmd}"))
     tiny = str(Path(__file__).resolve().parents[1] / "cli" / "configs" / "tiny_fcn.yaml")
-    argv = ["train", tiny, "runtime.sync_bn=true", "--work-dir", str(tmp_path / "run"), "--nproc", "2"]
+    argv = ["train", tiny, *overrides, "--work-dir", str(tmp_path / "run"), "--nproc", "2"]
     assert main(argv) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith("error: runtime.sync_bn: SyncBatchNorm runs on GPUs only")
+    assert len(err) == 1 and expected in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_fsdp_with_channels_last_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

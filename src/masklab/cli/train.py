@@ -47,11 +47,10 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # Checked once here, not by every rank: a config error is one line and exit 2 instead of
         # one line per rank and torchrun's ChildFailedError traceback.
-        from masklab.config.assemble import resolve_device
-        from masklab.engine.distributed import check_sync_bn
+        from masklab.config.assemble import check_distributed_settings, resolve_device
 
         rc = resolve_for_cli(args.config, args.overrides)
-        check_sync_bn(rc.runtime.sync_bn, resolve_device(rc.runtime.device))
+        check_distributed_settings(rc, resolve_device(rc.runtime.device))
         work_dir = prepare_work_dir(rc, args.work_dir)
         created = _outermost_missing(work_dir)
         before = _snapshot(work_dir) if created is None and work_dir.is_dir() else {}

@@ -425,6 +425,27 @@ def _best_key(rc: ResolvedConfig) -> str | None:
     return {"semantic": "mIoU", "instance": "segm/AP", "mal": "mask_iou"}.get(rc.task)
 
 
+def check_distributed_settings(rc: ResolvedConfig, device: torch.device) -> None:
+    """The settings a run of several processes refuses, each one :class:`ConfigError` line: asked by
+    every rank when it builds the trainer, and by ``train --nproc`` once before torchrun starts (so
+    the error is printed once, not once per rank after torchrun's traceback)."""
+    from masklab.engine.distributed import check_sync_bn
+
+    if rc.runtime.strategy == "fsdp" and rc.train is not None and rc.train.ema is not None:
+        raise ConfigError(
+            f"{rc.source}: train.ema: not supported with runtime.strategy: fsdp (the average "
+            "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
+        )
+    if rc.runtime.strategy == "fsdp" and rc.runtime.channels_last:
+        # Not torch's NotImplementedError from fully_shard on every rank.
+        raise ConfigError(
+            f"{rc.source}: runtime.channels_last: not supported with runtime.strategy: fsdp (FSDP2 "
+            "shards contiguous parameters only, and NHWC conv weights are not); set "
+            "runtime.channels_last: false or use runtime.strategy: ddp"
+        )
+    check_sync_bn(rc.runtime.sync_bn, device)
+
+
 def build_trainer(
     rc: ResolvedConfig,
     *,
@@ -468,18 +489,7 @@ def build_trainer(
     per_epoch = iters_per_epoch(rc, len(train_set))
     max_iters = t.max_iters if per_epoch is None else t.max_epochs * per_epoch
     if info.is_distributed:
-        if rc.runtime.strategy == "fsdp" and t.ema is not None:
-            raise ConfigError(
-                f"{rc.source}: train.ema: not supported with runtime.strategy: fsdp (the average "
-                "would hold parameter shards); use runtime.strategy: ddp or drop train.ema"
-            )
-        if rc.runtime.strategy == "fsdp" and rc.runtime.channels_last:
-            # Not torch's NotImplementedError from fully_shard on every rank.
-            raise ConfigError(
-                f"{rc.source}: runtime.channels_last: not supported with runtime.strategy: fsdp (FSDP2 "
-                "shards contiguous parameters only, and NHWC conv weights are not); set "
-                "runtime.channels_last: false or use runtime.strategy: ddp"
-            )
+        check_distributed_settings(rc, device)
         model = wrap_model(model, rc.runtime.strategy, device, sync_bn=rc.runtime.sync_bn)
     optimizer, scheduler, lr_message = build_optimizer_and_schedule(rc, model, max_iters, per_epoch)
     val_loop = None

@@ -218,8 +218,8 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
             if last and seg == "type" and depth > 0 and "type" in node and node["type"] != value:
                 _replace_node(node, ".".join(segs[:depth]), value, prov)
             elif last and isinstance(value, dict) and DELETE_KEY in value:
-                if _override_mapping(node, seg, key, value, prov, text):
-                    return
+                _merge_override(node, seg, key, value, prov, text)
+                return
             elif last:
                 node[seg] = value
             else:
@@ -241,24 +241,20 @@ def apply_override(data: dict[str, Any], prov: dict[str, str], text: str) -> Non
     _record(value, key, OVERRIDE, prov)
 
 
-def _override_mapping(
+def _merge_override(
     node: dict[str, Any], seg: str, key: str, value: dict[str, Any], prov: dict[str, str], text: str
-) -> bool:
-    """A mapping override that writes ``_delete_`` (MMEngine's spelling): ``true`` replaces the node
-    (what a mapping override does anyway), ``false`` merges into it as a child file's mapping would.
-    Returns True when it merged (provenance recorded key by key)."""
+) -> None:
+    """A mapping override that writes ``_delete_`` (MMEngine's spelling) is one more layer, merged
+    by :func:`_merge` exactly as a child file's mapping: ``false`` merges, ``true`` (or a changed
+    ``type``) replaces the node, and the key itself never reaches the config."""
     delete = value[DELETE_KEY]
     if not isinstance(delete, bool):
         raise ConfigError(
             f"override {text!r}: {join(key, DELETE_KEY)}: expected true or false, got {delete!r}"
         )
-    if delete or not isinstance(node.get(seg), dict):
-        node[seg] = _strip_delete(value)
-        return False
-    child_prov: dict[str, str] = {}
-    _record(value, key, OVERRIDE, child_prov)
-    _merge(node[seg], {k: v for k, v in value.items() if k != DELETE_KEY}, prov, child_prov, key, OVERRIDE)
-    return True
+    layer_prov: dict[str, str] = {}
+    _record(value, key, OVERRIDE, layer_prov)
+    _merge(node, {seg: value}, prov, layer_prov, key.rpartition(".")[0], OVERRIDE)
 
 
 def _replace_node(node: dict[str, Any], path: str, new_type: Any, prov: dict[str, str]) -> None:

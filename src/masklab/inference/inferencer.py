@@ -205,9 +205,8 @@ class Inferencer:
                 run(pending.pop(tuple(item.image.shape)))
         for positions in pending.values():
             run(positions)
-        done = [pred for pred in results if pred is not None]
-        assert len(done) == len(items), "every input is predicted once"
-        return list(zip(items, done, strict=True))
+        assert all(pred is not None for pred in results), "every input is predicted once"
+        return list(zip(items, results, strict=True))  # type: ignore[arg-type]
 
     def _forward(self, batch: Batch, chunk: list[InferenceInput]) -> list[Prediction]:
         """``model(batch, mode="predict")``; an image too small for the network, even padded to the
