@@ -90,6 +90,26 @@ def test_more_nccl_processes_than_gpus_is_one_line(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def _run_job(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Run a torchrun job in a session of its own; (exit code, stderr), or (None, stderr) when it
+    hung past ``timeout`` and was ended (SIGTERM first: torchrun then ends its workers, which run in
+    sessions of their own; SIGKILL if that does not end it)."""
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return proc.returncode, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+        return None, err
+
+
 def test_two_process_ddp_training(tmp_path: Path) -> None:
     worker = Path(__file__).with_name("dist_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -102,17 +122,9 @@ def test_two_process_ddp_training(tmp_path: Path) -> None:
         str(worker),
         str(tmp_path),
     ]
-    # A session of its own, so a hang can be ended with the workers torchrun started.
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
+    code, err = _run_job(cmd, env, timeout=240)
+    assert code is not None, "the 2-process job hung"
+    assert code == 0, err[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # DDP kept the replicas identical although each rank saw different data.
     assert results[0]["weights"][0] == results[0]["weights"][1] == results[1]["weights"][0]
@@ -299,20 +311,9 @@ def test_an_error_in_one_rank_ends_the_job_and_leaves_no_run_folder(tmp_path: Pa
     cmd = [sys.executable, "-m", "masklab", "train", str(tiny), f"dataset.root={root}", "train.batch_size=1",
            "train.max_iters=4", "--work-dir", str(work), "--nproc", "2", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        # SIGTERM first: torchrun then ends its workers, which run in sessions of their own.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the job hung after one rank's error")
-    assert proc.returncode != 0
+    code, err = _run_job(cmd, env, timeout=120)
+    assert code is not None, "the job hung after one rank's error"
+    assert code != 0
     errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "corrupt or truncated image" in errors[0], err[-3000:]
     assert not work.exists()
