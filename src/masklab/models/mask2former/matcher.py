@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +76,13 @@ class Mask2FormerMatcher:
         terms, sizes = self.padded_cost_terms(output, [index], [target])
         return {name: term[0, :, : sizes[0]] for name, term in terms.items()}
 
+    def draw_points(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(n, num_points, 2) uniform points, one image after the other (the matcher's only random draw)."""
+        coords = torch.empty(n, self.num_points, 2, device=device)
+        for row in coords:
+            row.uniform_()
+        return coords
+
     def padded_cost_terms(
         self,
         output: Mask2FormerLayerOutput,
@@ -91,9 +98,28 @@ class Mask2FormerMatcher:
         draws its own ``num_points`` uniform points, in image order (the same random stream as one
         draw per image).
         """
+        coords = self.draw_points(len(indices), output.class_logits.device)
+        return self.stacked_cost_terms([output], indices, targets, coords)
+
+    def stacked_cost_terms(
+        self,
+        outputs: Sequence[Mask2FormerLayerOutput],
+        indices: Sequence[int],
+        targets: Sequence[Mask2FormerTargets],
+        coords: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """:meth:`padded_cost_terms` of several prediction points in one pass: (L * N, Q, G_max) terms.
+
+        Row ``l * N + i`` is prediction point ``outputs[l]`` against image ``indices[i]``; ``coords``
+        (L * N, num_points, 2) are the points of each row (:meth:`draw_points` per prediction point, in
+        order). The targets are concatenated once and every object is read at the points of all L
+        prediction points by one ``grid_sample`` (the L point sets as rows of its grid), so L prediction
+        points cost one set of operations instead of L.
+        """
         indices = list(indices)
-        device = output.class_logits.device
-        if indices == list(range(output.class_logits.shape[0])):  # every image: no gather copies
+        num_layers, n = len(outputs), len(indices)
+        device = outputs[0].class_logits.device
+        if indices == list(range(outputs[0].class_logits.shape[0])):  # every image: no gather copies
 
             def pick(t: torch.Tensor) -> torch.Tensor:
                 return t.float()
@@ -103,12 +129,14 @@ class Mask2FormerMatcher:
             def pick(t: torch.Tensor) -> torch.Tensor:
                 return t[sel].float()
 
-        probs = pick(output.class_logits).softmax(-1)
-        n, q = probs.shape[:2]
-        coords = torch.empty(n, self.num_points, 2, device=device)
-        for row in coords:
-            row.uniform_()
-        pred = point_sample_channels(pick(output.mask_logits), coords)  # (N, Q, P)
+        def stacked(get: Callable[[Mask2FormerLayerOutput], torch.Tensor]) -> torch.Tensor:
+            if num_layers == 1:
+                return pick(get(outputs[0]))
+            return torch.cat([pick(get(o)) for o in outputs])
+
+        probs = stacked(lambda o: o.class_logits).softmax(-1)
+        q = probs.shape[1]
+        pred = point_sample_channels(stacked(lambda o: o.mask_logits), coords)  # (L * N, Q, P)
         sizes = [len(t) for t in targets]
         width = max(sizes, default=0)
         # Object k of the batch is column slot[k] of image owner[k]: one scatter pads every target.
@@ -119,24 +147,32 @@ class Mask2FormerMatcher:
         slot = slot.to(device, non_blocking=True)
 
         def padded(values: torch.Tensor, fill: float) -> torch.Tensor:
-            out = values.new_full((n, width, *values.shape[1:]), fill)
-            out[owner, slot] = values
-            return out
+            """(L, T, ...) per-object values -> (L * N, G_max, ...) with ``fill`` in the padding."""
+            out = values.new_full((num_layers, n, width, *values.shape[2:]), fill)
+            out[:, owner, slot] = values
+            return out.flatten(0, 1)
 
         masks = torch.cat([t.masks for t in targets]).float().to(device)  # (T, H, W)
-        tgt = padded(point_sample(masks.unsqueeze(1), coords[owner]).squeeze(1), 0.0)  # (N, G, P)
-        labels = padded(torch.cat([t.labels for t in targets]).to(device, torch.long), 0)
+        # Each object at its image's points of every prediction point, in one sampling call.
+        points = coords.view(num_layers, n, self.num_points, 2)[:, owner].transpose(0, 1)  # (T, L, P, 2)
+        sampled = point_sample(masks.unsqueeze(1), points.reshape(len(owner), -1, 2))
+        sampled = sampled.view(len(owner), num_layers, self.num_points)  # (T, L, P)
+        tgt = padded(sampled.transpose(0, 1), 0.0)  # (L * N, G, P)
+
+        def per_object(values: torch.Tensor, fill: int) -> torch.Tensor:
+            return padded(values.to(device, torch.long).expand(num_layers, -1), fill)
+
+        labels = per_object(torch.cat([t.labels for t in targets]), 0)
         terms = {"class": -self.class_weight * probs.gather(2, labels.unsqueeze(1).expand(-1, q, -1))}
         terms["mask"] = self.mask_weight * pairwise_sigmoid_bce(pred, tgt)
         terms["dice"] = self.dice_weight * pairwise_dice(pred, tgt)
         for spec in self.attributes:
-            p = pick(output.attribute_logits[spec.name]).softmax(-1)
-            values = padded(torch.cat([t.attributes[spec.name] for t in targets]).to(device, torch.long), -1)
+            p = stacked(lambda o, name=spec.name: o.attribute_logits[name]).softmax(-1)
+            values = per_object(torch.cat([t.attributes[spec.name] for t in targets]), -1)
             chosen = p.gather(2, values.clamp(min=0).unsqueeze(1).expand(-1, q, -1))
             terms[f"attr_{spec.name}"] = -spec.cost_weight * chosen * (values >= 0).to(p.dtype)[:, None, :]
         return terms, sizes
 
-    @torch.no_grad()
     def __call__(
         self, output: Mask2FormerLayerOutput, targets: Sequence[Mask2FormerTargets], layer: int = -1
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,31 +189,60 @@ class Mask2FormerMatcher:
         Raises:
             TrainingError: if a cost is NaN or infinite (usually a diverging run: LR too high, fp16 overflow).
         """
-        device_type = output.class_logits.device.type
+        return self.match_layers([output], targets, first_layer=layer)[0]
+
+    @torch.no_grad()
+    def match_layers(
+        self,
+        outputs: Sequence[Mask2FormerLayerOutput],
+        targets: Sequence[Mask2FormerTargets],
+        coords: Sequence[torch.Tensor] | None = None,
+        first_layer: int = 0,
+    ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`__call__` for several prediction points at once (one cost pass, one host copy).
+
+        Args:
+            outputs: the prediction points, each with the same (B, Q) queries.
+            targets: one entry per image.
+            coords: per prediction point, the (N, num_points, 2) points of its N images with objects,
+                as :meth:`draw_points` gives them; drawn here, in order, when not given.
+            first_layer: index of ``outputs[0]`` among the prediction points (for error messages).
+
+        Returns:
+            per prediction point, per image, ``(query_index, target_index)`` as :meth:`__call__`.
+        """
+        device = outputs[0].class_logits.device
         empty = torch.zeros(0, dtype=torch.int64)
-        result = [(empty, empty.clone()) for _ in targets]
+        results = [[(empty, empty.clone()) for _ in targets] for _ in outputs]
         present = [b for b, target in enumerate(targets) if len(target) > 0]
         if not present:
-            return result
-        with torch.autocast(device_type=device_type, enabled=False):
-            terms, sizes = self.padded_cost_terms(output, present, [targets[b] for b in present])
-            # One (N, Q, G_max) host copy per call instead of a copy (and a finiteness check) per
-            # image: each is a stream synchronisation on CUDA.
+            return results
+        if coords is None:
+            coords = [self.draw_points(len(present), device) for _ in outputs]
+        n = len(present)
+        with torch.autocast(device_type=device.type, enabled=False):
+            terms, sizes = self.stacked_cost_terms(
+                outputs, present, [targets[b] for b in present], torch.cat(list(coords))
+            )
+            # One (L * N, Q, G_max) host copy per call instead of a copy (and a finiteness check) per
+            # image and prediction point: each is a stream synchronisation on CUDA.
             host = sum(terms.values()).cpu().numpy()
-            for i, (b, cost) in enumerate(zip(present, host)):
-                cost = cost[:, : sizes[i]]
-                if not np.isfinite(cost).all():
-                    bad = ", ".join(
-                        f"{k}={'non-finite' if not torch.isfinite(v[i, :, : sizes[i]]).all() else 'ok'}"
-                        for k, v in terms.items()
-                    )
-                    raise TrainingError(
-                        f"matching step (decoder output {layer}, image {b}): non-finite cost ({bad}); "
-                        "the run is diverging (check the learning rate, grad clipping, fp16)"
-                    )
-                rows, cols = linear_sum_assignment(cost)
-                result[b] = (
-                    torch.as_tensor(rows, dtype=torch.int64),
-                    torch.as_tensor(np.asarray(cols), dtype=torch.int64),
+        for row, cost in enumerate(host):
+            layer, i = divmod(row, n)
+            b = present[i]
+            cost = cost[:, : sizes[i]]
+            if not np.isfinite(cost).all():
+                bad = ", ".join(
+                    f"{k}={'non-finite' if not torch.isfinite(v[row, :, : sizes[i]]).all() else 'ok'}"
+                    for k, v in terms.items()
                 )
-        return result
+                raise TrainingError(
+                    f"matching step (decoder output {first_layer + layer}, image {b}): non-finite cost "
+                    f"({bad}); the run is diverging (check the learning rate, grad clipping, fp16)"
+                )
+            rows, cols = linear_sum_assignment(cost)
+            results[layer][b] = (
+                torch.as_tensor(rows, dtype=torch.int64),
+                torch.as_tensor(np.asarray(cols), dtype=torch.int64),
+            )
+        return results

@@ -65,12 +65,42 @@ def point_sample_channels(maps: torch.Tensor, coords: torch.Tensor) -> torch.Ten
     return out.view(n, p, c).transpose(1, 2)
 
 
+def point_draw_sizes(
+    num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> tuple[int, int, int]:
+    """``(candidates, kept by uncertainty, fresh uniform)`` points per mask of :func:`uncertain_point_coords`."""
+    num_uncertain = int(importance_sample_ratio * num_points)
+    return int(num_points * oversample_ratio), num_uncertain, num_points - num_uncertain
+
+
+def draw_point_candidates(
+    n: int,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The random part of :func:`uncertain_point_coords` for ``n`` masks, drawn ahead of the logits.
+
+    Returns ``(candidates, fresh)``: (n, candidates, 2) uniform points, then (n, fresh, 2) more uniform
+    points (``None`` when every point is chosen by uncertainty), in the order the function draws them,
+    so a caller that draws for several prediction points first and samples them in one batch later
+    uses the same random numbers as sampling each on its own.
+    """
+    num_sampled, _, num_random = point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
+    candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
+    fresh = torch.rand(n, num_random, 2, device=device, generator=generator) if num_random > 0 else None
+    return candidates, fresh
+
+
 def uncertain_point_coords(
     logits: torch.Tensor,
     num_points: int,
     oversample_ratio: float,
     importance_sample_ratio: float,
     generator: torch.Generator | None = None,
+    draws: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Points concentrated where the mask is uncertain (|logit| small), plus uniform ones.
 
@@ -83,21 +113,24 @@ def uncertain_point_coords(
         oversample_ratio: candidates per kept point (>= 1).
         importance_sample_ratio: share of points chosen by uncertainty, in [0, 1].
         generator: optional RNG.
+        draws: the uniform points already drawn by :func:`draw_point_candidates` (then ``generator``
+            is not used).
 
     Returns:
         (N, num_points, 2) normalised coordinates (no gradient).
     """
     n = logits.shape[0]
-    device = logits.device
-    num_sampled = int(num_points * oversample_ratio)
-    num_uncertain = int(importance_sample_ratio * num_points)
-    num_random = num_points - num_uncertain
+    _, num_uncertain, _ = point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
     with torch.no_grad():
-        candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
+        if draws is None:
+            draws = draw_point_candidates(
+                n, num_points, oversample_ratio, importance_sample_ratio, logits.device, generator
+            )
+        candidates, fresh = draws
         uncertainty = -point_sample(logits.detach().float(), candidates).abs().squeeze(1)  # (N, num_sampled)
         # Unsorted: the same set of points (the loss is a mean over them), about 4x faster than sorted.
         idx = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices
         chosen = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
-        if num_random > 0:
-            chosen = torch.cat([chosen, torch.rand(n, num_random, 2, device=device, generator=generator)], 1)
+        if fresh is not None:
+            chosen = torch.cat([chosen, fresh], 1)
     return chosen
