@@ -199,6 +199,9 @@ class Mask2FormerCriterion(nn.Module):
         device = outs[0].class_logits.device
         num_layers = len(outs)
         b, q = outs[0].class_logits.shape[:2]
+        counts = {sum(len(src) for src, _ in per_image) for per_image in indices}
+        if len(counts) > 1:
+            raise ModelError(f"criterion: prediction points of one query set have {sorted(counts)} matches")
         # (prediction point, image, query, object-in-batch) of every match, built on the host and moved
         # in one copy.
         layer_idx, batch_idx, query_idx, object_idx = torch.cat(
@@ -271,8 +274,9 @@ class Mask2FormerCriterion(nn.Module):
         bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1)
         probs = point_logits.sigmoid()
         dice = 1 - (2 * (probs * point_labels).sum(-1) + 1) / (probs.sum(-1) + point_labels.sum(-1) + 1)
-        per_layer = torch.zeros(2, num_layers, device=bce.device, dtype=bce.dtype)
-        per_layer = per_layer.index_add(1, layer_idx, torch.stack([bce, dice])) / num_masks
+        # Rows are prediction point after prediction point, the same number each (every prediction
+        # point of a query set has the same matches per image): per-point sums by a reshape.
+        per_layer = torch.stack([bce, dice]).view(2, num_layers, -1).sum(2) / num_masks
         return {"loss_mask": per_layer[0], "loss_dice": per_layer[1]}
 
 
