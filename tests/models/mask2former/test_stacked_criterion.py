@@ -61,6 +61,25 @@ def test_matching_every_prediction_point_at_once_equals_one_at_a_time() -> None:
             torch.testing.assert_close(value, terms[name][2 * layer_index : 2 * layer_index + 2], msg=name)
 
 
+def test_matching_in_stacks_of_any_size_gives_the_same_assignments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large prediction points are matched one at a time (``stack_elements``), small ones together."""
+    matcher = Mask2FormerMatcher(attributes=(SPEC,), num_points=40)
+    layers, targets = _layers(5), _targets()
+    torch.manual_seed(2)
+    together = matcher.match_layers(layers, targets)
+    for limit in (1, 2 * 6 * 40 * 2):  # one prediction point per stack; two per stack
+        monkeypatch.setattr(Mask2FormerMatcher, "stack_elements", limit)
+        torch.manual_seed(2)
+        got = matcher.match_layers(layers, targets)
+        for a, b in zip(got, together):
+            assert [(q.tolist(), g.tolist()) for q, g in a] == [(q.tolist(), g.tolist()) for q, g in b]
+    monkeypatch.setattr(Mask2FormerMatcher, "stack_elements", 1)
+    with torch.no_grad():
+        layers[3].class_logits[0, 1, 0] = float("nan")
+    with pytest.raises(TrainingError, match=r"decoder output 3, image 0\).*class=non-finite"):
+        matcher.match_layers(layers, targets)
+
+
 def test_non_finite_cost_names_the_prediction_point_of_a_stacked_match() -> None:
     matcher = Mask2FormerMatcher(num_points=16)
     layers, targets = _layers(3), _targets()
