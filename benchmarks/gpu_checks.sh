@@ -19,7 +19,7 @@ nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 D=/tmp/masklab_gpu_data
 python3 -m masklab data synth --out $D --num-train 2000 --num-val 60 --seed 0 | tail -1
-CFG=configs/mask2former/mask2former_regnetx002_1xb8-1600i_synthetic-128x128.yaml
+CFG=configs/mask2former/mask2former_regnetx002_1xb8-2200i_synthetic-128x128.yaml
 step "CUDA-only tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -W ignore tests/engine/test_trainer.py -k cuda 2>&1 | tail -2
 step "train step profile (piloting on, then off)"

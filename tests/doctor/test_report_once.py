@@ -24,7 +24,7 @@ M2F = (
     Path(__file__).resolve().parents[2]
     / "configs"
     / "mask2former"
-    / "mask2former_regnetx002_1xb8-1600i_synthetic-128x128.yaml"
+    / "mask2former_regnetx002_1xb8-2200i_synthetic-128x128.yaml"
 )
 
 

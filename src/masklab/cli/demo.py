@@ -20,7 +20,7 @@ DEMO_CONFIG = "configs/segformer/segformer_mit-b0_1xb8-1800i_synthetic-128x128.y
 DEMO_NUM_TRAIN, DEMO_NUM_VAL = 2000, 60
 
 # ``--model instance``: Mask2Former + attribute heads (docs/mask2former.md, "Learned quality").
-INSTANCE_CONFIG = "configs/mask2former/mask2former_regnetx002_1xb8-1600i_synthetic-128x128.yaml"
+INSTANCE_CONFIG = "configs/mask2former/mask2former_regnetx002_1xb8-2200i_synthetic-128x128.yaml"
 DEMO_CONFIGS = {"semantic": DEMO_CONFIG, "instance": INSTANCE_CONFIG}
 
 
