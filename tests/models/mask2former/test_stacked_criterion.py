@@ -156,3 +156,20 @@ def test_a_batch_without_objects_gives_zero_mask_losses_that_reach_every_predict
     assert float(losses["loss_cls"].detach()) > 0  # every query is pushed to "no object"
     grads = torch.autograd.grad(sum(losses.values()), [layer.mask_logits for layer in layers])
     assert all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)
+
+
+def test_point_sets_drawn_for_another_match_count_are_a_model_error() -> None:
+    from masklab.errors import ModelError
+    from masklab.models.mask2former.criterion import _BatchTargets
+
+    crit = Mask2FormerCriterion(3, [SPEC], num_points=16)
+    layers, targets = _layers(2), _targets()
+    flat = _BatchTargets.of(targets, torch.device("cpu"))
+    pairs = [
+        (torch.tensor([0, 1]), torch.tensor([0, 1])),
+        (torch.zeros(0, dtype=torch.long),) * 2,
+        (torch.tensor([3]), torch.tensor([2])),
+    ]
+    points = [crit._draw_loss_points(4, torch.device("cpu")) for _ in layers]  # 3 matches, 4 point sets
+    with pytest.raises(ModelError, match="8 pre-drawn point sets for 6 matched masks"):
+        crit._stacked_losses(layers, flat, [pairs, pairs], torch.tensor(3.0), points)

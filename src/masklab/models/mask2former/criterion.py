@@ -260,6 +260,10 @@ class Mask2FormerCriterion(nn.Module):
         tgt = flat.masks.index_select(0, object_idx)
         drawn = [p for p in points if p is not None]
         candidates = torch.cat([c for c, _ in drawn])
+        if candidates.shape[0] != src.shape[0]:
+            raise ModelError(
+                f"criterion: {candidates.shape[0]} pre-drawn point sets for {src.shape[0]} matched masks"
+            )
         fresh = None if drawn[0][1] is None else torch.cat([f for _, f in drawn])
         coords = uncertain_point_coords(
             src,
