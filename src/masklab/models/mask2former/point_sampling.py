@@ -65,7 +65,7 @@ def point_sample_channels(maps: torch.Tensor, coords: torch.Tensor) -> torch.Ten
     return out.view(n, p, c).transpose(1, 2)
 
 
-def point_draw_sizes(
+def _point_draw_sizes(
     num_points: int, oversample_ratio: float, importance_sample_ratio: float
 ) -> tuple[int, int, int]:
     """``(candidates, kept by uncertainty, fresh uniform)`` points per mask of :func:`uncertain_point_coords`."""
@@ -88,7 +88,7 @@ def draw_point_candidates(
     so a caller that draws for several prediction points first and samples them in one batch later
     uses the same random numbers as sampling each on its own.
     """
-    num_sampled, _, num_random = point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
+    num_sampled, _, num_random = _point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
     candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
     fresh = torch.rand(n, num_random, 2, device=device, generator=generator) if num_random > 0 else None
     return candidates, fresh
@@ -120,7 +120,7 @@ def uncertain_point_coords(
         (N, num_points, 2) normalised coordinates (no gradient).
     """
     n = logits.shape[0]
-    _, num_uncertain, _ = point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
+    _, num_uncertain, _ = _point_draw_sizes(num_points, oversample_ratio, importance_sample_ratio)
     with torch.no_grad():
         if draws is None:
             draws = draw_point_candidates(
