@@ -54,6 +54,15 @@ def test_psp_concatenates_input_and_one_branch_per_scale() -> None:
     head = PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1, 2, 3, 6))
     assert head.bottleneck[0].in_channels == 10 + 4 * 8
     assert len(head.psp.branches) == 4
+    assert head.bottleneck[0].kernel_size == (3, 3)  # MMSeg's bottleneck
+
+
+def test_psp_bottleneck_kernel_is_configurable_and_keeps_the_map_size() -> None:
+    head = PSPHead(
+        in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(1, 2), bottleneck_kernel_size=1
+    )
+    assert head.bottleneck[0].kernel_size == (1, 1)
+    _check_trains(head, 2)
 
 
 def test_aspp_uses_1x1_for_dilation_one_and_dilated_3x3_otherwise() -> None:
@@ -97,6 +106,10 @@ def test_fpn_head_uses_one_conv_per_octave() -> None:
             "power",
         ),
         (lambda: PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, pool_scales=(0, 2)), "pool_scales"),
+        (
+            lambda: PSPHead(in_channels=CHANNELS, channels=8, num_classes=3, bottleneck_kernel_size=2),
+            "bottleneck_kernel_size",
+        ),
         (lambda: ASPPHead(in_channels=CHANNELS, channels=8, num_classes=3, dilations=()), "dilations"),
         (lambda: UPerHead(in_channels=CHANNELS, channels=8, num_classes=3, in_index=[3]), "two levels"),
         (
@@ -158,6 +171,60 @@ def test_segformer_fusion_applied_per_level_equals_mmseg_concat_formula(train: b
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_psp_pointwise_bottleneck_equals_mmseg_concat_formula(train: bool) -> None:
+    """bottleneck(cat([x, *resize(branch_i(pool_i(x)))])) with a 1x1 bottleneck, computed without the concat."""
+    torch.manual_seed(0)
+    head = PSPHead(
+        in_channels=CHANNELS,
+        in_index=[0, 1, 2, 3],
+        input_transform="resize_concat",
+        channels=8,
+        num_classes=3,
+        pool_scales=(1, 2, 3, 6),
+        bottleneck_kernel_size=1,
+        dropout_ratio=0.0,
+    ).double()
+    head.train(train)
+    feats = [f.double().requires_grad_(True) for f in FEATS]
+    params = [head.bottleneck[0].weight, head.psp.branches[2][0].weight]
+
+    def reference() -> torch.Tensor:
+        x = head.transform_inputs(feats)
+        ups = [
+            torch.nn.functional.interpolate(
+                branch(torch.nn.functional.adaptive_avg_pool2d(x, s)), size=x.shape[-2:], mode="bilinear"
+            )
+            for s, branch in zip(head.psp.pool_scales, head.psp.branches, strict=True)
+        ]
+        return head.cls_seg(head.bottleneck(torch.cat([x, *ups], dim=1)))
+
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    ref = reference()
+    ref_grads = torch.autograd.grad(ref.sum(), [*feats, *params])
+    head.load_state_dict(state)  # undo the reference's BN running-stat update
+    out = head(feats)
+    grads = torch.autograd.grad(out.sum(), [*feats, *params])
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(("h", "w"), [(13, 10), (32, 32), (4, 5)])
+def test_eager_pooling_equals_adaptive_avg_pool(h: int, w: int) -> None:
+    from masklab.models.semantic import psp_head
+
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    for s in (1, 2, 3, 6):
+        expected = torch.nn.functional.adaptive_avg_pool2d(x, s)
+        got = psp_head.adaptive_avg_pool(x, s)
+        torch.testing.assert_close(got, expected)
+        weights = torch.randn_like(expected)
+        (want_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+        (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
+        torch.testing.assert_close(got_grad, want_grad)
 
 
 @pytest.mark.parametrize(
