@@ -20,7 +20,7 @@ ZOO = {
     "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
     "segformer": "segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",
     "upernet": "upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
-    "pspnet": "pspnet/pspnet_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
+    "pspnet": "pspnet/pspnet_mit-b0_1xb8-3000i_synthetic-128x128.yaml",
     "fpn": "fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
 
