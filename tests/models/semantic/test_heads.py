@@ -212,19 +212,24 @@ def test_psp_pointwise_bottleneck_equals_mmseg_concat_formula(train: bool) -> No
         torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize(("h", "w"), [(13, 10), (32, 32), (4, 5)])
-def test_eager_pooling_equals_adaptive_avg_pool(h: int, w: int) -> None:
+def test_eager_pooling_equals_adaptive_avg_pool(h: int, w: int, layout: torch.memory_format) -> None:
     from masklab.models.semantic import psp_head
 
-    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
-    for s in (1, 2, 3, 6):
-        expected = torch.nn.functional.adaptive_avg_pool2d(x, s)
-        got = psp_head.adaptive_avg_pool(x, s)
-        torch.testing.assert_close(got, expected)
-        weights = torch.randn_like(expected)
-        (want_grad,) = torch.autograd.grad((expected * weights).sum(), x)
-        (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
-        torch.testing.assert_close(got_grad, want_grad)
+    x = torch.randn(2, 3, h, w, dtype=torch.float64).to(memory_format=layout).requires_grad_(True)
+    sizes = (1, 2, 3, 6)
+    expected = [torch.nn.functional.adaptive_avg_pool2d(x, s) for s in sizes]
+    got = psp_head.adaptive_avg_pools(x, sizes)
+    weights = [torch.randn_like(e) for e in expected]
+    (want_grad,) = torch.autograd.grad(
+        sum((e * wt).sum() for e, wt in zip(expected, weights, strict=True)), x
+    )
+    (got_grad,) = torch.autograd.grad(sum((g * wt).sum() for g, wt in zip(got, weights, strict=True)), x)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
+    torch.testing.assert_close(got_grad, want_grad)
+    torch.testing.assert_close(psp_head.adaptive_avg_pool(x, 3), expected[2])
 
 
 @pytest.mark.parametrize(
