@@ -17,10 +17,15 @@ from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
 
 
+def _bin_edges(length: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adaptive pooling's bins over ``length``: ``floor(i * L / s)`` to ``ceil((i + 1) * L / s)``."""
+    idx = torch.arange(size, device=device)
+    return (idx * length) // size, ((idx + 1) * length + size - 1) // size
+
+
 def _bin_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:
-    """(size, length) averaging matrix of adaptive pooling's bins ``floor(i*L/s)`` to ``ceil((i+1)*L/s)``."""
-    idx = torch.arange(size, device=like.device)
-    start, end = (idx * length) // size, ((idx + 1) * length + size - 1) // size
+    """(size, length) averaging matrix of the bins of :func:`_bin_edges`."""
+    start, end = _bin_edges(length, size, like.device)
     pos = torch.arange(length, device=like.device)
     inside = (pos >= start[:, None]) & (pos < end[:, None])
     return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
@@ -52,9 +57,8 @@ def _integral_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """Adaptive average pooling summed from an integral image (traces to ONNX with free sizes)."""
     h, w = x.shape[-2:]
     integral = F.pad(x.cumsum(2).cumsum(3), (1, 0, 1, 0))
-    idx = torch.arange(size, device=x.device)
-    hs, he = (idx * h) // size, ((idx + 1) * h + size - 1) // size
-    ws, we = (idx * w) // size, ((idx + 1) * w + size - 1) // size
+    hs, he = _bin_edges(h, size, x.device)
+    ws, we = _bin_edges(w, size, x.device)
 
     def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return integral.index_select(2, rows).index_select(3, cols)
@@ -70,19 +74,14 @@ def adaptive_avg_pools(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tens
     On CPU all sizes are two matrix products in the input's layout: pooling a (8, 512, 32, 32)
     channels-last map to 1/2/3/6 and back-propagating costs ~10 ms instead of ~150 (1 thread). Other
     devices keep ``adaptive_avg_pool2d`` (exact fp32 there, where a matrix product may run in TF32).
-    ONNX has no adaptive pooling; during export the same bins (``floor(i * H / s)`` to
-    ``ceil((i + 1) * H / s)``) are summed from an integral image, which traces with free sizes.
+    ONNX has no adaptive pooling; during export the same bins (:func:`_bin_edges`) are summed from
+    an integral image, which traces with free sizes.
     """
     if torch.onnx.is_in_onnx_export():
         return [x.mean(dim=(2, 3), keepdim=True) if s == 1 else _integral_pool(x, s) for s in sizes]
     if x.device.type != "cpu":
         return [F.adaptive_avg_pool2d(x, s) for s in sizes]
     return _matmul_pool(x, sizes)
-
-
-def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
-    """``F.adaptive_avg_pool2d(x, size)`` through :func:`adaptive_avg_pools`."""
-    return adaptive_avg_pools(x, [size])[0]
 
 
 class PyramidPooling(nn.Module):
