@@ -11,7 +11,7 @@ from masklab.errors import ModelError
 
 
 @functools.lru_cache(maxsize=256)
-def _weights(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype) -> torch.Tensor:
+def interpolation_weights(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype) -> torch.Tensor:
     """(n_out, n_in) weights of 1-D linear interpolation, with ``upsample_bilinear2d``'s source
     coordinates (output size given, no antialias): ``max((i + 0.5) * n_in / n_out - 0.5, 0)``, or
     ``i * (n_in - 1) / (n_out - 1)`` with ``align_corners``."""
@@ -75,8 +75,8 @@ def resize_bilinear(
     if tuple(x.shape[-2:]) == (out_h, out_w):
         return x
     b, c, h, w = x.shape
-    rows = _weights(h, out_h, align_corners, x.dtype)
-    cols = _weights(w, out_w, align_corners, x.dtype)
+    rows = interpolation_weights(h, out_h, align_corners, x.dtype)
+    cols = interpolation_weights(w, out_w, align_corners, x.dtype)
     if c >= _MIN_NHWC_CHANNELS and x.is_contiguous(memory_format=torch.channels_last):
         # NHWC in memory (runtime.channels_last, or a conv fed NHWC-strided tokens): mix rows over
         # (w, C) panels, then columns per row, so the result is NHWC too (a layout change would cost a

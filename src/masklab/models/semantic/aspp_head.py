@@ -13,6 +13,7 @@ from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct, NormType
 from masklab.models.layers.resize import resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
+from masklab.models.semantic.resized_levels import ResizedLevels
 
 # (in_channels, out_channels, dilation, norm) -> a 3x3 dilated conv block.
 DilatedConv = Callable[[int, int, int, NormType | None], nn.Module]
@@ -66,10 +67,49 @@ class ASPP(nn.Module):
             raise ModelError(f"fusion_kernel: expected 1 or 3, got {fusion_kernel}")
         self.bottleneck = ConvNormAct((len(dilations) + 1) * channels, channels, fusion_kernel, norm=norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | ResizedLevels) -> torch.Tensor:
         """(B, channels, H, W) fused pyramid at the input's resolution."""
+        if isinstance(x, ResizedLevels):
+            if not self.reads_levels():
+                return self.forward(x.concat())
+            return self._forward_levels(x)
         pooled = resize_bilinear(self.image_pool(x), x.shape[-2:], self.align_corners)
         return self.bottleneck(torch.cat([pooled, *(b(x) for b in self.branches)], dim=1))
+
+    def reads_levels(self) -> bool:
+        """Whether every branch starts with a conv :meth:`ResizedLevels.conv2d` computes (square odd
+        kernel, "same" zero padding, stride 1, ungrouped: not DeepLabV3+'s depthwise separable ones)."""
+        for branch in self.branches:
+            conv = branch[0]
+            if not isinstance(conv, nn.Conv2d):
+                return False
+            k, d = conv.kernel_size, conv.dilation
+            if not (
+                k[0] == k[1] and k[0] % 2 == 1 and d[0] == d[1] and conv.padding == (d[0] * (k[0] // 2),) * 2
+            ):
+                return False
+            if conv.groups != 1 or conv.stride != (1, 1) or conv.padding_mode != "zeros":
+                return False
+        return True
+
+    def _forward_levels(self, levels: ResizedLevels) -> torch.Tensor:
+        """:meth:`forward` of ``levels.concat()`` without building it: the same function and parameters,
+        each branch's conv run level by level (:meth:`ResizedLevels.conv2d`) and the image pool's mean
+        taken from the levels. On the stride-4 concatenation of MiT-B0's levels (512 channels) the
+        branches then read 32 full-size channels, the other levels at their own sizes.
+        """
+        convs = [branch[0] for branch in self.branches]
+        outs = []
+        for branch, conv, out in zip(
+            self.branches, convs, levels.conv2d_many([(c.weight, c.dilation[0]) for c in convs]), strict=True
+        ):
+            if conv.bias is not None:
+                out = out + conv.bias.view(1, -1, 1, 1)
+            for layer in list(branch)[1:]:
+                out = layer(out)
+            outs.append(out)
+        pooled = resize_bilinear(self.image_pool[1](levels.mean()), levels.size, self.align_corners)
+        return self.bottleneck(torch.cat([pooled, *outs], dim=1))
 
 
 @HEADS.register()
@@ -91,6 +131,9 @@ class ASPPHead(DecodeHead):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, h, w) logits at the resolution of the selected level."""
+        levels = self.resized_levels(features)
+        if levels is not None:
+            return self.cls_seg(self.aspp(levels))
         x = self.transform_inputs(features)
         assert isinstance(x, torch.Tensor)
         return self.cls_seg(self.aspp(x))

@@ -12,6 +12,7 @@ from masklab.errors import ModelError
 from masklab.models.layers.conv_module import NormType
 from masklab.models.layers.resize import resize_bilinear
 from masklab.models.losses.cross_entropy import CrossEntropyLoss
+from masklab.models.semantic.resized_levels import ResizedLevels
 
 InputTransform = Literal["resize_concat", "multiple_select"]
 
@@ -155,11 +156,22 @@ class DecodeHead(nn.Module):
         selected = [features[i] for i in self.in_index]
         if self.input_transform == "multiple_select":
             return selected
-        size = selected[0].shape[-2:]
-        resized = [
-            f if f.shape[-2:] == size else resize_bilinear(f, size, self.align_corners) for f in selected
-        ]
-        return torch.cat(resized, dim=1)
+        return ResizedLevels(tuple(selected), tuple(selected[0].shape[-2:]), self.align_corners).concat()
+
+    def resized_levels(self, features: Sequence[torch.Tensor]) -> ResizedLevels | None:
+        """The ``resize_concat`` input not yet built, for heads whose first layer is linear in it and
+        can run level by level (:class:`ResizedLevels`); None without ``resize_concat`` and while
+        tracing or exporting (the graph then keeps the plain concatenation)."""
+        if (
+            self.input_transform != "resize_concat"
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        assert not isinstance(self.in_index, int)
+        selected = tuple(features[i] for i in self.in_index)
+        return ResizedLevels(selected, tuple(selected[0].shape[-2:]), self.align_corners)
 
     def cls_seg(self, feat: torch.Tensor) -> torch.Tensor:
         """Dropout + 1x1 classifier: (B, channels, h, w) -> (B, out_channels, h, w) logits."""

@@ -13,8 +13,9 @@ from torch import nn
 from masklab.config.registries import HEADS
 from masklab.errors import ModelError
 from masklab.models.layers.conv_module import ConvNormAct, NormType
-from masklab.models.layers.resize import resize_bilinear
+from masklab.models.layers.resize import interpolation_weights, resize_bilinear
 from masklab.models.semantic.decode_head import DecodeHead
+from masklab.models.semantic.resized_levels import ResizedLevels
 
 
 def _bin_edges(length: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,26 +32,67 @@ def _bin_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:
     return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
 
 
+def _pool_grid(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows @ x @ cols^T`` for (B, C, H, W) ``x``, (n, H) ``rows`` and (n, W) ``cols``, in the
+    input's memory layout (no NCHW copy of a channels-last map): (B, C, n, n)."""
+    b, c, h, w = x.shape
+    n = rows.shape[0]
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return rows @ x @ cols.T
+    nhwc = x.permute(0, 2, 3, 1)  # a contiguous (B, H, W, C) view
+    pooled_rows = torch.matmul(rows, nhwc.reshape(b, h, w * c))  # (B, n, W * C)
+    cells = torch.matmul(cols, pooled_rows.reshape(b * n, w, c))  # (B * n, n, C)
+    return cells.reshape(b, n, n, c).permute(0, 3, 1, 2)
+
+
+def _split_grid(grid: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """The per-size diagonal blocks of a grid pooled with the bin matrices of ``sizes`` stacked."""
+    starts = [0, *itertools.accumulate(sizes)]
+    return [grid[:, :, a : a + s, a : a + s] for a, s in zip(starts, sizes, strict=False)]
+
+
+def _stacked_bins(length: int, sizes: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    return torch.cat([_bin_matrix(length, s, like) for s in sizes])
+
+
 def _matmul_pool(x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
     """Adaptive average pooling to every size in one pass: ``M_h @ x @ M_w^T`` with the bin matrices
-    of all sizes stacked, in the input's memory layout (no NCHW copy of a channels-last map).
+    of all sizes stacked (:func:`_pool_grid`).
 
     The map is read once for all sizes (forward and backward); the second product computes the
     cross-size cells too, which on the pooled rows costs little.
     """
-    b, c, h, w = x.shape
-    rows = torch.cat([_bin_matrix(h, s, x) for s in sizes])
-    cols = torch.cat([_bin_matrix(w, s, x) for s in sizes])
-    n = rows.shape[0]
-    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
-        grid = rows @ x @ cols.T  # (B, C, n, n)
-    else:
-        nhwc = x.permute(0, 2, 3, 1)  # a contiguous (B, H, W, C) view
-        pooled_rows = torch.matmul(rows, nhwc.reshape(b, h, w * c))  # (B, n, W * C)
-        cells = torch.matmul(cols, pooled_rows.reshape(b * n, w, c))  # (B * n, n, C)
-        grid = cells.reshape(b, n, n, c).permute(0, 3, 1, 2)
-    starts = [0, *itertools.accumulate(sizes)]
-    return [grid[:, :, a : a + s, a : a + s] for a, s in zip(starts, sizes, strict=False)]
+    h, w = x.shape[-2:]
+    return _split_grid(_pool_grid(x, _stacked_bins(h, sizes, x), _stacked_bins(w, sizes, x)), sizes)
+
+
+def levels_adaptive_avg_pools(levels: ResizedLevels, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``adaptive_avg_pools(levels.concat(), sizes)`` without building the concatenation.
+
+    Pooling a resized level is one linear map per axis: the stacked bin matrices times the level's
+    1-D interpolation matrix, applied to the level at its own size (:func:`_pool_grid`). CPU only,
+    as :func:`adaptive_avg_pools`' matrix path; elsewhere the concatenation is built and pooled.
+    """
+    first = levels.levels[0]
+    if first.device.type != "cpu" or torch.onnx.is_in_onnx_export():
+        return adaptive_avg_pools(levels.concat(), sizes)
+    out_h, out_w = levels.size
+    bins_h, bins_w = _stacked_bins(out_h, sizes, first), _stacked_bins(out_w, sizes, first)
+    grids = []
+    for level in levels.levels:
+        h, w = level.shape[-2:]
+        rows = (
+            bins_h @ interpolation_weights(h, out_h, levels.align_corners, level.dtype)
+            if h != out_h
+            else bins_h
+        )
+        cols = (
+            bins_w @ interpolation_weights(w, out_w, levels.align_corners, level.dtype)
+            if w != out_w
+            else bins_w
+        )
+        grids.append(_pool_grid(level, rows, cols))
+    return _split_grid(torch.cat(grids, dim=1), sizes)
 
 
 def _integral_pool(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -110,9 +152,12 @@ class PyramidPooling(nn.Module):
         self.pool_scales = tuple(pool_scales)
         self.branches = nn.ModuleList(ConvNormAct(in_channels, channels, 1, norm=norm) for _ in pool_scales)
 
-    def pooled(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def pooled(self, x: torch.Tensor | ResizedLevels) -> list[torch.Tensor]:
         """One (B, channels, s, s) map per scale ``s``, before the upsampling."""
-        pools = adaptive_avg_pools(x, self.pool_scales)
+        if isinstance(x, ResizedLevels):
+            pools = levels_adaptive_avg_pools(x, self.pool_scales)
+        else:
+            pools = adaptive_avg_pools(x, self.pool_scales)
         return [branch(pool) for pool, branch in zip(pools, self.branches, strict=True)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -154,27 +199,37 @@ class PSPHead(DecodeHead):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, h, w) logits at the resolution of the selected level."""
+        if self.bottleneck[0].kernel_size == (1, 1):
+            levels = self.resized_levels(features)
+            return self.cls_seg(self._pointwise_bottleneck(levels or self.transform_inputs(features)))
         x = self.transform_inputs(features)
         assert isinstance(x, torch.Tensor)
-        if self.bottleneck[0].kernel_size == (1, 1):
-            return self.cls_seg(self._pointwise_bottleneck(x))
         return self.cls_seg(self.bottleneck(torch.cat([x, *self.psp(x)], dim=1)))
 
-    def _pointwise_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+    def _pointwise_bottleneck(self, x: torch.Tensor | ResizedLevels) -> torch.Tensor:
         """``bottleneck(cat([x, *psp(x)]))`` for a 1x1 bottleneck, without the concatenation.
 
         A 1x1 conv is linear in its input channels and a bilinear resize is linear per channel, so
         each pooled branch's slice of the bottleneck weight is applied at the pool's own size and the
-        products are resized and summed (as :class:`SegformerHead` fuses its levels). Same function,
-        same parameters.
+        products are resized and summed (as :class:`SegformerHead` fuses its levels). On a
+        ``resize_concat`` input the same holds for the input's own slice, which then runs level by
+        level (:class:`ResizedLevels`), and the pyramid pools the levels; the 512-channel stride-4
+        concatenation of MiT-B0's levels is never built. Same function, same parameters.
         """
         conv, *post = self.bottleneck
         x_weight, *branch_weights = conv.weight.split(
-            [x.shape[1]] + [self.channels] * len(self.psp.branches), 1
+            [self.in_channels] + [self.channels] * len(self.psp.branches), 1
         )
-        fused = F.conv2d(x, x_weight, conv.bias)
+        if isinstance(x, ResizedLevels):
+            size = x.size
+            fused = x.conv2d(x_weight)
+            if conv.bias is not None:
+                fused = fused + conv.bias.view(1, -1, 1, 1)
+        else:
+            size = x.shape[-2:]
+            fused = F.conv2d(x, x_weight, conv.bias)
         for pooled, weight in zip(self.psp.pooled(x), branch_weights, strict=True):
-            fused = fused + resize_bilinear(F.conv2d(pooled, weight), x.shape[-2:], self.align_corners)
+            fused = fused + resize_bilinear(F.conv2d(pooled, weight), size, self.align_corners)
         for layer in post:
             fused = layer(fused)
         return fused

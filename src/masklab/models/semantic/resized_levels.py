@@ -1,0 +1,162 @@
+"""The input of a ``resize_concat`` head before it is built: levels, the size they go to, and the
+linear maps of their concatenation computed level by level."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from masklab.models.layers.resize import interpolation_weights, resize_bilinear
+
+
+@dataclass(frozen=True)
+class ResizedLevels:
+    """``cat([resize(level, size) for level in levels], dim=1)``, not yet built.
+
+    A 1x1 conv is linear in its input channels and a bilinear resize is linear per channel, so a
+    1x1 conv of the concatenation equals the sum over levels of each level's weight slice applied at
+    the level's own size and then resized (:meth:`pointwise_conv`). On a stride-4 concatenation of
+    MiT-B0's levels (32 + 64 + 160 + 256 channels) the conv then reads 32 + 64/4 + 160/16 + 256/64
+    = 62 channels' worth of pixels instead of 512, and the 512-channel map is never built. Its global
+    mean (:meth:`mean`) is likewise taken from each level with the resize's weights.
+
+    Attributes:
+        levels: (B, C_i, h_i, w_i) maps, in the order of the concatenation.
+        size: (H, W) every level is resized to (the first level's size in ``DecodeHead``).
+        align_corners: of the bilinear resize.
+    """
+
+    levels: tuple[torch.Tensor, ...]
+    size: tuple[int, int]
+    align_corners: bool
+
+    @property
+    def channels(self) -> list[int]:
+        """Channels of each level (their sum is the concatenation's)."""
+        return [level.shape[1] for level in self.levels]
+
+    def concat(self) -> torch.Tensor:
+        """The (B, sum C_i, H, W) concatenation itself."""
+        return torch.cat([self._resized(level) for level in self.levels], dim=1)
+
+    def conv2d(self, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+        """``F.conv2d(self.concat(), weight, padding=dilation * (k // 2), dilation=dilation)`` for a
+        (O, sum C_i, k, k) ``weight`` with odd ``k`` (stride 1, zero padding), level by level.
+
+        A level already at ``size`` is convolved as it is. For a smaller level, the conv of its
+        resized map is, per tap ``(ky, kx)``, the tap's 1x1 projection resized and shifted by the
+        tap's offset: ``sum_taps (S_ky A_h) (W_tap x) (S_kx A_w)^T`` with ``A`` the 1-D interpolation
+        matrices and ``S`` the shifts (zeros past the border, as the conv's padding gives). The
+        projections run at the level's own size; the column products of a row of taps go in one
+        product (their matrices stacked along the contraction), and the row products of every tap
+        and every smaller level in one more, which sums them. Only the O-channel output is ever at
+        ``size``: on the stride-4 concatenation of MiT-B0's levels a 32-channel 3x3 conv reads 32
+        full-size channels plus the three smaller levels at their sizes, instead of 512 full-size.
+        """
+        return self.conv2d_many([(weight, dilation)])[0]
+
+    def conv2d_many(self, convs: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+        """:meth:`conv2d` of each ``(weight, dilation)``; the 1x1 tap projections of all of them run as
+        one product per smaller level (ASPP's branches read the same input)."""
+        out_h, out_w = self.size
+        direct: list[torch.Tensor | None] = [None] * len(convs)
+        row_blocks: list[list[torch.Tensor]] = [[] for _ in convs]
+        products: list[list[torch.Tensor]] = [[] for _ in convs]
+        offset = 0
+        for level, c in zip(self.levels, self.channels, strict=True):
+            parts = [weight[:, offset : offset + c] for weight, _ in convs]
+            offset += c
+            b, _, h, w = level.shape
+            if (h, w) == (out_h, out_w):
+                for i, (part, (_, dilation)) in enumerate(zip(parts, convs, strict=True)):
+                    k = part.shape[-1]
+                    y = F.conv2d(level, part, padding=dilation * (k // 2), dilation=dilation)
+                    direct[i] = y if direct[i] is None else direct[i] + y
+                continue
+            # every conv's taps as 1x1 weights, rows ordered (out channel, ky, kx)
+            taps = [part.permute(0, 2, 3, 1).reshape(-1, c, 1, 1) for part in parts]
+            projected = _conv1x1(level, torch.cat(taps)).split([t.shape[0] for t in taps], dim=1)
+            for i, (part, (_, dilation), proj) in enumerate(zip(parts, convs, projected, strict=True)):
+                out_channels, k = part.shape[0], part.shape[-1]
+                # (B, O, ky, kx, h, w) -> (B*O*ky, h, kx*w): each row of taps meets its stacked column matrix
+                rows_of_taps = (
+                    proj.unflatten(1, (out_channels, k, k))
+                    .permute(0, 1, 2, 4, 3, 5)
+                    .reshape(b * out_channels * k, h, k * w)
+                )
+                cols = _shifted_weights(w, out_w, k, dilation, self.align_corners, level.dtype).to(
+                    level.device
+                )
+                products[i].append(torch.matmul(rows_of_taps, cols.T).view(b * out_channels, k * h, out_w))
+                row_blocks[i].append(
+                    _shifted_weights(h, out_h, k, dilation, self.align_corners, level.dtype).to(level.device)
+                )
+        outs = []
+        b = self.levels[0].shape[0]
+        for (weight, _), out, rows, prods in zip(convs, direct, row_blocks, products, strict=True):
+            if prods:
+                resized = torch.matmul(torch.cat(rows, dim=1), torch.cat(prods, dim=1))
+                resized = resized.view(b, weight.shape[0], out_h, out_w)
+                out = resized if out is None else out + resized
+            assert out is not None
+            outs.append(out)
+        return outs
+
+    def mean(self) -> torch.Tensor:
+        """(B, sum C_i, 1, 1): the concatenation's mean over H and W.
+
+        The mean of a resized map is a weighted sum of the level's pixels whose row (column) weights
+        are the column means of the 1-D interpolation matrix.
+        """
+        out_h, out_w = self.size
+        means = []
+        for level in self.levels:
+            h, w = level.shape[-2:]
+            if (h, w) == (out_h, out_w):
+                means.append(level.mean(dim=(2, 3)))
+                continue
+            rows = interpolation_weights(h, out_h, self.align_corners, level.dtype).to(level.device).mean(0)
+            cols = interpolation_weights(w, out_w, self.align_corners, level.dtype).to(level.device).mean(0)
+            means.append(torch.einsum("bchw,h,w->bc", level, rows, cols))
+        return torch.cat(means, dim=1)[:, :, None, None]
+
+    def _resized(self, x: torch.Tensor) -> torch.Tensor:
+        return (
+            x
+            if tuple(x.shape[-2:]) == tuple(self.size)
+            else resize_bilinear(x, self.size, self.align_corners)
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _shifted_weights(
+    n_in: int, n_out: int, k: int, dilation: int, align_corners: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """(n_out, k * n_in): block ``j`` holds the 1-D interpolation matrix (n_in -> n_out) with its rows
+    moved by ``(j - k // 2) * dilation``: row ``i`` of the block is row ``i + offset`` of the matrix,
+    or zeros where that falls outside (a conv tap's zero padding)."""
+    base = interpolation_weights(n_in, n_out, align_corners, dtype)
+    blocks = []
+    for j in range(k):
+        offset = (j - k // 2) * dilation
+        block = torch.zeros_like(base)
+        lo, hi = max(0, -offset), min(n_out, n_out - offset)
+        if lo < hi:
+            block[lo:hi] = base[lo + offset : hi + offset]
+        blocks.append(block)
+    return torch.cat(blocks, dim=1)
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight)`` for a 1x1 ``weight``, as one batched matrix product whose result is
+    NCHW-contiguous whatever ``x``'s layout (``x.flatten(2)`` of a channels-last map is a transposed
+    view the product reads as it is). Every later step (the resize products, ``F.fold``) then runs
+    on NCHW without a layout copy: for the 896 outputs of a 32-channel ASPP's taps, transposing
+    copies between NHWC and NCHW had been most of the head's time (1 thread).
+    """
+    b, _, h, w = x.shape
+    return torch.bmm(weight.flatten(1).expand(b, -1, -1), x.flatten(2)).view(b, weight.shape[0], h, w)
