@@ -98,14 +98,13 @@ class ASPP(nn.Module):
         taken from the levels. On the stride-4 concatenation of MiT-B0's levels (512 channels) the
         branches then read 32 full-size channels, the other levels at their own sizes.
         """
-        convs = [branch[0] for branch in self.branches]
         outs = []
-        for branch, conv, out in zip(
-            self.branches, convs, levels.conv2d_many([(c.weight, c.dilation[0]) for c in convs]), strict=True
-        ):
+        for branch in self.branches:
+            conv, *post = branch
+            out = levels.conv2d(conv.weight, conv.dilation[0])
             if conv.bias is not None:
                 out = out + conv.bias.view(1, -1, 1, 1)
-            for layer in list(branch)[1:]:
+            for layer in post:
                 out = layer(out)
             outs.append(out)
         pooled = resize_bilinear(self.image_pool[1](levels.mean()), levels.size, self.align_corners)

@@ -4,7 +4,6 @@ linear maps of their concatenation computed level by level."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,54 +56,37 @@ class ResizedLevels:
         ``size``: on the stride-4 concatenation of MiT-B0's levels a 32-channel 3x3 conv reads 32
         full-size channels plus the three smaller levels at their sizes, instead of 512 full-size.
         """
-        return self.conv2d_many([(weight, dilation)])[0]
-
-    def conv2d_many(self, convs: Sequence[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
-        """:meth:`conv2d` of each ``(weight, dilation)``; the 1x1 tap projections of all of them run as
-        one product per smaller level (ASPP's branches read the same input)."""
+        out_channels, _, k, _ = weight.shape
         out_h, out_w = self.size
-        direct: list[torch.Tensor | None] = [None] * len(convs)
-        row_blocks: list[list[torch.Tensor]] = [[] for _ in convs]
-        products: list[list[torch.Tensor]] = [[] for _ in convs]
-        offset = 0
-        for level, c in zip(self.levels, self.channels, strict=True):
-            parts = [weight[:, offset : offset + c] for weight, _ in convs]
-            offset += c
-            b, _, h, w = level.shape
+        direct: torch.Tensor | None = None
+        row_blocks, products = [], []
+        for level, part in zip(self.levels, weight.split(self.channels, dim=1), strict=True):
+            b, c, h, w = level.shape
             if (h, w) == (out_h, out_w):
-                for i, (part, (_, dilation)) in enumerate(zip(parts, convs, strict=True)):
-                    k = part.shape[-1]
-                    y = F.conv2d(level, part, padding=dilation * (k // 2), dilation=dilation)
-                    direct[i] = y if direct[i] is None else direct[i] + y
+                y = F.conv2d(level, part, padding=dilation * (k // 2), dilation=dilation)
+                direct = y if direct is None else direct + y
                 continue
-            # every conv's taps as 1x1 weights, rows ordered (out channel, ky, kx)
-            taps = [part.permute(0, 2, 3, 1).reshape(-1, c, 1, 1) for part in parts]
-            projected = _conv1x1(level, torch.cat(taps)).split([t.shape[0] for t in taps], dim=1)
-            for i, (part, (_, dilation), proj) in enumerate(zip(parts, convs, projected, strict=True)):
-                out_channels, k = part.shape[0], part.shape[-1]
-                # (B, O, ky, kx, h, w) -> (B*O*ky, h, kx*w): each row of taps meets its stacked column matrix
-                rows_of_taps = (
-                    proj.unflatten(1, (out_channels, k, k))
-                    .permute(0, 1, 2, 4, 3, 5)
-                    .reshape(b * out_channels * k, h, k * w)
-                )
-                cols = _shifted_weights(w, out_w, k, dilation, self.align_corners, level.dtype).to(
-                    level.device
-                )
-                products[i].append(torch.matmul(rows_of_taps, cols.T).view(b * out_channels, k * h, out_w))
-                row_blocks[i].append(
-                    _shifted_weights(h, out_h, k, dilation, self.align_corners, level.dtype).to(level.device)
-                )
-        outs = []
-        b = self.levels[0].shape[0]
-        for (weight, _), out, rows, prods in zip(convs, direct, row_blocks, products, strict=True):
-            if prods:
-                resized = torch.matmul(torch.cat(rows, dim=1), torch.cat(prods, dim=1))
-                resized = resized.view(b, weight.shape[0], out_h, out_w)
-                out = resized if out is None else out + resized
-            assert out is not None
-            outs.append(out)
-        return outs
+            # the taps as 1x1 weights, rows ordered (out channel, ky, kx)
+            taps = _conv1x1(level, part.permute(0, 2, 3, 1).reshape(out_channels * k * k, c, 1, 1))
+            # (B*O, ky, kx, h, w) -> (B*O*ky, h, kx*w): each row of taps meets its stacked column matrix
+            taps = (
+                taps.view(b * out_channels, k, k, h, w)
+                .permute(0, 1, 3, 2, 4)
+                .reshape(b * out_channels * k, h, k * w)
+            )
+            cols = _shifted_weights(w, out_w, k, dilation, self.align_corners, level.dtype).to(level.device)
+            products.append(torch.matmul(taps, cols.T).view(b * out_channels, k * h, out_w))
+            row_blocks.append(
+                _shifted_weights(h, out_h, k, dilation, self.align_corners, level.dtype).to(level.device)
+            )
+        out = direct
+        if products:
+            b = self.levels[0].shape[0]
+            resized = torch.matmul(torch.cat(row_blocks, dim=1), torch.cat(products, dim=1))
+            resized = resized.view(b, out_channels, out_h, out_w)
+            out = resized if out is None else out + resized
+        assert out is not None
+        return out
 
     def mean(self) -> torch.Tensor:
         """(B, sum C_i, 1, 1): the concatenation's mean over H and W.
