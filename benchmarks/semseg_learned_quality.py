@@ -34,8 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {
     "fcn": "configs/fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
-    "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-3000i_synthetic-128x128.yaml",
-    "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-2450i_synthetic-128x128.yaml",
+    "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-3300i_synthetic-128x128.yaml",
+    "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-2900i_synthetic-128x128.yaml",
     "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
     "upernet": "configs/upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
     "segformer": "configs/segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",

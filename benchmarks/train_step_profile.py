@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--cpu-table", type=int, default=0, help="CPU: print the N costliest operators")
+    parser.add_argument("--by-shape", action="store_true", help="with --cpu-table: one row per input shape")
     args = parser.parse_args(argv)
 
     from masklab.cli.common import resolve_for_cli
@@ -86,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         if trainer.device.type == "cpu" and args.cpu_table > 0:
             from torch.profiler import ProfilerActivity, profile
 
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
                 for _ in range(args.profile_steps):
                     trainer.iter = trainer.run_step(batches).iteration
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.cpu_table))
+            table = prof.key_averages(group_by_input_shape=args.by_shape)
+            print(table.table(sort_by="self_cpu_time_total", row_limit=args.cpu_table))
     return 0
 
 
