@@ -160,8 +160,10 @@ class DecodeHead(nn.Module):
 
     def resized_levels(self, features: Sequence[torch.Tensor]) -> ResizedLevels | None:
         """The ``resize_concat`` input not yet built, for heads whose first layer is linear in it and
-        can run level by level (:class:`ResizedLevels`); None without ``resize_concat`` and while
-        tracing or exporting (the graph then keeps the plain concatenation)."""
+        can run level by level (:class:`ResizedLevels`); None without ``resize_concat``, off the CPU
+        (the level-by-level path is measured faster on the CPU only; on a GPU the built
+        concatenation is cheap), and while tracing or exporting (the graph then keeps the plain
+        concatenation)."""
         if (
             self.input_transform != "resize_concat"
             or torch.jit.is_tracing()
@@ -171,6 +173,8 @@ class DecodeHead(nn.Module):
             return None
         assert not isinstance(self.in_index, int)
         selected = tuple(features[i] for i in self.in_index)
+        if selected[0].device.type != "cpu":
+            return None
         return ResizedLevels(selected, tuple(selected[0].shape[-2:]), self.align_corners)
 
     def cls_seg(self, feat: torch.Tensor) -> torch.Tensor:

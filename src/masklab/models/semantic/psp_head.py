@@ -71,11 +71,10 @@ def levels_adaptive_avg_pools(levels: ResizedLevels, sizes: Sequence[int]) -> li
 
     Pooling a resized level is one linear map per axis: the stacked bin matrices times the level's
     1-D interpolation matrix, applied to the level at its own size (:func:`_pool_grid`). CPU only,
-    as :func:`adaptive_avg_pools`' matrix path; elsewhere the concatenation is built and pooled.
+    as :func:`adaptive_avg_pools`' matrix path (``DecodeHead.resized_levels`` hands out levels on
+    the CPU alone).
     """
     first = levels.levels[0]
-    if first.device.type != "cpu" or torch.onnx.is_in_onnx_export():
-        return adaptive_avg_pools(levels.concat(), sizes)
     out_h, out_w = levels.size
     bins_h, bins_w = _stacked_bins(out_h, sizes, first), _stacked_bins(out_w, sizes, first)
     grids = []
@@ -201,7 +200,9 @@ class PSPHead(DecodeHead):
         """(B, out_channels, h, w) logits at the resolution of the selected level."""
         if self.bottleneck[0].kernel_size == (1, 1):
             levels = self.resized_levels(features)
-            return self.cls_seg(self._pointwise_bottleneck(levels or self.transform_inputs(features)))
+            x_or_levels = self.transform_inputs(features) if levels is None else levels
+            assert not isinstance(x_or_levels, list)
+            return self.cls_seg(self._pointwise_bottleneck(x_or_levels))
         x = self.transform_inputs(features)
         assert isinstance(x, torch.Tensor)
         return self.cls_seg(self.bottleneck(torch.cat([x, *self.psp(x)], dim=1)))

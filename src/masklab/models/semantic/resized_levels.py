@@ -16,10 +16,10 @@ from masklab.models.layers.resize import interpolation_weights, resize_bilinear
 class ResizedLevels:
     """``cat([resize(level, size) for level in levels], dim=1)``, not yet built.
 
-    A 1x1 conv is linear in its input channels and a bilinear resize is linear per channel, so a
-    1x1 conv of the concatenation equals the sum over levels of each level's weight slice applied at
-    the level's own size and then resized (:meth:`pointwise_conv`). On a stride-4 concatenation of
-    MiT-B0's levels (32 + 64 + 160 + 256 channels) the conv then reads 32 + 64/4 + 160/16 + 256/64
+    A conv is linear in its input channels and a bilinear resize is linear per channel, so a conv of
+    the concatenation equals the sum over levels of each level's weight slice applied to that level's
+    resize, which :meth:`conv2d` computes from the level at its own size. On a stride-4 concatenation
+    of MiT-B0's levels (32 + 64 + 160 + 256 channels) the conv then reads 32 + 64/4 + 160/16 + 256/64
     = 62 channels' worth of pixels instead of 512, and the 512-channel map is never built. Its global
     mean (:meth:`mean`) is likewise taken from each level with the resize's weights.
 
