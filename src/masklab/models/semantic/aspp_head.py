@@ -77,20 +77,8 @@ class ASPP(nn.Module):
         return self.bottleneck(torch.cat([pooled, *(b(x) for b in self.branches)], dim=1))
 
     def reads_levels(self) -> bool:
-        """Whether every branch starts with a conv :meth:`ResizedLevels.conv2d` computes (square odd
-        kernel, "same" zero padding, stride 1, ungrouped: not DeepLabV3+'s depthwise separable ones)."""
-        for branch in self.branches:
-            conv = branch[0]
-            if not isinstance(conv, nn.Conv2d):
-                return False
-            k, d = conv.kernel_size, conv.dilation
-            if not (
-                k[0] == k[1] and k[0] % 2 == 1 and d[0] == d[1] and conv.padding == (d[0] * (k[0] // 2),) * 2
-            ):
-                return False
-            if conv.groups != 1 or conv.stride != (1, 1) or conv.padding_mode != "zeros":
-                return False
-        return True
+        """Whether every branch starts with a conv :meth:`ResizedLevels.conv2d` computes."""
+        return all(ResizedLevels.computes(branch[0]) for branch in self.branches)
 
     def _forward_levels(self, levels: ResizedLevels) -> torch.Tensor:
         """:meth:`forward` of ``levels.concat()`` without building it: the same function and parameters,
@@ -98,15 +86,7 @@ class ASPP(nn.Module):
         taken from the levels. On the stride-4 concatenation of MiT-B0's levels (512 channels) the
         branches then read 32 full-size channels, the other levels at their own sizes.
         """
-        outs = []
-        for branch in self.branches:
-            conv, *post = branch
-            out = levels.conv2d(conv.weight, conv.dilation[0])
-            if conv.bias is not None:
-                out = out + conv.bias.view(1, -1, 1, 1)
-            for layer in post:
-                out = layer(out)
-            outs.append(out)
+        outs = [levels.conv_block(branch) for branch in self.branches]
         pooled = resize_bilinear(self.image_pool[1](levels.mean()), levels.size, self.align_corners)
         return self.bottleneck(torch.cat([pooled, *outs], dim=1))
 

@@ -72,25 +72,20 @@ class FCNHead(DecodeHead):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, out_channels, h, w) logits at the resolution of the selected level."""
         levels = self.resized_levels(features)
-        if levels is not None and self.conv_cat is None and isinstance(self.convs, nn.Sequential):
-            return self.cls_seg(self._convs_on_levels(levels))
+        if (
+            levels is not None
+            and self.conv_cat is None
+            and isinstance(self.convs, nn.Sequential)
+            and ResizedLevels.computes(self.convs[0][0])
+        ):
+            first, *rest = self.convs
+            feats = levels.conv_block(first)
+            for block in rest:
+                feats = block(feats)
+            return self.cls_seg(feats)
         x = self.transform_inputs(features)
         assert isinstance(x, torch.Tensor)
         feats = self.convs(x)
         if self.conv_cat is not None:
             feats = self.conv_cat(torch.cat([x, feats], dim=1))
         return self.cls_seg(feats)
-
-    def _convs_on_levels(self, levels: ResizedLevels) -> torch.Tensor:
-        """``self.convs(levels.concat())`` with the first conv run level by level
-        (:meth:`ResizedLevels.conv2d`): on MMSeg's HRNet-style input (all levels resized to stride 4)
-        the 512-channel concatenation of MiT-B0's levels is never built. Same function, same parameters.
-        """
-        first, *rest = self.convs
-        conv, *post = first
-        out = levels.conv2d(conv.weight, conv.dilation[0])
-        if conv.bias is not None:
-            out = out + conv.bias.view(1, -1, 1, 1)
-        for layer in [*post, *rest]:
-            out = layer(out)
-        return out

@@ -223,9 +223,7 @@ class PSPHead(DecodeHead):
         )
         if isinstance(x, ResizedLevels):
             size = x.size
-            fused = x.conv2d(x_weight)
-            if conv.bias is not None:
-                fused = fused + conv.bias.view(1, -1, 1, 1)
+            fused = x.conv2d(x_weight, bias=conv.bias)
         else:
             size = x.shape[-2:]
             fused = F.conv2d(x, x_weight, conv.bias)

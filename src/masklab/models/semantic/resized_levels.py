@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from masklab.models.layers.resize import interpolation_weights, resize_bilinear
 
@@ -42,8 +43,36 @@ class ResizedLevels:
         """The (B, sum C_i, H, W) concatenation itself."""
         return torch.cat([self._resized(level) for level in self.levels], dim=1)
 
-    def conv2d(self, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
-        """``F.conv2d(self.concat(), weight, padding=dilation * (k // 2), dilation=dilation)`` for a
+    @staticmethod
+    def computes(conv: nn.Module) -> bool:
+        """Whether :meth:`conv2d` computes ``conv``: an ungrouped, unstrided ``nn.Conv2d`` with a square
+        odd kernel and "same" zero padding (not DeepLabV3+'s depthwise separable convs)."""
+        if not isinstance(conv, nn.Conv2d):
+            return False
+        (k, k_w), (d, d_w) = conv.kernel_size, conv.dilation
+        return (
+            k == k_w
+            and k % 2 == 1
+            and d == d_w
+            and conv.padding == (d * (k // 2),) * 2
+            and conv.groups == 1
+            and conv.stride == (1, 1)
+            and conv.padding_mode == "zeros"
+        )
+
+    def conv_block(self, block: nn.Sequential) -> torch.Tensor:
+        """``block(self.concat())`` for a conv-first block (``ConvNormAct``) whose conv :meth:`computes`."""
+        conv, *post = block
+        assert isinstance(conv, nn.Conv2d)
+        out = self.conv2d(conv.weight, conv.dilation[0], conv.bias)
+        for layer in post:
+            out = layer(out)
+        return out
+
+    def conv2d(
+        self, weight: torch.Tensor, dilation: int = 1, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``F.conv2d(self.concat(), weight, bias, padding=dilation * (k // 2), dilation=dilation)`` for a
         (O, sum C_i, k, k) ``weight`` with odd ``k`` (stride 1, zero padding), level by level.
 
         A level already at ``size`` is convolved as it is. For a smaller level, the conv of its
@@ -86,7 +115,7 @@ class ResizedLevels:
             resized = resized.view(b, out_channels, out_h, out_w)
             out = resized if out is None else out + resized
         assert out is not None
-        return out
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
 
     def mean(self) -> torch.Tensor:
         """(B, sum C_i, 1, 1): the concatenation's mean over H and W.
