@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from masklab.models.mal.crf import color_affinities, mean_field_target, refine_probs
@@ -112,10 +113,12 @@ def test_crf_matches_the_literal_two_label_update() -> None:
     assert fast.equal(slow)
 
 
-def test_colour_affinities_equal_the_unfold_formula() -> None:
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_colour_affinities_equal_the_unfold_formula(k: int) -> None:
+    """Every tap of every pixel (mirrored taps share one difference map), borders included."""
     gen = torch.Generator().manual_seed(2)
     images = torch.randn(2, 3, 9, 13, generator=gen)
-    k, zeta = 5, 0.7
+    zeta = 0.7
     neigh = torch.nn.functional.unfold(images, k, padding=k // 2).view(2, 3, k * k, 9 * 13)
     dist2 = (neigh - images.reshape(2, 3, 1, 9 * 13)).pow(2).sum(1)
     valid = torch.nn.functional.unfold(torch.ones(1, 1, 9, 13), k, padding=k // 2)
