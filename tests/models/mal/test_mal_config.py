@@ -97,6 +97,51 @@ def test_patch_stem_arch_keeps_stride_8_with_fewer_layers() -> None:
     assert convs[0].stride == (4, 4) and len(convs) == 3  # stem, one stride-2 conv, one 3x3
 
 
+def test_stride_4_patch_stem_arch_for_small_crops() -> None:
+    """masklab-tiny-p4s4: the 4x4 stride-4 stem and one 3x3 conv, so an 80 px crop keeps a 20x20 map
+    (the stride-8 encoders give 10x10, too coarse for a ring's hole); logits stay at crop / 4."""
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(
+        CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml"),
+        ["model.arch=masklab-tiny-p4s4", "model.mask_scale_ratio=1.0"],
+    )
+    model = build_mal_model(rc)
+    x = torch.zeros(2, 3, 80, 80)
+    assert model.student.backbone(x)[0].shape[-2:] == (20, 20)
+    assert model.student.backbone.feature_info.strides == [4]
+    assert model.student(x, torch.full((2,), 900.0)).shape == (2, 20, 20)
+    convs = [m for m in model.student.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(4, 4), (1, 1)]
+
+
+def test_80px_config_is_the_default_with_a_smaller_crop_and_the_stride_4_encoder() -> None:
+    """mal_tiny-p4s4_synthetic-80 inherits the benchmark default and changes only the crop, the
+    encoder and the pixel head's upsampling: training and labeling settings stay comparable."""
+    import dataclasses
+
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+    from masklab.models.mal.config import mal_dataset_config, mal_model_config
+
+    fast = resolve(CONFIG.with_name("mal_tiny-p4s4_synthetic-80.yaml"))
+    base = resolve(CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml"))
+    assert fast.train == base.train and fast.evaluate == base.evaluate
+    sections = [
+        (mal_dataset_config(base), mal_dataset_config(fast)),
+        (mal_model_config(base), mal_model_config(fast)),
+    ]
+    changed = {
+        f.name for b, a in sections for f in dataclasses.fields(b) if getattr(b, f.name) != getattr(a, f.name)
+    }
+    assert changed == {"crop_size", "arch", "mask_scale_ratio"}
+    model = build_mal_model(fast)
+    assert model.student(torch.zeros(2, 3, 80, 80), torch.full((2,), 900.0)).shape == (2, 20, 20)
+
+
 def test_patch_stem_config_is_the_benchmark_default() -> None:
     """mal_tiny-p4s8_synthetic-128: the patch-stem encoder, 16-d K.V product, one torch thread, and
     what ``benchmarks/mal_vs_baselines.py`` trains unless told otherwise."""
