@@ -117,47 +117,73 @@ def test_stride_4_patch_stem_arch_for_small_crops() -> None:
     assert [c.stride for c in convs] == [(4, 4), (1, 1)]
 
 
-def test_80px_config_is_the_default_with_a_smaller_crop_and_the_stride_4_encoder() -> None:
-    """mal_tiny-p4s4_synthetic-80 inherits the benchmark default and changes only the crop, the
-    encoder and the pixel head's upsampling: training and labeling settings stay comparable."""
+def _changed_keys(base_path: str, path: str) -> set[str]:
+    """TAO ``dataset`` / ``model`` keys whose values differ between two MAL configs, after checking
+    that their ``train`` and ``evaluate`` sections are equal."""
     import dataclasses
 
-    import torch
-
-    from masklab.models.mal.build import build_mal_model
     from masklab.models.mal.config import mal_dataset_config, mal_model_config
 
-    fast = resolve(CONFIG.with_name("mal_tiny-p4s4_synthetic-80.yaml"))
-    base = resolve(CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml"))
-    assert fast.train == base.train and fast.evaluate == base.evaluate
-    sections = [
-        (mal_dataset_config(base), mal_dataset_config(fast)),
-        (mal_model_config(base), mal_model_config(fast)),
-    ]
-    changed = {
-        f.name for b, a in sections for f in dataclasses.fields(b) if getattr(b, f.name) != getattr(a, f.name)
+    base, other = resolve(CONFIG.with_name(base_path)), resolve(CONFIG.with_name(path))
+    assert other.train == base.train and other.evaluate == base.evaluate
+    pairs = [(fn(base), fn(other)) for fn in (mal_dataset_config, mal_model_config)]
+    return {
+        f.name for b, o in pairs for f in dataclasses.fields(b) if getattr(b, f.name) != getattr(o, f.name)
     }
-    assert changed == {"crop_size", "arch", "mask_scale_ratio"}
-    model = build_mal_model(fast)
-    assert model.student(torch.zeros(2, 3, 80, 80), torch.full((2,), 900.0)).shape == (2, 20, 20)
 
 
-def test_patch_stem_config_is_the_benchmark_default() -> None:
-    """mal_tiny-p4s8_synthetic-128: the patch-stem encoder, 16-d K.V product, one torch thread, and
-    what ``benchmarks/mal_vs_baselines.py`` trains unless told otherwise."""
+@pytest.mark.parametrize(
+    ("name", "base", "changed", "crop"),
+    [
+        (
+            "mal_tiny-p4s4_synthetic-96.yaml",
+            "mal_tiny-p4s8_synthetic-128.yaml",
+            {"crop_size", "arch", "mask_scale_ratio"},
+            96,
+        ),
+        ("mal_tiny-p4s4_synthetic-80.yaml", "mal_tiny-p4s4_synthetic-96.yaml", {"crop_size"}, 80),
+    ],
+)
+def test_small_crop_configs_change_only_crop_and_encoder(
+    name: str, base: str, changed: set[str], crop: int
+) -> None:
+    """The 96 px default and the 80 px config inherit the 128 px one and change only the crop, the
+    encoder and the pixel head's upsampling: training and labeling settings stay comparable, and
+    the logits come out at crop / 4 straight from the stride-4 encoder."""
     import torch
 
     from masklab.models.mal.build import build_mal_model
 
-    cfg = CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml")
+    assert _changed_keys(base, name) == changed
+    model = build_mal_model(resolve(CONFIG.with_name(name)))
+    x = torch.zeros(2, 3, crop, crop)
+    assert model.student.backbone(x)[0].shape[-2:] == (crop // 4, crop // 4)
+    assert model.student(x, torch.full((2,), 900.0)).shape == (2, crop // 4, crop // 4)
+
+
+def test_the_96px_config_is_the_benchmark_default() -> None:
+    """mal_tiny-p4s4_synthetic-96: the stride-4 patch-stem encoder, 16-d K.V product, one torch
+    thread, and what ``benchmarks/mal_vs_baselines.py`` trains unless told otherwise."""
+    cfg = CONFIG.with_name("mal_tiny-p4s4_synthetic-96.yaml")
     rc = resolve(cfg)
-    assert rc.model.arch == "masklab-tiny-p4s8" and rc.runtime.num_threads == 1
-    model = build_mal_model(rc)
-    x = torch.zeros(2, 3, 128, 128)
-    assert model.student(x, torch.full((2,), 900.0)).shape == (2, 32, 32)
-    assert model.student.instance_head.mlp[-1].out_features == 16
+    assert rc.model.arch == "masklab-tiny-p4s4" and rc.runtime.num_threads == 1
+    assert rc.model.mask_head_out_channel == 16
     bench = (CONFIG.parents[2] / "benchmarks" / "mal_vs_baselines.py").read_text()
     assert f'CONFIG = "configs/mal/{cfg.name}"' in bench
+
+
+def test_the_128px_config_keeps_the_stride_8_patch_stem() -> None:
+    """mal_tiny-p4s8_synthetic-128 (the default until session 16, the others' base): a 16x16 map
+    and 32x32 logits on a 128 px crop, a 16-d instance vector."""
+    import torch
+
+    from masklab.models.mal.build import build_mal_model
+
+    rc = resolve(CONFIG.with_name("mal_tiny-p4s8_synthetic-128.yaml"))
+    assert rc.model.arch == "masklab-tiny-p4s8"
+    model = build_mal_model(rc)
+    assert model.student(torch.zeros(2, 3, 128, 128), torch.full((2,), 900.0)).shape == (2, 32, 32)
+    assert model.student.instance_head.mlp[-1].out_features == 16
 
 
 def test_crf_refinement_settings_reach_the_labeling_model() -> None:

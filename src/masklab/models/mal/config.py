@@ -60,7 +60,7 @@ TINY_ARCH = "masklab-tiny"
 # masklab's tiny CPU encoders -> MalTinyEncoder arguments: output stride 16 (ViT/16 geometry) or 8
 # (twice the feature resolution: a 128 px crop gives a 16x16 map and 32x32 logits at crop/4);
 # "-p4s8": stride 8 through a 4x4 stride-4 patch stem (fewer multiply-adds: faster labeling);
-# "-p4s4": the patch stem and one 3x3 conv, stride 4, for small crops (64-80 px give a 16-20 px map).
+# "-p4s4": the patch stem and one 3x3 conv, stride 4, for small crops (80-96 px give a 20-24 px map).
 TINY_ARCHS: dict[str, dict[str, Any]] = {
     TINY_ARCH: {"num_layers": 4},
     "masklab-tiny-s8": {"num_layers": 3},
