@@ -40,15 +40,13 @@ def color_affinities(images: torch.Tensor, kernel_size: int = 3, zeta: float = 0
     dist2 = x.new_zeros((b, k * k, h, w))
     for j in range(k * k // 2):
         ey, ex = j // k - pad, j % k - pad
-        r0, c0 = pad - max(0, ey), pad - max(0, ex)  # padded-grid origin of the grown window
+        sy, sx = max(0, ey), max(0, ex)  # the grown window starts sy, sx before the image
         rows, cols = h + abs(ey), w + abs(ex)
-        here = padded[:, :, r0 : r0 + rows, c0 : c0 + cols]
-        there = padded[:, :, r0 + ey : r0 + ey + rows, c0 + ex : c0 + ex + cols]
+        here = padded[:, :, pad - sy : pad - sy + rows, pad - sx : pad - sx + cols]
+        there = padded[:, :, pad - sy + ey : pad - sy + ey + rows, pad - sx + ex : pad - sx + ex + cols]
         diff = (there - here).pow_(2).sum(1)  # at q: |x(q + e) - x(q)|^2
-        dist2[:, j] = diff[:, pad - r0 : pad - r0 + h, pad - c0 : pad - c0 + w]
-        dist2[:, k * k - 1 - j] = diff[
-            :, pad - ey - r0 : pad - ey - r0 + h, pad - ex - c0 : pad - ex - c0 + w
-        ]
+        dist2[:, j] = diff[:, sy : sy + h, sx : sx + w]  # pixel p, tap +e
+        dist2[:, k * k - 1 - j] = diff[:, sy - ey : sy - ey + h, sx - ex : sx - ex + w]  # p, tap -e
     weights = torch.exp_(dist2.mul_(-1.0 / (2.0 * zeta * zeta)))
     # Neighbours outside the image get weight 0 (not the zero padding's colour).
     valid = F.unfold(x.new_ones(1, 1, h, w), k, padding=pad).view(1, k * k, h, w)
