@@ -45,6 +45,20 @@ def test_unknown_key_is_one_line_with_suggestion(override: str, expected: str) -
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("arch", "suggestion"),
+    [("masklab-tny-p4s4", "masklab-tiny-p4s4"), ("vit-mae-bse/16", "vit-mae-base/16")],
+)
+def test_misspelt_masklab_or_tao_arch_is_one_line_with_suggestion(arch: str, suggestion: str) -> None:
+    """A misspelt tiny-encoder or TAO name is refused at check time with the nearest name, instead
+    of being handed to timm as a model name."""
+    with pytest.raises(ConfigError) as err:
+        resolve(CONFIG, [f"model.arch={arch}"])
+    msg = str(err.value)
+    assert f"model.arch: unknown {arch!r}" in msg and f"did you mean {suggestion!r}?" in msg
+    assert "\n" not in msg
+
+
 def test_engine_names_are_refused_in_favour_of_tao_keys() -> None:
     with pytest.raises(ConfigError, match="num_epochs"):
         resolve(CONFIG, ["train.max_epochs=3"])

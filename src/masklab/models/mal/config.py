@@ -35,6 +35,7 @@ from masklab.config.schema import (
     TTAConfig,
     register_schema,
 )
+from masklab.config.suggest import did_you_mean
 from masklab.errors import ConfigError
 
 __all__ = [
@@ -319,8 +320,11 @@ def check_mal_nodes(rc: ResolvedConfig) -> None:
     """Validate the TAO-shaped ``dataset`` and ``model`` sections (one ConfigError line each)."""
     mal_dataset_config(rc)
     model = mal_model_config(rc)
-    if model.arch not in TINY_ARCHS and "/" in model.arch and model.arch not in ARCHS:
+    # A name with "/" is a TAO name and "masklab-..." one of the tiny encoders; anything else goes to timm.
+    known = model.arch in TINY_ARCHS or model.arch in ARCHS
+    if not known and ("/" in model.arch or model.arch.startswith("masklab-")):
         raise ConfigError(
             f"{rc.config.source('model')}: model.arch: unknown {model.arch!r} (TAO names: {', '.join(ARCHS)}, "
             f"{', '.join(TINY_ARCHS)}, or a timm ViT name)"
+            + did_you_mean(model.arch, [*ARCHS, *TINY_ARCHS])
         )
