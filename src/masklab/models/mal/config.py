@@ -325,6 +325,5 @@ def check_mal_nodes(rc: ResolvedConfig) -> None:
     if not known and ("/" in model.arch or model.arch.startswith("masklab-")):
         raise ConfigError(
             f"{rc.config.source('model')}: model.arch: unknown {model.arch!r} (TAO names: {', '.join(ARCHS)}, "
-            f"{', '.join(TINY_ARCHS)}, or a timm ViT name)"
-            + did_you_mean(model.arch, [*ARCHS, *TINY_ARCHS])
+            f"{', '.join(TINY_ARCHS)}, or a timm ViT name)" + did_you_mean(model.arch, [*ARCHS, *TINY_ARCHS])
         )
