@@ -4,7 +4,7 @@ Run: ``nice -n 19 .venv/bin/python benchmarks/mal_vs_baselines.py [--config CFG]
 [--epochs N] [--work-dir W] [KEY=VALUE ...]`` (trailing dotted overrides apply to training and labeling).
 
 MAL trains on the train split's **boxes only** (``--config``, default
-``configs/mal/mal_tiny-p4s4_synthetic-96.yaml``; ``--epochs`` defaults to its ``num_epochs``), then labels every val box with the student (the
+``configs/mal/mal_tiny-p4s4_synthetic-64.yaml``; ``--epochs`` defaults to its ``num_epochs``), then labels every val box with the student (the
 MAL row) and with the EMA teacher (``MAL (teacher)``, from the same checkpoint); GrabCut is
 initialised from the box (GC_INIT_WITH_RECT, 5 iterations) on a crop of the box plus 25 % per side
 (at least 8 px), as in the reference measurement, with OpenCV's RNG seeded per round (its row is the
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-CONFIG = "configs/mal/mal_tiny-p4s4_synthetic-96.yaml"
+CONFIG = "configs/mal/mal_tiny-p4s4_synthetic-64.yaml"
 
 
 def box_fill(shape: tuple[int, int], bbox: list[float]) -> np.ndarray:

@@ -83,6 +83,9 @@ class BoxCrop:
         score: detector score when the boxes came from a detector, else None.
         gt_mask: (H, W) bool ground-truth mask of the whole image, loaded for evaluation only
             (``load_mask``); datasets never fill it in training mode.
+        region: labeling only, when asked for (``region_pad``): (3, h, w) uint8 image pixels of
+            the box grown by a margin and clipped to the image, read by the label refinement at
+            image resolution; ``region_origin`` is its top-left ``(row, col)`` in the image.
     """
 
     image: torch.Tensor
@@ -98,6 +101,8 @@ class BoxCrop:
     score: float | None = None
     student_image: torch.Tensor | None = None
     gt_mask: torch.Tensor | None = None
+    region: torch.Tensor | None = None
+    region_origin: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         s = self.window.crop_size

@@ -175,15 +175,13 @@ def test_small_crop_configs_change_only_crop_and_encoder(
     assert model.student(x, torch.full((2,), 900.0)).shape == (2, crop // 4, crop // 4)
 
 
-def test_the_96px_config_is_the_benchmark_default() -> None:
-    """mal_tiny-p4s4_synthetic-96: the stride-4 patch-stem encoder, 16-d K.V product, one torch
-    thread, and what ``benchmarks/mal_vs_baselines.py`` trains unless told otherwise."""
-    cfg = CONFIG.with_name("mal_tiny-p4s4_synthetic-96.yaml")
-    rc = resolve(cfg)
+def test_the_96px_config_keeps_the_stride_4_encoder_on_one_thread() -> None:
+    """mal_tiny-p4s4_synthetic-96 (the benchmark default in session 16, the 64 px one's base): the
+    stride-4 patch-stem encoder, 16-d K.V product, one torch thread, labels refined on the crop."""
+    rc = resolve(CONFIG.with_name("mal_tiny-p4s4_synthetic-96.yaml"))
     assert rc.model.arch == "masklab-tiny-p4s4" and rc.runtime.num_threads == 1
     assert rc.model.mask_head_out_channel == 16
-    bench = (CONFIG.parents[2] / "benchmarks" / "mal_vs_baselines.py").read_text()
-    assert f'CONFIG = "configs/mal/{cfg.name}"' in bench
+    assert rc.evaluate.crf_refine_space == "crop" and rc.evaluate.crf_refine_iter == 2
 
 
 def test_the_128px_config_keeps_the_stride_8_patch_stem() -> None:
@@ -217,9 +215,49 @@ def test_crf_refinement_settings_reach_the_labeling_model() -> None:
     assert float(refined.min()) >= 0.1 - 1e-6 and float(refined.max()) <= 0.9 + 1e-6  # the CRF clamps
 
 
+def test_the_64px_config_refines_at_image_resolution() -> None:
+    """mal_tiny-p4s4_synthetic-64: the 96 px config's training at a 64 px crop (16x16 logits), its
+    labels refined at image resolution (5 taps at dilation 3: the box grown by 6 px); the
+    validation crops carry those regions and the benchmark trains it unless told otherwise."""
+    import dataclasses
+
+    import torch
+
+    from masklab.models.mal.build import build_mal_model, image_refinement_pad
+
+    cfg = CONFIG.with_name("mal_tiny-p4s4_synthetic-64.yaml")
+    rc, base = resolve(cfg), resolve(CONFIG.with_name("mal_tiny-p4s4_synthetic-96.yaml"))
+    assert rc.train == base.train and rc.dataset.crop_size == 64
+    changed = {
+        f.name
+        for f in dataclasses.fields(rc.evaluate)
+        if getattr(rc.evaluate, f.name) != getattr(base.evaluate, f.name)
+    }
+    assert changed == {"crf_refine_space", "crf_refine_iter", "crf_refine_dilation"}
+    model = build_mal_model(rc)
+    assert model.student(torch.zeros(2, 3, 64, 64), torch.full((2,), 900.0)).shape == (2, 16, 16)
+    refinement = model.image_refinement
+    assert refinement is not None and (refinement.kernel_size, refinement.dilation, refinement.num_iter) == (
+        5,
+        3,
+        3,
+    )
+    assert refinement.pad == image_refinement_pad(rc) == 6
+    assert refinement.pixel_mean == tuple(model.data_preprocessor.mean.flatten().tolist())
+    bench = (CONFIG.parents[2] / "benchmarks" / "mal_vs_baselines.py").read_text()
+    assert f'CONFIG = "configs/mal/{cfg.name}"' in bench
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("evaluate.crf_refine_iter=-1", "crf_refine_iter"), ("evaluate.crf_refine_scale=0", "crf_refine_scale")],
+    [
+        ("evaluate.crf_refine_iter=-1", "crf_refine_iter"),
+        ("evaluate.crf_refine_scale=0", "crf_refine_scale"),
+        ("evaluate.crf_refine_space=pixel", "crf_refine_space"),
+        ("evaluate.crf_refine_kernel_size=4", "crf_refine_kernel_size"),
+        ("evaluate.crf_refine_dilation=0", "crf_refine_dilation"),
+        ("evaluate.crf_refine_dilation=2", "crf_refine_dilation"),  # crop space does not dilate
+    ],
 )
 def test_bad_crf_refinement_settings_are_one_line_errors(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:

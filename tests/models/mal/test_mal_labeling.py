@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from masklab.data.datasets.box_crops import BoxCropDataset, collate_box_crops, labeling_margins, make_box_crop
+from masklab.data.datasets.box_crops import (
+    BoxCropDataset,
+    box_regions,
+    collate_box_crops,
+    labeling_margins,
+    make_box_crop,
+)
 from masklab.inference.paste_back import paste_masks
 from masklab.models.mal import MALModel, MalTinyEncoder
 from masklab.models.mal.labeling import crop_boxes, label_dataset, paste_probs
@@ -102,14 +108,18 @@ def test_label_dataset_keeps_every_box_and_batch_size_does_not_matter(tmp_path: 
         assert np.array_equal(by_batch[3][i], by_batch[64][i])
 
 
-@pytest.mark.parametrize("refine_iter", [0, 2])
-def test_label_dataset_equals_the_per_box_predict_path(tmp_path: Path, refine_iter: int) -> None:
+@pytest.mark.parametrize(("refine_iter", "space"), [(0, "crop"), (2, "crop"), (2, "image")])
+def test_label_dataset_equals_the_per_box_predict_path(tmp_path: Path, refine_iter: int, space: str) -> None:
     """Per box: dataset crop -> one-crop batch -> ``MALModel.predict``; batched: :func:`label_dataset`
-    (with and without the labeling-time colour refinement)."""
+    (with and without the labeling-time colour refinement, on the crop or at image resolution:
+    there the per-box path reads the crop's own region, the batched one a shared canvas)."""
     path = _write(tmp_path)
-    ds = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=S)
     model = _model()
-    model.set_labeling(refine_iter=refine_iter)
+    model.set_labeling(
+        refine_iter=refine_iter, refine_space=space, refine_dilation=2 if space == "image" else 1
+    )
+    pad = model.image_refinement.pad if model.image_refinement else 0
+    ds = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=S, region_pad=pad)
     # An untrained model's probabilities sit in a narrow band: threshold at their median so the
     # masks are neither empty nor full boxes and a shifted paste would show.
     first = model.data_preprocessor(collate_box_crops([ds[0]]))
@@ -174,7 +184,8 @@ def test_box_region_masks_equal_full_image_paste() -> None:
 
 
 def test_box_spans_match_box_axis() -> None:
-    from masklab.models.mal.labeling import _box_axis, _box_spans
+    from masklab.data.datasets.box_crops import box_pixel_spans as _box_spans
+    from masklab.models.mal.labeling import _box_axis
 
     boxes = torch.cat(
         [BOXES, torch.tensor([[7.2, 3.1, 7.4, 3.3], [0.0, 39.6, 55.9, 40.0], [0.4, 0.5, 0.6, 1.5]])]
@@ -205,3 +216,123 @@ def test_box_region_masks_across_images_of_different_sizes() -> None:
     ref_b, _ = paste_thresholded(probs[1:], windows[1:], boxes[1:], (0.5,))
     for g, r in zip(got, [*ref_a, *ref_b], strict=True):
         assert np.array_equal(g, r.numpy())
+
+
+def test_dataset_regions_are_the_image_pixels_around_the_box(tmp_path: Path) -> None:
+    path = _write(tmp_path)
+    ds = BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=S, region_pad=3)
+    image = _image(1)  # image id 2 = 1.png
+    for i in range(5):  # the first five annotations are BOXES on image id 2
+        crop = ds[i]
+        assert crop.region is not None
+        x1, y1, x2, y2 = BOXES[i].tolist()
+        r0, c0 = crop.region_origin
+        # The box's pixel span (by centre) grown by 3, clipped at the borders.
+        assert r0 == max(0, int(np.ceil(y1 - 0.5)) - 3) and c0 == max(0, int(np.ceil(x1 - 0.5)) - 3)
+        r1, c1 = min(H, int(np.ceil(y2 - 0.5)) + 3), min(W, int(np.ceil(x2 - 0.5)) + 3)
+        assert torch.equal(crop.region, image[:, r0:r1, c0:c1])
+    assert BoxCropDataset(str(path), str(tmp_path), training=False, crop_size=S)[0].region is None
+    # Training crops never carry one (training reads crops only).
+    train = BoxCropDataset(str(path), str(tmp_path), training=True, crop_size=S, region_pad=3, min_obj_size=1)
+    assert train[0].region is None
+
+
+def _edge_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 40x56 image: noise background, a flat 24x30 rectangle object at rows 8-31, cols 12-41,
+    its box, and a crop-probability map that knows the object only blurred (a soft blob)."""
+    gen = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen) // 4  # dark noise
+    image[:, 8:32, 12:42] = torch.tensor([230, 40, 40], dtype=torch.uint8)[:, None, None]
+    box = torch.tensor([[12.0, 8.0, 42.0, 32.0]])
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    probs = torch.sigmoid(4 * (0.55 - (yy.abs() ** 3 + xx.abs() ** 3)))[None]  # rounded, soft corners
+    return image, box, probs
+
+
+def test_image_refinement_snaps_labels_to_the_images_own_edges() -> None:
+    """A blurred, corner-rounding prediction of a flat rectangle becomes the rectangle exactly once
+    refined at image resolution; without it the corners are lost."""
+    from masklab.models.mal.crf import RegionRefinement
+    from masklab.models.mal.labeling import label_masks
+
+    image, box, probs = _edge_scene()
+    window = crop_boxes(image, box, labeling_margins((0.6, 0.6)), 16)[1]
+    truth = np.zeros((H, W), dtype=bool)
+    truth[8:32, 12:42] = True
+    (plain,) = label_masks(probs, window, box, (0.5,))
+    refinement = RegionRefinement(num_iter=3, kernel_size=5, zeta=0.5, low=0.1, high=0.9, dilation=3)
+    (refined,) = label_masks(
+        probs, window, box, (0.5,), refinement=refinement, pixels=box_regions(image, box, refinement.pad)[0]
+    )
+    assert (plain != truth).sum() > 20  # the soft blob misses the corners
+    assert np.array_equal(refined, truth)
+
+
+def test_image_refinement_never_labels_outside_the_box() -> None:
+    """The object's colour continues past the box (another object of the same colour): the margin is
+    background and the label stays inside the box. The pixels next to that box edge take the
+    margin's vote (a box cutting through an object loses a few columns there: documented), the
+    rest of the object is kept."""
+    from masklab.models.mal.crf import RegionRefinement
+    from masklab.models.mal.labeling import label_masks
+
+    image, box, probs = _edge_scene()
+    image[:, 8:32, 42:50] = image[:, 8:9, 12:13]  # same red right of the box
+    window = crop_boxes(image, box, labeling_margins((0.6, 0.6)), 16)[1]
+    refinement = RegionRefinement(num_iter=5, kernel_size=5, zeta=0.5, low=0.1, high=0.9, dilation=3)
+    (mask,) = label_masks(
+        probs, window, box, (0.5,), refinement=refinement, pixels=box_regions(image, box, refinement.pad)[0]
+    )
+    outside = np.ones((H, W), dtype=bool)
+    outside[8:32, 12:42] = False
+    assert not mask[outside].any()
+    assert mask[8:32, 12:36].all() and mask[8:32, 12:42].mean() > 0.85
+
+
+def test_canvas_refinement_equals_refining_each_region_alone() -> None:
+    """The shared canvas keeps regions apart: refining K regions together gives each region's own
+    result (regions of very different sizes, touching the image border)."""
+    from masklab.models.mal.crf import RegionRefinement, refine_box_regions
+    from masklab.models.mal.labeling import paste_box_regions, refine_regions
+
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen)
+    probs = torch.rand(len(BOXES), 8, 8, generator=gen)
+    windows = crop_boxes(image, BOXES, labeling_margins((0.6, 0.6)), 8)[1]
+    refinement = RegionRefinement(num_iter=4, kernel_size=5, zeta=2.0, low=0.1, high=0.9, dilation=2)
+    regions = paste_box_regions(probs, windows, BOXES, refinement.pad)
+    pixels = box_regions(image, BOXES, refinement.pad)[0]
+    together = refine_regions(regions, pixels, refinement)
+    mean = torch.tensor(refinement.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(refinement.pixel_std).view(1, 3, 1, 1)
+    for k, (region, (_, h), (_, w)) in enumerate(zip(pixels, regions.rows.tolist(), regions.cols.tolist())):
+        alone = refine_box_regions(
+            regions.probs[k : k + 1, :h, :w],
+            (region[None].float() - mean) / std,
+            regions.inside[k : k + 1, :h, :w],
+            torch.ones(1, h, w, dtype=torch.bool),
+            kernel_size=5,
+            zeta=2.0,
+            num_iter=4,
+            dilation=2,
+        )[0]
+        torch.testing.assert_close(together[k, :h, :w], alone)
+
+
+def test_pack_regions_keeps_regions_apart_inside_the_canvas() -> None:
+    from masklab.models.mal.atlas import pack_regions
+
+    gen = torch.Generator().manual_seed(5)
+    sizes = [tuple(int(v) for v in torch.randint(1, 40, (2,), generator=gen)) for _ in range(30)]
+    atlas = pack_regions(sizes, gap=4)
+    canvas = torch.zeros(atlas.height, atlas.width, dtype=torch.int64)
+    for (y, x), (h, w) in zip(atlas.origins, sizes):
+        assert y >= 0 and x >= 0 and y + h <= atlas.height and x + w <= atlas.width
+        # Each region grown by the gap on its far sides still touches no other region.
+        canvas[y : y + h + 4, x : x + w + 4] += 1
+    assert canvas.max() == 1
+    used = sum(h * w for h, w in sizes)
+    assert atlas.height * atlas.width < 3 * used  # near-square shelves, not one long row
+    assert pack_regions([], gap=2).origins == ()
+    with pytest.raises(ValueError, match="sizes >= 1"):
+        pack_regions([(0, 3)], gap=2)

@@ -113,20 +113,24 @@ def test_crf_matches_the_literal_two_label_update() -> None:
     assert fast.equal(slow)
 
 
-@pytest.mark.parametrize("k", [1, 3, 5, 7])
-def test_colour_affinities_equal_the_unfold_formula(k: int) -> None:
-    """Every tap of every pixel (mirrored taps share one difference map), borders included."""
+@pytest.mark.parametrize(("k", "dilation"), [(1, 1), (3, 1), (5, 1), (7, 1), (3, 2), (5, 3), (5, 4)])
+def test_colour_affinities_equal_the_unfold_formula(k: int, dilation: int) -> None:
+    """Every tap of every pixel (mirrored taps share one difference map), borders included, also
+    with dilated taps (5 taps at dilation 4 on a 9-row image: some taps fall outside entirely)."""
     gen = torch.Generator().manual_seed(2)
     images = torch.randn(2, 3, 9, 13, generator=gen)
     zeta = 0.7
-    neigh = torch.nn.functional.unfold(images, k, padding=k // 2).view(2, 3, k * k, 9 * 13)
+    pad = k // 2 * dilation
+    neigh = torch.nn.functional.unfold(images, k, dilation=dilation, padding=pad).view(2, 3, k * k, 9 * 13)
     dist2 = (neigh - images.reshape(2, 3, 1, 9 * 13)).pow(2).sum(1)
-    valid = torch.nn.functional.unfold(torch.ones(1, 1, 9, 13), k, padding=k // 2)
+    valid = torch.nn.functional.unfold(torch.ones(1, 1, 9, 13), k, dilation=dilation, padding=pad)
     expected = torch.exp(-dist2 / (2 * zeta * zeta)) * valid
-    assert torch.allclose(color_affinities(images, k, zeta), expected, atol=1e-6)
+    assert torch.allclose(color_affinities(images, k, zeta, dilation), expected, atol=1e-6)
     # A channels_last input gives the same weights.
     assert torch.allclose(
-        color_affinities(images.contiguous(memory_format=torch.channels_last), k, zeta), expected, atol=1e-6
+        color_affinities(images.contiguous(memory_format=torch.channels_last), k, zeta, dilation),
+        expected,
+        atol=1e-6,
     )
 
 

@@ -65,6 +65,40 @@ def labeling_margins(test_margin_rate: tuple[float, float]) -> tuple[float, floa
     return m, m, m, m
 
 
+def box_pixel_spans(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, grow: int = 0) -> torch.Tensor:
+    """(K, 2) ``(first, count)`` of the pixels of one image axis inside ``[lo, hi)`` by their centre
+    (as :func:`~masklab.structures.box_crops.rasterize_boxes`: a box thinner than a pixel keeps the
+    pixel holding its centre), grown by ``grow`` pixels on both sides and clipped to axes of
+    ``size`` pixels each."""
+    lo, hi, size = lo.double(), hi.double(), size.double()
+    # centre i + 0.5 >= lo  <=>  i >= ceil(lo - 0.5);  i + 0.5 < hi  <=>  i < ceil(hi - 0.5).
+    first = torch.maximum(torch.ceil(lo - 0.5), torch.zeros_like(lo))
+    end = torch.minimum(torch.ceil(hi - 0.5), size)
+    empty = end <= first  # thinner than a pixel: the pixel holding the centre
+    mid = torch.minimum(torch.floor((lo + hi) / 2).clamp(min=0), size - 1)
+    first = torch.where(empty, mid, first)
+    end = torch.where(empty, mid + 1, end)
+    if grow:
+        first = (first - grow).clamp(min=0)
+        end = torch.minimum(end + grow, size)
+    return torch.stack([first, end - first], 1).long()
+
+
+def box_regions(
+    image: torch.Tensor, boxes: torch.Tensor, grow: int
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The image pixels (C, h, w) of each of K ``boxes``' pixel spans grown by ``grow`` (clipped to
+    the image), and each region's top-left ``(row, col)``: what the label refinement at image
+    resolution reads."""
+    height, width = image.shape[-2:]
+    boxes = boxes.reshape(-1, 4)
+    k = boxes.shape[0]
+    rows = box_pixel_spans(boxes[:, 1], boxes[:, 3], torch.full((k,), height), grow).tolist()
+    cols = box_pixel_spans(boxes[:, 0], boxes[:, 2], torch.full((k,), width), grow).tolist()
+    regions = [image[:, r0 : r0 + nr, c0 : c0 + nc] for (r0, nr), (c0, nc) in zip(rows, cols, strict=True)]
+    return regions, [(r[0], c[0]) for r, c in zip(rows, cols, strict=True)]
+
+
 def crop_window(
     box: torch.Tensor, margins: tuple[float, float, float, float], image_size: tuple[int, int], crop_size: int
 ) -> CropWindow:
@@ -205,6 +239,9 @@ class BoxCropDataset(Dataset[BoxCrop]):
             ground-truth mask may reach the loss.
         flip_prob: horizontal flip probability (training only).
         image_cache_size: decoded images kept in memory (LRU; 0 disables).
+        region_pad: labeling only: each crop also carries the image pixels of its box grown by
+            this many pixels (:attr:`BoxCrop.region`), for the label refinement at image
+            resolution (``evaluate.crf_refine_space: image``); 0: none.
     """
 
     collate_fn = staticmethod(collate_box_crops)
@@ -223,6 +260,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         load_mask: bool = False,
         flip_prob: float = 0.5,
         image_cache_size: int = 256,
+        region_pad: int = 0,
     ) -> None:
         for key, rate in (("margin_rate", margin_rate), ("test_margin_rate", test_margin_rate)):
             if len(rate) != 2 or rate[0] > rate[1] or rate[0] < 0:
@@ -242,6 +280,9 @@ class BoxCropDataset(Dataset[BoxCrop]):
         self.load_mask = bool(load_mask) and not training
         self.flip_prob = float(flip_prob)
         self.image_cache_size = int(image_cache_size)
+        if region_pad < 0:
+            raise DataError(f"region_pad: expected >= 0 pixels, got {region_pad}")
+        self.region_pad = int(region_pad) if not training else 0
 
         # Labeling must keep every box, so any malformed annotation is a one-line error naming it;
         # training drops what it cannot use and counts it, but a box pointing at an image or
@@ -355,4 +396,7 @@ class BoxCropDataset(Dataset[BoxCrop]):
         )
         if self.training:
             crop.student_image = student_augment(crop.image)
+        elif self.region_pad:
+            regions, origins = box_regions(image, box, self.region_pad)
+            crop.region, crop.region_origin = regions[0].clone(), origins[0]
         return crop

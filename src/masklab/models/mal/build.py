@@ -43,6 +43,16 @@ def mal_train_section(rc: ResolvedConfig) -> MalTrainConfig:
     return rc.train if isinstance(rc.train, MalTrainConfig) else MalTrainConfig()
 
 
+def image_refinement_pad(rc: ResolvedConfig) -> int:
+    """Pixels around each box the labeling crops must carry for ``evaluate.crf_refine_space: image``
+    (half the refinement kernel), or 0 when the labels are not refined at image resolution."""
+    ev = rc.evaluate
+    if not isinstance(ev, MalEvaluateConfig) or ev.crf_refine_iter == 0 or ev.crf_refine_space != "image":
+        return 0
+    kernel = ev.crf_refine_kernel_size or mal_train_section(rc).crf_kernel_size
+    return kernel // 2 * ev.crf_refine_dilation
+
+
 def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None = None) -> BoxCropDataset:
     """``BoxCropDataset`` of ``dataset.{split}_ann_path`` / ``{split}_img_dir`` (train or val)."""
     ds = mal_dataset_config(rc)
@@ -65,6 +75,7 @@ def build_mal_dataset(rc: ResolvedConfig, split: str, *, training: bool | None =
         min_obj_size=ds.min_obj_size,
         max_obj_size=ds.max_obj_size,
         load_mask=ds.load_mask and not train_mode,
+        region_pad=0 if train_mode else image_refinement_pad(rc),
     )
     if train_mode and len(dataset) == 0:
         # Said here, with what dropped the boxes: the loader would only say "the dataset is empty".
@@ -193,6 +204,9 @@ def build_mal_model(rc: ResolvedConfig) -> MALModel:
             flip=ev.use_flip_test,
             refine_iter=ev.crf_refine_iter,
             refine_scale=ev.crf_refine_scale,
+            refine_space=ev.crf_refine_space,
+            refine_kernel_size=ev.crf_refine_kernel_size,
+            refine_dilation=ev.crf_refine_dilation,
         )
     return model
 

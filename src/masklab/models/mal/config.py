@@ -239,10 +239,17 @@ class MalEvaluateConfig(EvaluateConfig):
     use_mixed_model_test: bool = False
     use_teacher_test: bool = False
     use_flip_test: bool = False
-    # masklab additions (not in TAO's spec): mean-field colour refinement of the labels, with the
-    # training CRF's kernel / zeta, on the probability map upsampled crf_refine_scale times (docs/mal.md).
+    # masklab additions (not in TAO's spec): mean-field colour refinement of the labels with the
+    # training CRF's zeta and clamps (docs/mal.md). crf_refine_space crop: on the crop's probability
+    # map upsampled crf_refine_scale times against the resized crop; image: on the probabilities
+    # pasted back to the image, against the image's own pixels around each box (the box grown by
+    # half the kernel, held at background). crf_refine_kernel_size: null = train.crf_kernel_size;
+    # crf_refine_dilation (image space): the spacing of the kernel's taps.
     crf_refine_iter: int = 0
     crf_refine_scale: int = 2
+    crf_refine_space: str = "crop"
+    crf_refine_kernel_size: int | None = None
+    crf_refine_dilation: int = 1
     comp_clustering: bool = False
     metrics: list[str] = field(default_factory=lambda: ["mask_iou", "segm_ap"])
 
@@ -256,6 +263,17 @@ class MalEvaluateConfig(EvaluateConfig):
         if self.crf_refine_scale < 1:
             raise ValueError(
                 f"crf_refine_scale: expected an upsampling factor >= 1, got {self.crf_refine_scale}"
+            )
+        if self.crf_refine_space not in ("crop", "image"):
+            raise ValueError(f"crf_refine_space: expected crop or image, got {self.crf_refine_space!r}")
+        k = self.crf_refine_kernel_size
+        if k is not None and (k < 1 or k % 2 == 0):
+            raise ValueError(f"crf_refine_kernel_size: expected an odd size >= 1 (or null), got {k}")
+        if self.crf_refine_dilation < 1:
+            raise ValueError(f"crf_refine_dilation: expected >= 1, got {self.crf_refine_dilation}")
+        if self.crf_refine_dilation > 1 and self.crf_refine_space != "image":
+            raise ValueError(
+                "crf_refine_dilation: only the image-space refinement (crf_refine_space: image) dilates"
             )
 
 

@@ -21,28 +21,43 @@ Labeling cost per box on CPU is what matters against classical labelers (GrabCut
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from masklab.data.datasets.box_crops import BoxCropDataset, crop_window, labeling_margins
+from masklab.data.datasets.box_crops import (
+    BoxCropDataset,
+    box_pixel_spans,
+    box_regions,
+    crop_window,
+    labeling_margins,
+)
 from masklab.inference.paste_back import threshold_for_area
+from masklab.models.mal.atlas import pack_regions
+from masklab.models.mal.crf import RegionRefinement, refine_box_regions
 from masklab.structures.box_crops import CropWindow
 
 if TYPE_CHECKING:
     from masklab.models.mal.model import MALModel
 
 __all__ = [
+    "BoxRegions",
     "crop_boxes",
     "label_dataset",
     "label_masks",
+    "label_regions",
     "paste_box_regions",
     "paste_probs",
     "paste_thresholded",
+    "refine_regions",
+    "regions_to_masks",
 ]
 
 
@@ -124,32 +139,41 @@ def paste_thresholded(
     return pasted > thres[:, None, None], pasted
 
 
-def _box_spans(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """(K, 2) ``(first, count)`` of the pixels of one axis inside ``[lo, hi)`` by their centre, on
-    axes of ``size`` pixels each: the run that :func:`_box_axis` marks, computed without the axis."""
-    lo, hi = lo.double(), hi.double()
-    # centre i + 0.5 >= lo  <=>  i >= ceil(lo - 0.5);  i + 0.5 < hi  <=>  i < ceil(hi - 0.5).
-    first = torch.maximum(torch.ceil(lo - 0.5), torch.zeros_like(lo))
-    end = torch.minimum(torch.ceil(hi - 0.5), size.double())
-    empty = end <= first  # thinner than a pixel: the pixel holding the centre
-    mid = torch.minimum(torch.floor((lo + hi) / 2).clamp(min=0), size.double() - 1)
-    first = torch.where(empty, mid, first)
-    count = torch.where(empty, torch.ones_like(lo), end - first)
-    return torch.stack([first, count], 1).long()
+@dataclass(frozen=True)
+class BoxRegions:
+    """Pasted probabilities over each box's pixels, grown by a margin, in padded slots.
+
+    Attributes:
+        probs: (K, Hb, Wb) probabilities; 0 outside the box (and past the region's extent).
+        inside: (K, Hb, Wb) bool, the box's pixels (by their centre).
+        valid: (K, Hb, Wb) bool, the region's pixels (box and margin, clipped to the image); the
+            rest of a slot is padding (Hb, Wb: the tallest / widest region).
+        rows: (K, 2) ``(first, count)`` image rows of each region.
+        cols: (K, 2) ``(first, count)`` image columns of each region.
+    """
+
+    probs: torch.Tensor
+    inside: torch.Tensor
+    valid: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+def _slot_axis(box: torch.Tensor, region: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, length) bool box / region pixels of one axis of the padded slots."""
+    at = torch.arange(length)[None]
+    offset = (box[:, 0] - region[:, 0])[:, None]
+    return (at >= offset) & (at < offset + box[:, 1:]), at < region[:, 1:]
 
 
 def paste_box_regions(
-    probs: torch.Tensor, windows: Sequence[CropWindow], image_boxes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`paste_probs` restricted to each box: the same values, without the zeros around it.
+    probs: torch.Tensor, windows: Sequence[CropWindow], image_boxes: torch.Tensor, grow: int = 0
+) -> BoxRegions:
+    """:func:`paste_probs` restricted to each box grown by ``grow`` pixels (clipped to its image):
+    the same values, without the zeros farther out.
 
     The crops may come from different images (each window knows its image's size), so one call
     serves a whole labeling batch.
-
-    Returns:
-        (K, Hb, Wb) probabilities of the box pixels (box k covers image rows ``rows[k, 0] ..
-        rows[k, 0] + rows[k, 1]`` and likewise ``cols``; the rest of its slot is 0; Hb, Wb: the
-        tallest / widest box), ``rows`` and ``cols`` (K, 2) as ``(first, count)``.
     """
     _, h, w = probs.shape
     probs = probs.float().cpu()
@@ -158,33 +182,145 @@ def paste_box_regions(
         probs = torch.where(flipped[:, None, None], probs.flip(-1), probs)
     boxes = image_boxes.float().cpu()
     geometry = torch.tensor([[win.y0, win.height, win.x0, win.width, *win.image_size] for win in windows])
-    rows = _box_spans(boxes[:, 1], boxes[:, 3], geometry[:, 4])
-    cols = _box_spans(boxes[:, 0], boxes[:, 2], geometry[:, 5])
+    box_rows = box_pixel_spans(boxes[:, 1], boxes[:, 3], geometry[:, 4])
+    box_cols = box_pixel_spans(boxes[:, 0], boxes[:, 2], geometry[:, 5])
+    rows = box_pixel_spans(boxes[:, 1], boxes[:, 3], geometry[:, 4], grow) if grow else box_rows
+    cols = box_pixel_spans(boxes[:, 0], boxes[:, 2], geometry[:, 5], grow) if grow else box_cols
     ry = _interp_matrix(geometry[:, 0], geometry[:, 1], h, int(rows[:, 1].max()), rows[:, 0])
     rx = _interp_matrix(geometry[:, 2], geometry[:, 3], w, int(cols[:, 1].max()), cols[:, 0])
-    # Rows / columns past a box's own extent (a shorter box in the padded slot) are zeroed.
-    ry = ry * (torch.arange(ry.shape[1])[None] < rows[:, 1:])[..., None]
-    rx = rx * (torch.arange(rx.shape[1])[None] < cols[:, 1:])[..., None]
-    return torch.bmm(torch.bmm(ry, probs), rx.transpose(1, 2)), rows, cols
+    in_y, valid_y = _slot_axis(box_rows, rows, ry.shape[1])
+    in_x, valid_x = _slot_axis(box_cols, cols, rx.shape[1])
+    # Rows / columns outside the box (the margin, or past a shorter region in the slot) are zeroed.
+    region = torch.bmm(torch.bmm(ry * in_y[..., None], probs), (rx * in_x[..., None]).transpose(1, 2))
+    return BoxRegions(
+        probs=region,
+        inside=in_y[:, :, None] & in_x[:, None, :],
+        valid=valid_y[:, :, None] & valid_x[:, None, :],
+        rows=rows,
+        cols=cols,
+    )
+
+
+def _logit(p: float) -> float:
+    return -math.inf if p <= 0 else math.log(p / (1 - p))
+
+
+def refine_regions(
+    regions: BoxRegions, pixels: Sequence[torch.Tensor], refinement: RegionRefinement
+) -> torch.Tensor:
+    """(K, Hb, Wb) refined logits of the regions (:func:`~masklab.models.mal.crf.refine_box_regions`),
+    computed on one canvas that holds every region (:func:`~masklab.models.mal.atlas.pack_regions`,
+    ``refinement.pad`` pixels apart: no region reads another's pixels) instead of padded slots.
+
+    Args:
+        regions: the pasted probabilities over each box grown by ``refinement.pad``.
+        pixels: each region's (C, h, w) image pixels (uint8 or float, 0..255), ``h, w`` its extent.
+        refinement: the settings (kernel, dilation, zeta, clamps, pixel normalisation).
+    """
+    sizes = [
+        (int(r[1]), int(c[1])) for r, c in zip(regions.rows.tolist(), regions.cols.tolist(), strict=True)
+    ]
+    for k, (size, region) in enumerate(zip(sizes, pixels, strict=True)):
+        if tuple(region.shape[-2:]) != size:
+            raise ValueError(
+                f"refine_regions: region {k} has {tuple(region.shape[-2:])} pixels, expected {size}"
+            )
+    atlas = pack_regions(sizes, refinement.pad)
+    channels = pixels[0].shape[0]
+    probs = torch.zeros((1, atlas.height, atlas.width))
+    inside = torch.zeros((1, atlas.height, atlas.width), dtype=torch.bool)
+    valid = torch.zeros_like(inside)
+    colours = torch.zeros((1, channels, atlas.height, atlas.width))
+    for k, ((y, x), (h, w)) in enumerate(zip(atlas.origins, sizes, strict=True)):
+        probs[0, y : y + h, x : x + w] = regions.probs[k, :h, :w]
+        inside[0, y : y + h, x : x + w] = regions.inside[k, :h, :w]
+        valid[0, y : y + h, x : x + w] = True
+        colours[0, :, y : y + h, x : x + w] = pixels[k]
+    mean = torch.tensor(refinement.pixel_mean).view(1, -1, 1, 1)
+    std = torch.tensor(refinement.pixel_std).view(1, -1, 1, 1)
+    logits = refine_box_regions(
+        probs,
+        (colours - mean) / std,
+        inside,
+        valid,
+        kernel_size=refinement.kernel_size,
+        zeta=refinement.zeta,
+        num_iter=refinement.num_iter,
+        low=refinement.low,
+        high=refinement.high,
+        dilation=refinement.dilation,
+    )[0]
+    out = torch.zeros_like(regions.probs)
+    for k, ((y, x), (h, w)) in enumerate(zip(atlas.origins, sizes, strict=True)):
+        out[k, :h, :w] = logits[y : y + h, x : x + w]
+    return out
+
+
+def label_regions(
+    probs: torch.Tensor,
+    windows: Sequence[CropWindow],
+    image_boxes: torch.Tensor,
+    mask_thres: Sequence[float],
+    *,
+    refinement: RegionRefinement | None = None,
+    pixels: Sequence[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, BoxRegions]:
+    """(K, Hb, Wb) bool foreground of K crops over their box regions, and the regions (whose
+    ``probs`` are the final probabilities: refined when asked).
+
+    Args:
+        probs: (K, h, w) crop probabilities.
+        windows: each crop's window.
+        image_boxes: (K, 4) image boxes.
+        mask_thres: one or three per-size-bucket thresholds.
+        refinement: refine at image resolution (:func:`refine_regions`) over the box grown by
+            ``refinement.pad``; None: threshold the pasted probabilities.
+        pixels: with ``refinement``: each box's image pixels over that grown region
+            (:func:`~masklab.data.datasets.box_crops.box_regions`).
+    """
+    regions = paste_box_regions(probs, windows, image_boxes, refinement.pad if refinement else 0)
+    boxes = image_boxes.float().cpu()
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+    thres = [threshold_for_area(mask_thres, a) for a in areas]
+    if refinement is None:
+        # ">" so that a zero threshold still leaves pixels outside the box (probability 0) empty.
+        fg = regions.probs > torch.tensor(thres, dtype=regions.probs.dtype)[:, None, None]
+        return fg, regions
+    if pixels is None:
+        raise ValueError("label_regions: the image-resolution refinement needs the regions' pixels")
+    logits = refine_regions(regions, pixels, refinement)
+    fg = (logits > torch.tensor([_logit(t) for t in thres])[:, None, None]) & regions.inside
+    refined = torch.where(regions.inside, torch.sigmoid(logits), torch.zeros_like(logits))
+    return fg, dataclasses.replace(regions, probs=refined)
 
 
 def label_masks(
-    probs: torch.Tensor, windows: Sequence[CropWindow], image_boxes: torch.Tensor, mask_thres: Sequence[float]
+    probs: torch.Tensor,
+    windows: Sequence[CropWindow],
+    image_boxes: torch.Tensor,
+    mask_thres: Sequence[float],
+    *,
+    refinement: RegionRefinement | None = None,
+    pixels: Sequence[torch.Tensor] | None = None,
 ) -> list[np.ndarray]:
     """K (H, W) bool masks of K crops (of any images): :func:`paste_thresholded`'s masks, computed
-    only over each box (the only place a mask can be non-zero)."""
+    only over each box (the only place a mask can be non-zero); refined at image resolution when
+    asked (see :func:`label_regions`)."""
     if len(windows) == 0:
         return []
-    region, rows, cols = paste_box_regions(probs, windows, image_boxes)
-    boxes = image_boxes.float().cpu()
-    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
-    thres = torch.tensor([threshold_for_area(mask_thres, a) for a in areas], dtype=region.dtype)
-    # ">" so that a zero threshold still leaves pixels outside the box (probability 0) empty.
-    fg = (region > thres[:, None, None]).numpy()
+    fg, regions = label_regions(probs, windows, image_boxes, mask_thres, refinement=refinement, pixels=pixels)
+    return regions_to_masks(fg, regions, [win.image_size for win in windows])
+
+
+def regions_to_masks(
+    fg: torch.Tensor, regions: BoxRegions, image_sizes: Sequence[tuple[int, int]]
+) -> list[np.ndarray]:
+    """Whole-image (H, W) bool masks from per-region foreground slots."""
+    fg_np = fg.numpy()
     masks = []
-    for k, ((r0, nr), (c0, nc)) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
-        mask = np.zeros(windows[k].image_size, dtype=bool)
-        mask[r0 : r0 + nr, c0 : c0 + nc] = fg[k, :nr, :nc]
+    for k, ((r0, nr), (c0, nc)) in enumerate(zip(regions.rows.tolist(), regions.cols.tolist(), strict=True)):
+        mask = np.zeros(image_sizes[k], dtype=bool)
+        mask[r0 : r0 + nr, c0 : c0 + nc] = fg_np[k, :nr, :nc]
         masks.append(mask)
     return masks
 
@@ -263,8 +399,10 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
     by_image: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for ann, box in dataset.entries:
         by_image.setdefault(ann.image_id, []).append((ann.id, box))
+    refinement = model.image_refinement
     masks: dict[int, np.ndarray] = {}
     pending: list[tuple[list[int], torch.Tensor, list[CropWindow], torch.Tensor]] = []
+    regions: list[torch.Tensor] = []  # image pixels around each pending box (image refinement)
 
     def flush() -> None:
         crops = torch.cat([p[1] for p in pending]).to(device)
@@ -278,17 +416,21 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
             ]
         )
         windows = [win for p in pending for win in p[2]]
-        got = label_masks(probs, windows, boxes, model.mask_thres)
+        got = label_masks(probs, windows, boxes, model.mask_thres, refinement=refinement, pixels=regions)
         masks.update(zip([i for p in pending for i in p[0]], got, strict=True))
         pending.clear()
+        regions.clear()
 
     with torch.inference_mode():
         for image_id, boxes in by_image.items():
             if pending and sum(len(p[0]) for p in pending) + len(boxes) > batch_size:
                 flush()
             image_boxes = torch.stack([b for _, b in boxes]).float()
-            crops, windows = crop_boxes(dataset.read_image(image_id), image_boxes, margins, dataset.crop_size)
+            image = dataset.read_image(image_id)
+            crops, windows = crop_boxes(image, image_boxes, margins, dataset.crop_size)
             pending.append(([i for i, _ in boxes], crops, windows, image_boxes))
+            if refinement is not None:
+                regions.extend(box_regions(image, image_boxes, refinement.pad)[0])
         if pending:
             flush()
     return masks

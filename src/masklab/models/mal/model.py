@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from masklab.config.registries import MODELS
 from masklab.errors import ConfigError
-from masklab.models.mal.crf import color_affinities, mean_field_target, refine_probs
-from masklab.models.mal.labeling import paste_thresholded
+from masklab.models.mal.crf import RegionRefinement, color_affinities, mean_field_target, refine_probs
+from masklab.models.mal.labeling import label_regions, regions_to_masks
 from masklab.models.mal.losses import crf_self_training_loss, mil_projection_loss
 from masklab.models.mal.network import MalNetwork
 from masklab.models.mal.preprocess import MalDataPreprocessor
 from masklab.models.mal.teacher import EmaTeacher
-from masklab.structures.box_crops import MalBatch, rasterize_boxes
+from masklab.structures.box_crops import BoxCrop, MalBatch, rasterize_boxes
 from masklab.structures.instances import masks_to_boxes
 from masklab.structures.predictions import InstancePrediction
 from masklab.structures.sample import SampleMeta
@@ -119,19 +120,38 @@ class MALModel(nn.Module):
         self.labeling_flip = False
         self.labeling_refine_iter = 0
         self.labeling_refine_scale = 2
+        self.labeling_refine_space = "crop"
+        self.labeling_refine_kernel_size = self.crf_kernel_size
+        self.labeling_refine_dilation = 1
 
     def set_labeling(
-        self, *, network: str = "student", flip: bool = False, refine_iter: int = 0, refine_scale: int = 2
+        self,
+        *,
+        network: str = "student",
+        flip: bool = False,
+        refine_iter: int = 0,
+        refine_scale: int = 2,
+        refine_space: str = "crop",
+        refine_kernel_size: int | None = None,
+        refine_dilation: int = 1,
     ) -> None:
         """Which network labels (TAO ``use_teacher_test`` / ``use_mixed_model_test``), flip TTA and
-        the colour refinement of the labels (masklab's ``crf_refine_iter`` / ``crf_refine_scale``).
+        the colour refinement of the labels (masklab's ``crf_refine_*``).
 
         Args:
             network: ``student``, ``teacher`` or ``mixed`` (mean of both probabilities).
             flip: average with the prediction on the horizontally flipped crop (``use_flip_test``).
-            refine_iter: mean-field iterations of :func:`~masklab.models.mal.crf.refine_probs` on
-                the labeling probabilities (0: off), with the training CRF's kernel, zeta and clamps.
-            refine_scale: the refinement's upsampling of the probability map (>= 1).
+            refine_iter: mean-field iterations of the colour refinement (0: off), with the
+                training CRF's zeta and clamps.
+            refine_scale: ``crop`` space only: the upsampling of the crop's probability map (>= 1)
+                (:func:`~masklab.models.mal.crf.refine_probs`).
+            refine_space: ``crop``: refine the crop's probabilities against the resized crop;
+                ``image``: refine the probabilities pasted back to the image against the image's
+                own pixels around each box (:func:`~masklab.models.mal.crf.refine_box_regions`).
+            refine_kernel_size: the refinement's odd neighbourhood side (None: the training
+                CRF's ``crf_kernel_size``).
+            refine_dilation: ``image`` space only: the spacing of the kernel's taps (a 5-tap
+                kernel with dilation 3 reads 13x13 pixels for the cost of 5x5).
         """
         if network not in ("student", "teacher", "mixed"):
             raise ConfigError(
@@ -142,10 +162,36 @@ class MALModel(nn.Module):
                 "evaluate.crf_refine_iter / crf_refine_scale: expected >= 0 and >= 1, "
                 f"got {refine_iter}, {refine_scale}"
             )
+        if refine_space not in ("crop", "image"):
+            raise ConfigError(f"evaluate.crf_refine_space: expected crop or image, got {refine_space!r}")
+        kernel = self.crf_kernel_size if refine_kernel_size is None else int(refine_kernel_size)
+        if kernel < 1 or kernel % 2 == 0:
+            raise ConfigError(f"evaluate.crf_refine_kernel_size: expected an odd size >= 1, got {kernel}")
+        if refine_dilation < 1:
+            raise ConfigError(f"evaluate.crf_refine_dilation: expected >= 1, got {refine_dilation}")
         self.labeling_network = network
         self.labeling_flip = bool(flip)
         self.labeling_refine_iter = int(refine_iter)
         self.labeling_refine_scale = int(refine_scale)
+        self.labeling_refine_space = refine_space
+        self.labeling_refine_kernel_size = kernel
+        self.labeling_refine_dilation = int(refine_dilation)
+
+    @property
+    def image_refinement(self) -> RegionRefinement | None:
+        """The label refinement at image resolution, or None (off, or in crop space)."""
+        if self.labeling_refine_iter == 0 or self.labeling_refine_space != "image":
+            return None
+        return RegionRefinement(
+            num_iter=self.labeling_refine_iter,
+            kernel_size=self.labeling_refine_kernel_size,
+            zeta=self.crf_zeta,
+            low=self.crf_low,
+            high=self.crf_high,
+            dilation=self.labeling_refine_dilation,
+            pixel_mean=tuple(self.data_preprocessor.mean.flatten().tolist()),
+            pixel_std=tuple(self.data_preprocessor.std.flatten().tolist()),
+        )
 
     def _label_probs(self, images: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
         """Crop probabilities from the labeling network(s), flip-averaged when asked."""
@@ -162,12 +208,12 @@ class MALModel(nn.Module):
         probs = run(images)
         if self.labeling_flip:
             probs = (probs + run(images.flip(-1)).flip(-1)) / 2
-        if self.labeling_refine_iter > 0:
+        if self.labeling_refine_iter > 0 and self.labeling_refine_space == "crop":
             probs = refine_probs(
                 probs,
                 images,
                 scale=self.labeling_refine_scale,
-                kernel_size=self.crf_kernel_size,
+                kernel_size=self.labeling_refine_kernel_size,
                 zeta=self.crf_zeta,
                 num_iter=self.labeling_refine_iter,
                 low=self.crf_low,
@@ -256,19 +302,26 @@ class MALModel(nn.Module):
         groups: dict[int, list[int]] = {}
         for i, crop in enumerate(batch.crops):
             groups.setdefault(crop.image_id, []).append(i)
+        refinement = self.image_refinement
         preds = []
         for image_id, idx in groups.items():
             crops = [batch.crops[i] for i in idx]
             image_boxes = torch.stack([c.image_box for c in crops]).float()
-            masks, pasted = paste_thresholded(
-                probs[idx], [c.window for c in crops], image_boxes, self.mask_thres
+            fg, regions = label_regions(
+                probs[idx],
+                [c.window for c in crops],
+                image_boxes,
+                self.mask_thres,
+                refinement=refinement,
+                pixels=self._region_pixels(crops) if refinement is not None else None,
             )
+            size = crops[0].window.image_size
+            masks = torch.from_numpy(np.stack(regions_to_masks(fg, regions, [size] * len(crops))))
             # Ranking score: the detector's score when boxes came from one, else the mean mask probability.
-            mean_prob = (pasted * masks).flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1)
+            mean_prob = (regions.probs * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
             scores = torch.tensor(
                 [c.score if c.score is not None else float(p) for c, p in zip(crops, mean_prob, strict=True)]
             )
-            size = crops[0].window.image_size
             preds.append(
                 InstancePrediction(
                     masks=masks,
@@ -282,6 +335,17 @@ class MALModel(nn.Module):
                 )
             )
         return preds
+
+    @staticmethod
+    def _region_pixels(crops: list[BoxCrop]) -> list[torch.Tensor]:
+        """The crops' image regions (read by the refinement at image resolution)."""
+        missing = [c.ann_id for c in crops if c.region is None]
+        if missing:
+            raise ValueError(
+                f"MALModel.predict: evaluate.crf_refine_space image needs each crop's image region "
+                f"(BoxCropDataset(region_pad=...)); annotation id={missing[0]} has none"
+            )
+        return [c.region for c in crops if c.region is not None]
 
 
 def check_settings(
