@@ -39,30 +39,32 @@ def color_affinities(
     # The distance is symmetric: the tap at offset -e of pixel p is the tap at +e of pixel p - e,
     # so each pair of mirrored taps is one difference map over the pixels of both (the window
     # grown by |e|), read at two places; the centre tap is 0. Half the taps' arithmetic, same values.
+    # The weight itself is computed once per pair (exp over the grown window), then copied twice.
     x = images.float().contiguous()
     padded = F.pad(x, (pad, pad, pad, pad))
-    dist2 = x.new_empty((b, k * k, h, w))
-    dist2[:, k * k // 2] = 0.0
+    weights = x.new_empty((b, k * k, h, w))
+    weights[:, k * k // 2] = 1.0
+    scale = -1.0 / (2.0 * zeta * zeta)
     for j in range(k * k // 2):
         ey, ex = (j // k - k // 2) * dilation, (j % k - k // 2) * dilation
         sy, sx = max(0, ey), max(0, ex)  # the grown window starts sy, sx before the image
         rows, cols = h + abs(ey), w + abs(ex)
         here = padded[:, :, pad - sy : pad - sy + rows, pad - sx : pad - sx + cols]
         there = padded[:, :, pad - sy + ey : pad - sy + ey + rows, pad - sx + ex : pad - sx + ex + cols]
-        diff = (there - here).pow_(2).sum(1)  # at q: |x(q + e) - x(q)|^2
-        dist2[:, j] = diff[:, sy : sy + h, sx : sx + w]  # pixel p, tap +e
-        dist2[:, k * k - 1 - j] = diff[:, sy - ey : sy - ey + h, sx - ex : sx - ex + w]  # p, tap -e
-        # Neighbours outside the image get weight 0 (not the zero padding's colour): infinite distance.
+        pair = torch.exp_((there - here).pow_(2).sum(1).mul_(scale))  # at q: w(q, q + e)
+        weights[:, j] = pair[:, sy : sy + h, sx : sx + w]  # pixel p, tap +e
+        weights[:, k * k - 1 - j] = pair[:, sy - ey : sy - ey + h, sx - ex : sx - ex + w]  # p, tap -e
+        # Neighbours outside the image get weight 0 (not the zero padding's colour).
         for tap, (dy, dx) in ((j, (ey, ex)), (k * k - 1 - j, (-ey, -ex))):
             if dy > 0:
-                dist2[:, tap, max(h - dy, 0) :] = math.inf
+                weights[:, tap, max(h - dy, 0) :] = 0.0
             elif dy < 0:
-                dist2[:, tap, : min(-dy, h)] = math.inf
+                weights[:, tap, : min(-dy, h)] = 0.0
             if dx > 0:
-                dist2[:, tap, :, max(w - dx, 0) :] = math.inf
+                weights[:, tap, :, max(w - dx, 0) :] = 0.0
             elif dx < 0:
-                dist2[:, tap, :, : min(-dx, w)] = math.inf
-    return torch.exp_(dist2.mul_(-1.0 / (2.0 * zeta * zeta))).view(b, k * k, h * w)
+                weights[:, tap, :, : min(-dx, w)] = 0.0
+    return weights.view(b, k * k, h * w)
 
 
 @torch.no_grad()

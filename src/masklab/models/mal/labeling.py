@@ -40,7 +40,7 @@ from masklab.data.datasets.box_crops import (
     labeling_margins,
 )
 from masklab.inference.paste_back import threshold_for_area
-from masklab.models.mal.atlas import pack_regions
+from masklab.models.mal.atlas import Atlas, pack_regions
 from masklab.models.mal.crf import RegionRefinement, refine_box_regions
 from masklab.structures.box_crops import CropWindow
 
@@ -209,8 +209,11 @@ def refine_regions(
     regions: BoxRegions, pixels: Sequence[torch.Tensor], refinement: RegionRefinement
 ) -> torch.Tensor:
     """(K, Hb, Wb) refined logits of the regions (:func:`~masklab.models.mal.crf.refine_box_regions`),
-    computed on one canvas that holds every region (:func:`~masklab.models.mal.atlas.pack_regions`,
-    ``refinement.pad`` pixels apart: no region reads another's pixels) instead of padded slots.
+    computed on one canvas that holds every region (:func:`~masklab.models.mal.atlas.pack_regions`)
+    instead of padded slots. Only box pixels are updated and they read at most ``refinement.pad``
+    pixels away, which is the region's own margin unless the image border clipped it: each region
+    is packed as its box grown by the full ``pad`` on every side, the clipped part left empty (as
+    the image's outside), so regions can touch and none reads another's pixels.
 
     Args:
         regions: the pasted probabilities over each box grown by ``refinement.pad``.
@@ -225,7 +228,21 @@ def refine_regions(
             raise ValueError(
                 f"refine_regions: region {k} has {tuple(region.shape[-2:])} pixels, expected {size}"
             )
-    atlas = pack_regions(sizes, refinement.pad)
+    pad = refinement.pad
+    in_rows, in_cols = regions.inside.any(2), regions.inside.any(1)  # (K, Hb), (K, Wb)
+    box_rows = torch.stack([in_rows.float().argmax(1), in_rows.sum(1)], 1).tolist()
+    box_cols = torch.stack([in_cols.float().argmax(1), in_cols.sum(1)], 1).tolist()
+    # The margin the image border clipped on each side: (top, left) and the grown (height, width).
+    clipped = [
+        (pad - r0, pad - c0, nr + 2 * pad, nc + 2 * pad)
+        for (r0, nr), (c0, nc) in zip(box_rows, box_cols, strict=True)
+    ]
+    full = pack_regions([(gh, gw) for _, _, gh, gw in clipped], 0)
+    atlas = Atlas(
+        full.height,
+        full.width,
+        tuple((y + top, x + left) for (y, x), (top, left, _, _) in zip(full.origins, clipped, strict=True)),
+    )
     channels = pixels[0].shape[0]
     probs = torch.zeros((1, atlas.height, atlas.width))
     inside = torch.zeros((1, atlas.height, atlas.width), dtype=torch.bool)
