@@ -289,11 +289,18 @@ def test_image_refinement_never_labels_outside_the_box() -> None:
     assert mask[8:32, 12:36].all() and mask[8:32, 12:42].mean() > 0.85
 
 
-def test_canvas_refinement_equals_refining_each_region_alone() -> None:
+@pytest.mark.parametrize("canvas_pixels", [1 << 21, 1500, 1])
+def test_canvas_refinement_equals_refining_each_region_alone(
+    monkeypatch: pytest.MonkeyPatch, canvas_pixels: int
+) -> None:
     """The shared canvas keeps regions apart: refining K regions together gives each region's own
-    result (regions of very different sizes, touching the image border)."""
+    result (regions of very different sizes, touching the image border), on one canvas or split
+    over several by the pixel budget (1: one region per canvas)."""
+    from masklab.models.mal import labeling
     from masklab.models.mal.crf import RegionRefinement, refine_box_regions
     from masklab.models.mal.labeling import paste_box_regions, refine_regions
+
+    monkeypatch.setattr(labeling, "CANVAS_PIXELS", canvas_pixels)
 
     gen = torch.Generator().manual_seed(4)
     image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen)

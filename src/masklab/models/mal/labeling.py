@@ -40,7 +40,7 @@ from masklab.data.datasets.box_crops import (
     labeling_margins,
 )
 from masklab.inference.paste_back import threshold_for_area
-from masklab.models.mal.atlas import Atlas, pack_regions
+from masklab.models.mal.atlas import pack_regions
 from masklab.models.mal.crf import RegionRefinement, refine_box_regions
 from masklab.structures.box_crops import CropWindow
 
@@ -213,7 +213,8 @@ def refine_regions(
     instead of padded slots. Only box pixels are updated and they read at most ``refinement.pad``
     pixels away, which is the region's own margin unless the image border clipped it: each region
     is packed as its box grown by the full ``pad`` on every side, the clipped part left empty (as
-    the image's outside), so regions can touch and none reads another's pixels.
+    the image's outside), so regions can touch and none reads another's pixels. Regions needing
+    more than ``CANVAS_PIXELS`` together are refined on several canvases (bounded memory).
 
     Args:
         regions: the pasted probabilities over each box grown by ``refinement.pad``.
@@ -237,18 +238,43 @@ def refine_regions(
         (pad - r0, pad - c0, nr + 2 * pad, nc + 2 * pad)
         for (r0, nr), (c0, nc) in zip(box_rows, box_cols, strict=True)
     ]
-    full = pack_regions([(gh, gw) for _, _, gh, gw in clipped], 0)
-    atlas = Atlas(
-        full.height,
-        full.width,
-        tuple((y + top, x + left) for (y, x), (top, left, _, _) in zip(full.origins, clipped, strict=True)),
-    )
-    channels = pixels[0].shape[0]
-    probs = torch.zeros((1, atlas.height, atlas.width))
-    inside = torch.zeros((1, atlas.height, atlas.width), dtype=torch.bool)
+    out = torch.zeros_like(regions.probs)
+    group: list[int] = []
+    area = 0
+    for k, (_, _, gh, gw) in enumerate(clipped):
+        if group and area + gh * gw > CANVAS_PIXELS:
+            _refine_on_canvas(group, regions, pixels, sizes, clipped, refinement, out)
+            group, area = [], 0
+        group.append(k)
+        area += gh * gw
+    _refine_on_canvas(group, regions, pixels, sizes, clipped, refinement, out)
+    return out
+
+
+# Pixels of one refinement canvas (the weights are 25 float maps of it for 5x5 taps: ~200 MB at 2 M);
+# a batch whose regions need more is refined on several canvases.
+CANVAS_PIXELS = 1 << 21
+
+
+def _refine_on_canvas(
+    group: list[int],
+    regions: BoxRegions,
+    pixels: Sequence[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    clipped: list[tuple[int, int, int, int]],
+    refinement: RegionRefinement,
+    out: torch.Tensor,
+) -> None:
+    """Refine the regions ``group`` on one canvas and write their logits into ``out``."""
+    full = pack_regions([clipped[k][2:] for k in group], 0)
+    origins = [(y + clipped[k][0], x + clipped[k][1]) for (y, x), k in zip(full.origins, group, strict=True)]
+    channels = pixels[group[0]].shape[0]
+    probs = torch.zeros((1, full.height, full.width))
+    inside = torch.zeros((1, full.height, full.width), dtype=torch.bool)
     valid = torch.zeros_like(inside)
-    colours = torch.zeros((1, channels, atlas.height, atlas.width))
-    for k, ((y, x), (h, w)) in enumerate(zip(atlas.origins, sizes, strict=True)):
+    colours = torch.zeros((1, channels, full.height, full.width))
+    for k, (y, x) in zip(group, origins, strict=True):
+        h, w = sizes[k]
         probs[0, y : y + h, x : x + w] = regions.probs[k, :h, :w]
         inside[0, y : y + h, x : x + w] = regions.inside[k, :h, :w]
         valid[0, y : y + h, x : x + w] = True
@@ -267,10 +293,9 @@ def refine_regions(
         high=refinement.high,
         dilation=refinement.dilation,
     )[0]
-    out = torch.zeros_like(regions.probs)
-    for k, ((y, x), (h, w)) in enumerate(zip(atlas.origins, sizes, strict=True)):
+    for k, (y, x) in zip(group, origins, strict=True):
+        h, w = sizes[k]
         out[k, :h, :w] = logits[y : y + h, x : x + w]
-    return out
 
 
 def label_regions(
