@@ -215,7 +215,7 @@ def refine_box_regions(
     inside: torch.Tensor,
     valid: torch.Tensor,
     *,
-    kernel_size: int = 9,
+    kernel_size: int = 5,
     zeta: float = 0.5,
     num_iter: int = 3,
     low: float = 0.1,
