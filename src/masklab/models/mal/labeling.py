@@ -233,21 +233,22 @@ def refine_regions(
     in_rows, in_cols = regions.inside.any(2), regions.inside.any(1)  # (K, Hb), (K, Wb)
     box_rows = torch.stack([in_rows.float().argmax(1), in_rows.sum(1)], 1).tolist()
     box_cols = torch.stack([in_cols.float().argmax(1), in_cols.sum(1)], 1).tolist()
-    # The margin the image border clipped on each side: (top, left) and the grown (height, width).
-    clipped = [
+    # Each region as packed: the margin the image border clipped above / left of it (its offset in
+    # its packed rectangle) and that rectangle's size (the box grown by the full pad).
+    packed = [
         (pad - r0, pad - c0, nr + 2 * pad, nc + 2 * pad)
         for (r0, nr), (c0, nc) in zip(box_rows, box_cols, strict=True)
     ]
     out = torch.zeros_like(regions.probs)
     group: list[int] = []
     area = 0
-    for k, (_, _, gh, gw) in enumerate(clipped):
+    for k, (_, _, gh, gw) in enumerate(packed):
         if group and area + gh * gw > CANVAS_PIXELS:
-            _refine_on_canvas(group, regions, pixels, sizes, clipped, refinement, out)
+            _refine_on_canvas(group, regions, pixels, sizes, packed, refinement, out)
             group, area = [], 0
         group.append(k)
         area += gh * gw
-    _refine_on_canvas(group, regions, pixels, sizes, clipped, refinement, out)
+    _refine_on_canvas(group, regions, pixels, sizes, packed, refinement, out)
     return out
 
 
@@ -261,13 +262,13 @@ def _refine_on_canvas(
     regions: BoxRegions,
     pixels: Sequence[torch.Tensor],
     sizes: list[tuple[int, int]],
-    clipped: list[tuple[int, int, int, int]],
+    packed: list[tuple[int, int, int, int]],
     refinement: RegionRefinement,
     out: torch.Tensor,
 ) -> None:
     """Refine the regions ``group`` on one canvas and write their logits into ``out``."""
-    full = pack_regions([clipped[k][2:] for k in group], 0)
-    origins = [(y + clipped[k][0], x + clipped[k][1]) for (y, x), k in zip(full.origins, group, strict=True)]
+    full = pack_regions([packed[k][2:] for k in group], 0)
+    origins = [(y + packed[k][0], x + packed[k][1]) for (y, x), k in zip(full.origins, group, strict=True)]
     channels = pixels[group[0]].shape[0]
     probs = torch.zeros((1, full.height, full.width))
     inside = torch.zeros((1, full.height, full.width), dtype=torch.bool)
