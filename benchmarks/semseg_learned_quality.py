@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/semseg_learned_quality.py [--cpu-minutes 15] [--families fpn pspnet ...]
 [--data DIR] [--work-root DIR] [KEY=VALUE ...]`` (trailing dotted overrides apply to every family).
 
-For each family's ``configs/<family>/*_synthetic-128x128.yaml`` the script
+For each family's synthetic config (``configs/<family>/*_synthetic-*.yaml``, the table below) the script
 
 1. measures the CPU seconds of one training iteration on this machine (``runtime.num_threads`` torch
    threads, default 1: a short in-process probe of ``--probe-iters`` iterations after a warm-up),
@@ -34,8 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {
     "fcn": "configs/fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
-    "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-3300i_synthetic-128x128.yaml",
-    "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-2900i_synthetic-128x128.yaml",
+    "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-4800i_synthetic-96x96.yaml",
+    "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
     "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
     "upernet": "configs/upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
     "segformer": "configs/segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",

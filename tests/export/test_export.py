@@ -17,12 +17,12 @@ from tests.configs.test_zoo_sweep import ROOT, tiny_overrides
 
 META = DatasetMeta(classes=("a", "b", "c"))
 ZOO = {
-    "deeplabv3": "deeplabv3/deeplabv3_mit-b0_1xb8-2900i_synthetic-128x128.yaml",
+    "deeplabv3": "deeplabv3/deeplabv3_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
     "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
     "fcn": "fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
     "segformer": "segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",
     "upernet": "upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
-    "pspnet": "pspnet/pspnet_mit-b0_1xb8-3300i_synthetic-128x128.yaml",
+    "pspnet": "pspnet/pspnet_mit-b0_1xb8-4800i_synthetic-96x96.yaml",
     "fpn": "fpn/fpn_regnetx002_1xb8-2000i_synthetic-128x128.yaml",
 }
 
