@@ -257,11 +257,15 @@ def test_the_64px_config_refines_at_image_resolution() -> None:
         ("evaluate.crf_refine_kernel_size=4", "crf_refine_kernel_size"),
         ("evaluate.crf_refine_dilation=0", "crf_refine_dilation"),
         ("evaluate.crf_refine_dilation=2", "crf_refine_dilation"),  # crop space does not dilate
+        (
+            "evaluate.crf_refine_space=image,evaluate.crf_refine_scale=4",
+            "crf_refine_scale",
+        ),  # image: no upsampling
     ],
 )
 def test_bad_crf_refinement_settings_are_one_line_errors(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
-        resolve(CONFIG, [override])
+        resolve(CONFIG, override.split(","))
     assert key in str(err.value) and "\n" not in str(err.value)
 
 

@@ -271,6 +271,11 @@ class MalEvaluateConfig(EvaluateConfig):
             raise ValueError(f"crf_refine_kernel_size: expected an odd size >= 1 (or null), got {k}")
         if self.crf_refine_dilation < 1:
             raise ValueError(f"crf_refine_dilation: expected >= 1, got {self.crf_refine_dilation}")
+        if self.crf_refine_space == "image" and self.crf_refine_scale != 2:
+            raise ValueError(
+                "crf_refine_scale: only the crop-space refinement upsamples (crf_refine_space: crop); "
+                f"the image-space one works at the image's resolution, got {self.crf_refine_scale}"
+            )
         if self.crf_refine_dilation > 1 and self.crf_refine_space != "image":
             raise ValueError(
                 "crf_refine_dilation: only the image-space refinement (crf_refine_space: image) dilates"
