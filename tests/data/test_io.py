@@ -30,6 +30,33 @@ def test_grey_image_becomes_rgb(tmp_path: Path) -> None:
     assert img.shape == (3, 3, 4) and (img == 9).all()
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "P+transparency"])
+def test_png_pixels_are_pils_in_every_8_bit_mode(tmp_path: Path, mode: str) -> None:
+    """8-bit PNGs are decoded by OpenCV (faster); the pixels must be PIL's ``convert("RGB")``."""
+    rgb = np.random.default_rng(2).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    if mode.startswith("P"):
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        if mode == "P+transparency":
+            img.info["transparency"] = 3
+    else:
+        img = img.convert(mode)
+    img.save(tmp_path / "x.png", **({"transparency": 3} if mode == "P+transparency" else {}))
+    expected = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
+    got = read_image(tmp_path / "x.png")
+    assert got.shape == (3, 9, 11) and got.dtype == torch.uint8 and got.is_contiguous()
+    assert np.array_equal(got.permute(1, 2, 0).numpy(), expected)
+
+
+def test_truncated_png_is_a_one_line_error(tmp_path: Path) -> None:
+    big = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.png: corrupt or truncated"):
+        read_image(tmp_path / "cut.png")
+
+
 def test_missing_corrupt_truncated(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope.png: file not found"):
         read_image(tmp_path / "nope.png")

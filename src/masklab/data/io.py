@@ -37,6 +37,29 @@ def _open_loaded(path: str | Path) -> Image.Image:
     return img
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png_8bit(path: Path) -> torch.Tensor | None:
+    """(3, H, W) uint8 RGB of an 8-bit PNG decoded by OpenCV (no PIL plugin machinery: ~25 % less
+    time per small image, which labeling pays per box), or None for anything else (not a PNG,
+    16-bit, unreadable: the PIL path then reads it or says what is wrong). PNG is lossless, so the
+    pixels are PIL's exactly (grey, palette, alpha dropped: tested)."""
+    import cv2
+
+    data = path.read_bytes()
+    if not data.startswith(_PNG_SIGNATURE):
+        return None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint8:
+        return None
+    if arr.ndim == 2:
+        return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # BGR(A) -> RGB planes, alpha dropped
+        return torch.from_numpy(np.ascontiguousarray(arr[:, :, 2::-1].transpose(2, 0, 1)))
+    return None
+
+
 def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Tensor:
     """Read an image as a (3, H, W) uint8 RGB tensor.
 
@@ -52,6 +75,11 @@ def read_image(path: str | Path, *, exif_orientation: bool = False) -> torch.Ten
         DataError: the file is missing, not an image, corrupt or truncated, or a 32-bit integer or
             float greyscale image with values outside 0..255 (no scale to 8 bits can be told).
     """
+    p = Path(path)
+    if not exif_orientation and p.is_file():
+        fast = _read_png_8bit(p)
+        if fast is not None:
+            return fast
     img = _open_loaded(path)
     if exif_orientation:
         img = ImageOps.exif_transpose(img)

@@ -233,7 +233,8 @@ def test_the_64px_config_refines_at_image_resolution() -> None:
         for f in dataclasses.fields(rc.evaluate)
         if getattr(rc.evaluate, f.name) != getattr(base.evaluate, f.name)
     }
-    assert changed == {"crf_refine_space", "crf_refine_iter", "crf_refine_dilation"}
+    assert changed == {"crf_refine_space", "crf_refine_iter", "crf_refine_dilation", "labeling_precision"}
+    assert rc.evaluate.labeling_precision == "auto"
     model = build_mal_model(rc)
     assert model.student(torch.zeros(2, 3, 64, 64), torch.full((2,), 900.0)).shape == (2, 16, 16)
     refinement = model.image_refinement
@@ -248,6 +249,37 @@ def test_the_64px_config_refines_at_image_resolution() -> None:
     assert f'CONFIG = "configs/mal/{cfg.name}"' in bench
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_labeling_precision_runs_the_forward_in_bf16_when_asked(
+    monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """bf16 (or auto on a device with native bf16) runs the labeling network under bf16 autocast:
+    the convolutions see bf16 inputs; the probabilities come back fp32 and close to fp32's."""
+    import torch
+
+    from masklab.models.mal import model as mal_model
+    from masklab.models.mal.build import build_mal_model
+
+    monkeypatch.setattr(mal_model, "native_bf16", lambda device: True)
+    model = build_mal_model(resolve(CONFIG, [f"evaluate.labeling_precision={precision}"])).eval()
+    seen: list[torch.dtype] = []
+    model.student.pixel_head.convs[0].register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    images, areas = torch.randn(3, 3, 64, 64), torch.tensor([300.0, 900.0, 5000.0])
+    with torch.inference_mode():
+        probs = model._label_probs(images, areas)
+        assert set(seen) == {torch.float32 if precision == "fp32" else torch.bfloat16}
+        model.set_labeling(precision="fp32")
+        reference = model._label_probs(images, areas)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs, reference, atol=0.02, rtol=0)
+    monkeypatch.setattr(mal_model, "native_bf16", lambda device: False)
+    model.set_labeling(precision="auto")
+    seen.clear()
+    with torch.inference_mode():
+        model._label_probs(images, areas)
+    assert set(seen) == {torch.float32}  # auto without native bf16: fp32
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -257,6 +289,7 @@ def test_the_64px_config_refines_at_image_resolution() -> None:
         ("evaluate.crf_refine_kernel_size=4", "crf_refine_kernel_size"),
         ("evaluate.crf_refine_dilation=0", "crf_refine_dilation"),
         ("evaluate.crf_refine_dilation=2", "crf_refine_dilation"),  # crop space does not dilate
+        ("evaluate.labeling_precision=fp16", "labeling_precision"),
         (
             "evaluate.crf_refine_space=image,evaluate.crf_refine_scale=4",
             "crf_refine_scale",

@@ -55,8 +55,9 @@ def test_batched_crops_equal_per_box_crops() -> None:
         ref = make_box_crop(image, box, margins, S)
         assert windows[k] == ref.window
         diff = (crops[k] - ref.image.float()).abs()
-        # Same filter weights, other summation order: at most a rounding tie flips by one level.
-        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+        # Same filter weights, other summation order: at most a rounding tie flips by one level
+        # (bilinear weights are multiples of 1/4 at 2x, so exact .5 values are common).
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
 
 
 def test_batched_paste_equals_per_box_paste() -> None:
@@ -289,29 +290,26 @@ def test_image_refinement_never_labels_outside_the_box() -> None:
     assert mask[8:32, 12:36].all() and mask[8:32, 12:42].mean() > 0.85
 
 
-@pytest.mark.parametrize("canvas_pixels", [1 << 21, 1500, 1])
-def test_canvas_refinement_equals_refining_each_region_alone(
-    monkeypatch: pytest.MonkeyPatch, canvas_pixels: int
-) -> None:
-    """The shared canvas keeps regions apart: refining K regions together gives each region's own
-    result (regions of very different sizes, touching the image border), on one canvas or split
-    over several by the pixel budget (1: one region per canvas)."""
-    from masklab.models.mal import labeling
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_compiled_refinement_equals_refining_each_region_alone(dilation: int) -> None:
+    """The compiled per-region loops give each region what the PyTorch reference
+    (:func:`refine_box_regions` on that region alone) gives: regions of very different sizes,
+    touching the image border (clipped margins), the same box twice."""
     from masklab.models.mal.crf import RegionRefinement, refine_box_regions
     from masklab.models.mal.labeling import paste_box_regions, refine_regions
 
-    monkeypatch.setattr(labeling, "CANVAS_PIXELS", canvas_pixels)
-
     gen = torch.Generator().manual_seed(4)
     image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen)
-    probs = torch.rand(len(BOXES), 8, 8, generator=gen)
-    windows = crop_boxes(image, BOXES, labeling_margins((0.6, 0.6)), 8)[1]
-    refinement = RegionRefinement(num_iter=4, kernel_size=5, zeta=2.0, low=0.1, high=0.9, dilation=2)
-    regions = paste_box_regions(probs, windows, BOXES, refinement.pad)
-    pixels = box_regions(image, BOXES, refinement.pad)[0]
+    boxes = torch.cat([BOXES, BOXES[:1]])
+    probs = torch.rand(len(boxes), 8, 8, generator=gen)
+    windows = crop_boxes(image, boxes, labeling_margins((0.6, 0.6)), 8)[1]
+    refinement = RegionRefinement(num_iter=4, kernel_size=5, zeta=2.0, low=0.1, high=0.9, dilation=dilation)
+    regions = paste_box_regions(probs, windows, boxes, refinement.pad)
+    pixels = box_regions(image, boxes, refinement.pad)[0]
     together = refine_regions(regions, pixels, refinement)
     mean = torch.tensor(refinement.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(refinement.pixel_std).view(1, 3, 1, 1)
+    clipped = 0
     for k, (region, (_, h), (_, w)) in enumerate(zip(pixels, regions.rows.tolist(), regions.cols.tolist())):
         alone = refine_box_regions(
             regions.probs[k : k + 1, :h, :w],
@@ -321,25 +319,58 @@ def test_canvas_refinement_equals_refining_each_region_alone(
             kernel_size=5,
             zeta=2.0,
             num_iter=4,
-            dilation=2,
+            dilation=dilation,
         )[0]
-        torch.testing.assert_close(together[k, :h, :w], alone)
+        torch.testing.assert_close(together[k, :h, :w], alone, atol=1e-5, rtol=1e-5)
+        assert (together[k, h:] == 0).all() and (together[k, :, w:] == 0).all()
+        clipped += int(tuple(regions.boxes[k, :2].tolist()) != (refinement.pad, refinement.pad))
+    assert clipped > 0  # some margin was cut by the image border
 
 
-def test_pack_regions_keeps_regions_apart_inside_the_canvas() -> None:
-    from masklab.models.mal.atlas import pack_regions
+def test_refinement_reads_regions_from_whole_images_as_from_cut_regions() -> None:
+    """Refining from the whole images (:class:`ImagePixels`, no copies: the labeling path) equals
+    refining from each region's own pixels (the evaluation path), for boxes of two images of
+    different sizes; a region reaching past its source is refused."""
+    from masklab.models.mal.crf import RegionRefinement
+    from masklab.models.mal.labeling import ImagePixels, paste_box_regions, refine_regions
+    from masklab.models.mal.region_kernels import refine_regions_compiled
 
-    gen = torch.Generator().manual_seed(5)
-    sizes = [tuple(int(v) for v in torch.randint(1, 40, (2,), generator=gen)) for _ in range(30)]
-    atlas = pack_regions(sizes, gap=4)
-    canvas = torch.zeros(atlas.height, atlas.width, dtype=torch.int64)
-    for (y, x), (h, w) in zip(atlas.origins, sizes):
-        assert y >= 0 and x >= 0 and y + h <= atlas.height and x + w <= atlas.width
-        # Each region grown by the gap on its far sides still touches no other region.
-        canvas[y : y + h + 4, x : x + w + 4] += 1
-    assert canvas.max() == 1
-    used = sum(h * w for h, w in sizes)
-    assert atlas.height * atlas.width < 3 * used  # near-square shelves, not one long row
-    assert pack_regions([], gap=2).origins == ()
-    with pytest.raises(ValueError, match="sizes >= 1"):
-        pack_regions([(0, 3)], gap=2)
+    gen = torch.Generator().manual_seed(6)
+    first = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen)
+    second = torch.randint(0, 256, (3, 30, 33), dtype=torch.uint8, generator=gen)
+    other = torch.tensor([[2.0, 3.0, 20.0, 25.0], [10.0, 0.0, 33.0, 30.0]])
+    refinement = RegionRefinement(num_iter=3, kernel_size=5, zeta=1.0, low=0.1, high=0.9, dilation=2)
+    margins = labeling_margins((0.6, 0.6))
+    windows = crop_boxes(first, BOXES, margins, 8)[1] + crop_boxes(second, other, margins, 8)[1]
+    boxes = torch.cat([BOXES, other])
+    regions = paste_box_regions(torch.rand(len(boxes), 8, 8, generator=gen), windows, boxes, refinement.pad)
+    cut = box_regions(first, BOXES, refinement.pad)[0] + box_regions(second, other, refinement.pad)[0]
+    from_images = refine_regions(
+        regions, ImagePixels([first, second], [0] * len(BOXES) + [1] * len(other)), refinement
+    )
+    torch.testing.assert_close(from_images, refine_regions(regions, cut, refinement), atol=0, rtol=0)
+    sizes = [(int(r[1]), int(c[1])) for r, c in zip(regions.rows.tolist(), regions.cols.tolist())]
+    with pytest.raises(ValueError, match="reaches outside its pixel source"):
+        refine_regions_compiled(
+            regions.probs[:1],
+            sizes[:1],
+            regions.boxes[:1].tolist(),
+            [second[:, :5, :5]],
+            [0],
+            [(0, 0)],
+            refinement,
+        )
+
+
+def test_labeling_crops_are_normalised_in_the_same_pass() -> None:
+    """The labeling batch's crops (normalised while written) equal the plain crops normalised."""
+    from masklab.models.mal.labeling import _crop_windows
+
+    image, margins = _image(3), labeling_margins((0.6, 0.6))
+    plain, windows = crop_boxes(image, BOXES, margins, S)
+    mean = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+    std = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+    out = np.empty((len(windows), S, S, 3), dtype=np.float32)
+    _crop_windows(image, windows, mean, std, out)
+    expected = (plain - torch.from_numpy(mean).view(1, 3, 1, 1)) / torch.from_numpy(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(torch.from_numpy(out).permute(0, 3, 1, 2), expected, atol=1e-6, rtol=0)

@@ -207,6 +207,7 @@ def build_mal_model(rc: ResolvedConfig) -> MALModel:
             refine_space=ev.crf_refine_space,
             refine_kernel_size=ev.crf_refine_kernel_size,
             refine_dilation=ev.crf_refine_dilation,
+            precision=ev.labeling_precision,
         )
     return model
 

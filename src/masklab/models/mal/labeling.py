@@ -1,14 +1,13 @@
-"""Batched MAL labeling: many box crops per forward, vectorised paste-back.
+"""Batched MAL labeling: many box crops per forward, vectorised paste-back, compiled refinement.
 
 Labeling cost per box on CPU is what matters against classical labelers (GrabCut), so:
 
-* each image is decoded once and all its boxes are cropped from it in one batched product
-  (:func:`crop_boxes`: the reflect-padded, antialiased crops of ``make_box_crop`` as
-  ``W_y @ region @ W_x^T``); whole images are packed into forwards of up to ``batch_size``
-  crops, so one forward serves boxes of several images;
+* each image is decoded once; the crops of a whole batch (boxes of several images) are written
+  by one compiled loop per image straight into one normalised, channels_last batch
+  (:func:`crop_boxes` / :mod:`~masklab.models.mal.crop_kernel`: the reflect-padded, antialiased
+  crops of ``make_box_crop`` from each output pixel's few non-zero filter taps);
 * the forward runs under ``torch.inference_mode`` in ``channels_last`` layout (about 2x faster
-  for the small convolutions of the CPU encoders with one thread); the crops are written in that
-  layout directly;
+  for the small convolutions of the CPU encoders with one thread);
 * paste-back is a batched matrix product: bilinear resizing is separable, so the crop
   probabilities of K boxes go to image resolution as ``R_y @ P @ R_x^T`` with (K, H, h) and
   (K, w, W) interpolation matrices that also clip the window at the image borders and zero the
@@ -16,7 +15,9 @@ Labeling cost per box on CPU is what matters against classical labelers (GrabCut
   :func:`masklab.inference.paste_back.paste_crop_probs` (resize to the window, paste, clip, zero
   outside the box) up to float rounding (tested). Labeling needs only the box pixels (the rest is
   0), so :func:`label_masks` builds the matrices for each box's own rows and columns and pastes a
-  whole forward batch, crops of several images together, in one product.
+  whole forward batch, crops of several images together, in one product;
+* the refinement at image resolution runs region by region in compiled loops
+  (:mod:`~masklab.models.mal.region_kernels`), reading each region from its decoded image.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ import torch.nn.functional as F
 from masklab.data.datasets.box_crops import (
     BoxCropDataset,
     box_pixel_spans,
-    box_regions,
     crop_window,
     labeling_margins,
 )
 from masklab.inference.paste_back import threshold_for_area
-from masklab.models.mal.atlas import pack_regions
-from masklab.models.mal.crf import RegionRefinement, refine_box_regions
+from masklab.models.mal.crf import RegionRefinement
+from masklab.models.mal.crop_kernel import resize_windows
+from masklab.models.mal.region_kernels import refine_regions_compiled
 from masklab.structures.box_crops import CropWindow
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BoxRegions",
+    "ImagePixels",
     "crop_boxes",
     "label_dataset",
     "label_masks",
@@ -150,6 +152,7 @@ class BoxRegions:
             rest of a slot is padding (Hb, Wb: the tallest / widest region).
         rows: (K, 2) ``(first, count)`` image rows of each region.
         cols: (K, 2) ``(first, count)`` image columns of each region.
+        boxes: (K, 4) ``(first row, first column, rows, columns)`` of each box in its region.
     """
 
     probs: torch.Tensor
@@ -157,6 +160,7 @@ class BoxRegions:
     valid: torch.Tensor
     rows: torch.Tensor
     cols: torch.Tensor
+    boxes: torch.Tensor
 
 
 def _slot_axis(box: torch.Tensor, region: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +202,9 @@ def paste_box_regions(
         valid=valid_y[:, :, None] & valid_x[:, None, :],
         rows=rows,
         cols=cols,
+        boxes=torch.stack(
+            [box_rows[:, 0] - rows[:, 0], box_cols[:, 0] - cols[:, 0], box_rows[:, 1], box_cols[:, 1]], 1
+        ),
     )
 
 
@@ -205,98 +212,50 @@ def _logit(p: float) -> float:
     return -math.inf if p <= 0 else math.log(p / (1 - p))
 
 
+@dataclass(frozen=True)
+class ImagePixels:
+    """Where the refinement reads each box's pixels from when whole images are at hand: box ``k``'s
+    region is cut from ``images[index[k]]`` at the region's own image position (no copies).
+
+    Attributes:
+        images: (C, H, W) images (0..255; all uint8 or all float).
+        index: each box's image.
+    """
+
+    images: Sequence[torch.Tensor]
+    index: Sequence[int]
+
+
 def refine_regions(
-    regions: BoxRegions, pixels: Sequence[torch.Tensor], refinement: RegionRefinement
+    regions: BoxRegions, pixels: Sequence[torch.Tensor] | ImagePixels, refinement: RegionRefinement
 ) -> torch.Tensor:
-    """(K, Hb, Wb) refined logits of the regions (:func:`~masklab.models.mal.crf.refine_box_regions`),
-    computed on one canvas that holds every region (:func:`~masklab.models.mal.atlas.pack_regions`)
-    instead of padded slots. Only box pixels are updated and they read at most ``refinement.pad``
-    pixels away, which is the region's own margin unless the image border clipped it: each region
-    is packed as its box grown by the full ``pad`` on every side, the clipped part left empty (as
-    the image's outside), so regions can touch and none reads another's pixels. Regions needing
-    more than ``CANVAS_PIXELS`` together are refined on several canvases (bounded memory).
+    """(K, Hb, Wb) refined logits of the regions: :func:`~masklab.models.mal.crf.refine_box_regions`
+    on each region alone (box pixels updated, margin held at background), run by the compiled
+    per-region loops of :func:`~masklab.models.mal.region_kernels.refine_regions_compiled`.
 
     Args:
         regions: the pasted probabilities over each box grown by ``refinement.pad``.
-        pixels: each region's (C, h, w) image pixels (uint8 or float, 0..255), ``h, w`` its extent.
+        pixels: each region's (C, h, w) image pixels (uint8 or float, 0..255), ``h, w`` its extent;
+            or the whole images the boxes lie on (:class:`ImagePixels`).
         refinement: the settings (kernel, dilation, zeta, clamps, pixel normalisation).
     """
-    sizes = [
-        (int(r[1]), int(c[1])) for r, c in zip(regions.rows.tolist(), regions.cols.tolist(), strict=True)
-    ]
-    for k, (size, region) in enumerate(zip(sizes, pixels, strict=True)):
-        if tuple(region.shape[-2:]) != size:
-            raise ValueError(
-                f"refine_regions: region {k} has {tuple(region.shape[-2:])} pixels, expected {size}"
-            )
-    pad = refinement.pad
-    in_rows, in_cols = regions.inside.any(2), regions.inside.any(1)  # (K, Hb), (K, Wb)
-    box_rows = torch.stack([in_rows.float().argmax(1), in_rows.sum(1)], 1).tolist()
-    box_cols = torch.stack([in_cols.float().argmax(1), in_cols.sum(1)], 1).tolist()
-    # Each region as packed: the margin the image border clipped above / left of it (its offset in
-    # its packed rectangle) and that rectangle's size (the box grown by the full pad).
-    packed = [
-        (pad - r0, pad - c0, nr + 2 * pad, nc + 2 * pad)
-        for (r0, nr), (c0, nc) in zip(box_rows, box_cols, strict=True)
-    ]
-    out = torch.zeros_like(regions.probs)
-    group: list[int] = []
-    area = 0
-    for k, (_, _, gh, gw) in enumerate(packed):
-        if group and area + gh * gw > CANVAS_PIXELS:
-            _refine_on_canvas(group, regions, pixels, sizes, packed, refinement, out)
-            group, area = [], 0
-        group.append(k)
-        area += gh * gw
-    _refine_on_canvas(group, regions, pixels, sizes, packed, refinement, out)
-    return out
-
-
-# Pixels of one refinement canvas (the weights are 25 float maps of it for 5x5 taps: ~200 MB at 2 M);
-# a batch whose regions need more is refined on several canvases.
-CANVAS_PIXELS = 1 << 21
-
-
-def _refine_on_canvas(
-    group: list[int],
-    regions: BoxRegions,
-    pixels: Sequence[torch.Tensor],
-    sizes: list[tuple[int, int]],
-    packed: list[tuple[int, int, int, int]],
-    refinement: RegionRefinement,
-    out: torch.Tensor,
-) -> None:
-    """Refine the regions ``group`` on one canvas and write their logits into ``out``."""
-    full = pack_regions([packed[k][2:] for k in group], 0)
-    origins = [(y + packed[k][0], x + packed[k][1]) for (y, x), k in zip(full.origins, group, strict=True)]
-    channels = pixels[group[0]].shape[0]
-    probs = torch.zeros((1, full.height, full.width))
-    inside = torch.zeros((1, full.height, full.width), dtype=torch.bool)
-    valid = torch.zeros_like(inside)
-    colours = torch.zeros((1, channels, full.height, full.width))
-    for k, (y, x) in zip(group, origins, strict=True):
-        h, w = sizes[k]
-        probs[0, y : y + h, x : x + w] = regions.probs[k, :h, :w]
-        inside[0, y : y + h, x : x + w] = regions.inside[k, :h, :w]
-        valid[0, y : y + h, x : x + w] = True
-        colours[0, :, y : y + h, x : x + w] = pixels[k]
-    mean = torch.tensor(refinement.pixel_mean).view(1, -1, 1, 1)
-    std = torch.tensor(refinement.pixel_std).view(1, -1, 1, 1)
-    logits = refine_box_regions(
-        probs,
-        (colours - mean) / std,
-        inside,
-        valid,
-        kernel_size=refinement.kernel_size,
-        zeta=refinement.zeta,
-        num_iter=refinement.num_iter,
-        low=refinement.low,
-        high=refinement.high,
-        dilation=refinement.dilation,
-    )[0]
-    for k, (y, x) in zip(group, origins, strict=True):
-        h, w = sizes[k]
-        out[k, :h, :w] = logits[y : y + h, x : x + w]
+    rows, cols = regions.rows.tolist(), regions.cols.tolist()
+    sizes = [(int(r[1]), int(c[1])) for r, c in zip(rows, cols, strict=True)]
+    if isinstance(pixels, ImagePixels):
+        if len(pixels.index) != len(sizes):
+            raise ValueError(f"refine_regions: {len(pixels.index)} image indices for {len(sizes)} regions")
+        sources, index = pixels.images, pixels.index
+        origins = [(int(r[0]), int(c[0])) for r, c in zip(rows, cols, strict=True)]
+    else:
+        for k, (size, region) in enumerate(zip(sizes, pixels, strict=True)):
+            if tuple(region.shape[-2:]) != size:
+                raise ValueError(
+                    f"refine_regions: region {k} has {tuple(region.shape[-2:])} pixels, expected {size}"
+                )
+        sources, index, origins = pixels, range(len(sizes)), [(0, 0)] * len(sizes)
+    return refine_regions_compiled(
+        regions.probs, sizes, regions.boxes.tolist(), sources, index, origins, refinement
+    )
 
 
 def label_regions(
@@ -306,7 +265,7 @@ def label_regions(
     mask_thres: Sequence[float],
     *,
     refinement: RegionRefinement | None = None,
-    pixels: Sequence[torch.Tensor] | None = None,
+    pixels: Sequence[torch.Tensor] | ImagePixels | None = None,
 ) -> tuple[torch.Tensor, BoxRegions]:
     """(K, Hb, Wb) bool foreground of K crops over their box regions, and the regions (whose
     ``probs`` are the final probabilities: refined when asked).
@@ -319,7 +278,8 @@ def label_regions(
         refinement: refine at image resolution (:func:`refine_regions`) over the box grown by
             ``refinement.pad``; None: threshold the pasted probabilities.
         pixels: with ``refinement``: each box's image pixels over that grown region
-            (:func:`~masklab.data.datasets.box_crops.box_regions`).
+            (:func:`~masklab.data.datasets.box_crops.box_regions`), or the images the boxes lie
+            on (:class:`ImagePixels`).
     """
     regions = paste_box_regions(probs, windows, image_boxes, refinement.pad if refinement else 0)
     boxes = image_boxes.float().cpu()
@@ -344,7 +304,7 @@ def label_masks(
     mask_thres: Sequence[float],
     *,
     refinement: RegionRefinement | None = None,
-    pixels: Sequence[torch.Tensor] | None = None,
+    pixels: Sequence[torch.Tensor] | ImagePixels | None = None,
 ) -> list[np.ndarray]:
     """K (H, W) bool masks of K crops (of any images): :func:`paste_thresholded`'s masks, computed
     only over each box (the only place a mask can be non-zero); refined at image resolution when
@@ -377,27 +337,51 @@ def _resize_weights(length: int, size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4096)
-def _padded_resize_weights(length: int, size: int, longest: int) -> torch.Tensor:
-    """:func:`_resize_weights` with zero columns up to ``longest`` source pixels."""
-    return F.pad(_resize_weights(length, size), (0, longest - length))
+def _sparse_resize_weights(length: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_resize_weights` as ``(first, taps)``: each output's first source index (size,) and
+    its (size, T) consecutive non-zero weights (T: the widest support, zero-padded)."""
+    dense = _resize_weights(length, size).numpy()
+    nonzero = dense != 0
+    first = nonzero.argmax(1)
+    last = length - 1 - nonzero[:, ::-1].argmax(1)
+    taps = int((last - first).max()) + 1
+    # A support shorter than ``taps`` is zero-padded; ``first`` is kept <= length - taps so that
+    # every tap's index is valid here (the kernel also stops at the window's end).
+    first = np.minimum(first, length - taps)
+    index = first[:, None] + np.arange(taps)[None]
+    return first.astype(np.int64), np.take_along_axis(dense, index, 1).astype(np.float32)
 
 
-def _axis_weights(
-    starts: list[int], lengths: list[int], size: int, extent: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source indices (K, L) into an image axis of ``extent`` (reflected like
-    :func:`~masklab.data.datasets.box_crops.reflect_indices`)
-    and (K, size, L) resize weights of K windows; L is the longest window, padding has weight 0."""
-    longest = max(lengths)
-    index = torch.tensor(starts)[:, None] + torch.arange(longest)[None]
-    if extent == 1:
-        index = torch.zeros_like(index)
-    else:  # reflect_indices for all windows at once (past a window's end: any valid index, weight 0)
-        period = 2 * (extent - 1)
-        index = index.remainder(period)
-        index = torch.where(index >= extent, period - index, index)
-    weights = torch.stack([_padded_resize_weights(n, size, longest) for n in lengths])
-    return index, weights
+def _stack_weights(lengths: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(K, size) first source indices and (K, size, T) weights of K windows (T: the widest)."""
+    tables = [_sparse_resize_weights(n, size) for n in lengths]
+    taps = max(t.shape[1] for _, t in tables)
+    weights = np.zeros((len(tables), size, taps), dtype=np.float32)
+    for k, (_, t) in enumerate(tables):
+        weights[k, :, : t.shape[1]] = t
+    return np.stack([f for f, _ in tables]), weights
+
+
+def _crop_windows(
+    image: torch.Tensor, windows: Sequence[CropWindow], mean: np.ndarray, std: np.ndarray, out: np.ndarray
+) -> None:
+    """Write the crops of ``windows`` (one image) into ``out`` (K, S, S, C): rounded to 0..255,
+    then ``(value - mean) / std`` per channel."""
+    crop_size = out.shape[1]
+    geometry = np.array([[w.y0, w.height, w.x0, w.width] for w in windows], dtype=np.int64).reshape(-1, 4)
+    row_first, row_weights = _stack_weights(geometry[:, 1].tolist(), crop_size)
+    col_first, col_weights = _stack_weights(geometry[:, 3].tolist(), crop_size)
+    resize_windows(
+        np.ascontiguousarray(image.numpy()),
+        geometry,
+        row_first,
+        row_weights,
+        col_first,
+        col_weights,
+        mean,
+        std,
+        out,
+    )
 
 
 def crop_boxes(
@@ -407,18 +391,16 @@ def crop_boxes(
     image, and their windows.
 
     The same crops as :func:`~masklab.data.datasets.box_crops.make_box_crop` (reflect padding,
-    antialiased bilinear resize; equal up to float rounding, tested) in one batched product
-    ``W_y @ region @ W_x^T`` instead of K separate gathers and resizes.
+    antialiased bilinear resize; equal up to float rounding, tested), computed by one compiled
+    loop over the boxes (:func:`~masklab.models.mal.crop_kernel.resize_windows`) from each
+    output pixel's few non-zero filter taps, written in channels_last layout (the forward's).
     """
     height, width = image.shape[-2:]
     windows = [crop_window(box, margins, (int(height), int(width)), crop_size) for box in image_boxes]
-    rows, wy = _axis_weights([w.y0 for w in windows], [w.height for w in windows], crop_size, int(height))
-    cols, wx = _axis_weights([w.x0 for w in windows], [w.width for w in windows], crop_size, int(width))
-    region = image.float()[:, rows[:, :, None], cols[:, None, :]]  # (3, K, Ly, Lx)
-    # Columns first, then rows into (K, S, S, 3): the crops come out in channels_last layout,
-    # which the forward wants (no copy later).
-    crops = torch.einsum("ksy,kcyt->kstc", wy, torch.einsum("ckyx,ktx->kcyt", region, wx))
-    return crops.permute(0, 3, 1, 2).round_().clamp_(0, 255), windows
+    channels = image.shape[0]
+    crops = np.empty((len(windows), crop_size, crop_size, channels), dtype=np.float32)
+    _crop_windows(image, windows, np.zeros(channels, np.float32), np.ones(channels, np.float32), crops)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2), windows
 
 
 def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int = 64) -> dict[int, np.ndarray]:
@@ -438,19 +420,28 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
     model.eval().to(memory_format=torch.channels_last)
     pre = model.data_preprocessor
     device = pre.mean.device
+    mean = pre.mean.detach().flatten().float().cpu().numpy()
+    std = pre.std.detach().flatten().float().cpu().numpy()
     margins = labeling_margins(dataset.test_margin_rate)
     by_image: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for ann, box in dataset.entries:
         by_image.setdefault(ann.image_id, []).append((ann.id, box))
     refinement = model.image_refinement
+    size = dataset.crop_size
     masks: dict[int, np.ndarray] = {}
+    # Per pending image: its annotation ids, pixels, crop windows and boxes.
     pending: list[tuple[list[int], torch.Tensor, list[CropWindow], torch.Tensor]] = []
-    regions: list[torch.Tensor] = []  # image pixels around each pending box (image refinement)
 
     def flush() -> None:
-        crops = torch.cat([p[1] for p in pending]).to(device)
+        windows = [win for p in pending for win in p[2]]
         boxes = torch.cat([p[3] for p in pending])
-        images = ((crops - pre.mean) / pre.std).contiguous(memory_format=torch.channels_last)
+        # The crops go straight into one normalised channels_last batch.
+        batch = np.empty((len(windows), size, size, mean.shape[0]), dtype=np.float32)
+        at = 0
+        for _, image, image_windows, _ in pending:
+            _crop_windows(image, image_windows, mean, std, batch[at : at + len(image_windows)])
+            at += len(image_windows)
+        images = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
         areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).to(device)
         probs = torch.cat(
             [
@@ -458,11 +449,12 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
                 for i in range(0, len(images), batch_size)
             ]
         )
-        windows = [win for p in pending for win in p[2]]
-        got = label_masks(probs, windows, boxes, model.mask_thres, refinement=refinement, pixels=regions)
+        pixels = None
+        if refinement is not None:
+            pixels = ImagePixels([p[1] for p in pending], [i for i, p in enumerate(pending) for _ in p[0]])
+        got = label_masks(probs, windows, boxes, model.mask_thres, refinement=refinement, pixels=pixels)
         masks.update(zip([i for p in pending for i in p[0]], got, strict=True))
         pending.clear()
-        regions.clear()
 
     with torch.inference_mode():
         for image_id, boxes in by_image.items():
@@ -470,10 +462,9 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
                 flush()
             image_boxes = torch.stack([b for _, b in boxes]).float()
             image = dataset.read_image(image_id)
-            crops, windows = crop_boxes(image, image_boxes, margins, dataset.crop_size)
-            pending.append(([i for i, _ in boxes], crops, windows, image_boxes))
-            if refinement is not None:
-                regions.extend(box_regions(image, image_boxes, refinement.pad)[0])
+            height, width = image.shape[-2:]
+            windows = [crop_window(box, margins, (int(height), int(width)), size) for box in image_boxes]
+            pending.append(([i for i, _ in boxes], image, windows, image_boxes))
         if pending:
             flush()
     return masks

@@ -24,6 +24,16 @@ from masklab.structures.sample import SampleMeta
 
 
 @MODELS.register()
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CPU with AMX or AVX512-BF16, or a CUDA GPU
+    with bf16 support (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return False
+
+
 class MALModel(nn.Module):
     """Box-conditioned mask labeler: a student network, its EMA teacher, MIL + CRF losses.
 
@@ -123,6 +133,7 @@ class MALModel(nn.Module):
         self.labeling_refine_space = "crop"
         self.labeling_refine_kernel_size = self.crf_kernel_size
         self.labeling_refine_dilation = 1
+        self.labeling_precision = "fp32"
 
     def set_labeling(
         self,
@@ -134,6 +145,7 @@ class MALModel(nn.Module):
         refine_space: str = "crop",
         refine_kernel_size: int | None = None,
         refine_dilation: int = 1,
+        precision: str = "fp32",
     ) -> None:
         """Which network labels (TAO ``use_teacher_test`` / ``use_mixed_model_test``), flip TTA and
         the colour refinement of the labels (masklab's ``crf_refine_*``).
@@ -152,6 +164,9 @@ class MALModel(nn.Module):
                 CRF's ``crf_kernel_size``).
             refine_dilation: ``image`` space only: the spacing of the kernel's taps (a 5-tap
                 kernel with dilation 3 reads 13x13 pixels for the cost of 5x5).
+            precision: ``fp32``, ``bf16`` (the labeling network's forward under bf16 autocast;
+                probabilities returned in fp32, everything after the forward stays fp32) or
+                ``auto`` (bf16 where the device runs it natively: :func:`native_bf16`).
         """
         if network not in ("student", "teacher", "mixed"):
             raise ConfigError(
@@ -169,6 +184,8 @@ class MALModel(nn.Module):
             raise ConfigError(f"evaluate.crf_refine_kernel_size: expected an odd size >= 1, got {kernel}")
         if refine_dilation < 1:
             raise ConfigError(f"evaluate.crf_refine_dilation: expected >= 1, got {refine_dilation}")
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"evaluate.labeling_precision: expected fp32, bf16 or auto, got {precision!r}")
         self.labeling_network = network
         self.labeling_flip = bool(flip)
         self.labeling_refine_iter = int(refine_iter)
@@ -176,6 +193,7 @@ class MALModel(nn.Module):
         self.labeling_refine_space = refine_space
         self.labeling_refine_kernel_size = kernel
         self.labeling_refine_dilation = int(refine_dilation)
+        self.labeling_precision = precision
 
     @property
     def image_refinement(self) -> RegionRefinement | None:
@@ -202,7 +220,11 @@ class MALModel(nn.Module):
                 "teacher": [self.teacher],
                 "mixed": [self.student, self.teacher],
             }
-            probs = [net(x, areas).sigmoid() for net in nets[self.labeling_network]]
+            bf16 = self.labeling_precision == "bf16" or (
+                self.labeling_precision == "auto" and native_bf16(x.device)
+            )
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                probs = [net(x, areas).float().sigmoid() for net in nets[self.labeling_network]]
             return torch.stack(probs).mean(0)
 
         probs = run(images)
