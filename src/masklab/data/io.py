@@ -47,7 +47,10 @@ def _read_png_8bit(path: Path) -> torch.Tensor | None:
     pixels are PIL's exactly (grey, palette, alpha dropped: tested)."""
     import cv2
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError:  # unreadable: the PIL path says why, in one line
+        return None
     if not data.startswith(_PNG_SIGNATURE):
         return None
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -290,13 +290,21 @@ def test_image_refinement_never_labels_outside_the_box() -> None:
     assert mask[8:32, 12:36].all() and mask[8:32, 12:42].mean() > 0.85
 
 
-@pytest.mark.parametrize("dilation", [1, 2, 3])
-def test_compiled_refinement_equals_refining_each_region_alone(dilation: int) -> None:
+@pytest.mark.parametrize(
+    ("dilation", "group_pixels"), [(1, 1 << 21), (2, 1 << 21), (3, 1 << 21), (3, 1500), (2, 1)]
+)
+def test_compiled_refinement_equals_refining_each_region_alone(
+    monkeypatch: pytest.MonkeyPatch, dilation: int, group_pixels: int
+) -> None:
     """The compiled per-region loops give each region what the PyTorch reference
     (:func:`refine_box_regions` on that region alone) gives: regions of very different sizes,
-    touching the image border (clipped margins), the same box twice."""
+    touching the image border (clipped margins), the same box twice; in one group or split into
+    several by the pixel budget (1: one region per group)."""
+    from masklab.models.mal import region_kernels
     from masklab.models.mal.crf import RegionRefinement, refine_box_regions
     from masklab.models.mal.labeling import paste_box_regions, refine_regions
+
+    monkeypatch.setattr(region_kernels, "GROUP_PIXELS", group_pixels)
 
     gen = torch.Generator().manual_seed(4)
     image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=gen)
@@ -360,6 +368,14 @@ def test_refinement_reads_regions_from_whole_images_as_from_cut_regions() -> Non
             [(0, 0)],
             refinement,
         )
+    with pytest.raises(ValueError, match=r"need 3 channels, got \[1\]"):
+        refine_regions_compiled(
+            regions.probs[:1], sizes[:1], regions.boxes[:1].tolist(), [first[:1]], [0], [(0, 0)], refinement
+        )
+    # A region wider than its box grown by pad would be written past the loops' grid: refused.
+    (h, w), box = sizes[0], tuple(regions.boxes[0].tolist())
+    with pytest.raises(ValueError, match="not its box grown by at most 4 pixels"):
+        refine_regions_compiled(regions.probs[:1], [(h, w + 9)], [box], [first], [0], [(0, 0)], refinement)
 
 
 def test_labeling_crops_are_normalised_in_the_same_pass() -> None:

@@ -160,6 +160,10 @@ def _mean_field(
         out[k, :h, :w] = zf.reshape((gh, gw))[top : top + h, left : left + w]
 
 
+# Grid pixels refined per group of regions (the pair weights: 12 floats each for 5x5 taps, ~100 MB).
+GROUP_PIXELS = 1 << 21
+
+
 def refine_regions_compiled(
     probs: torch.Tensor,
     sizes: Sequence[tuple[int, int]],
@@ -197,9 +201,28 @@ def refine_regions_compiled(
     meta = np.zeros((k_regions, 12), dtype=np.int64)
     meta[:, [_H, _W]] = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     meta[:, [_BOX_R0, _BOX_C0, _BOX_NR, _BOX_NC]] = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    pair_sizes = len(offsets) * (meta[:, _BOX_NR] + 2 * pad) * (meta[:, _BOX_NC] + 2 * pad)
-    meta[1:, _PAIRS] = np.cumsum(pair_sizes)[:-1]
+    r0, c0, nr, nc, h, w = (meta[:, i] for i in (_BOX_R0, _BOX_C0, _BOX_NR, _BOX_NC, _H, _W))
+    # The loops write the grid (box grown by pad) without bounds checks: each region must be its
+    # box grown by at most pad on every side.
+    if (
+        (nr < 1).any()
+        or (nc < 1).any()
+        or (r0 < 0).any()
+        or (c0 < 0).any()
+        or (r0 > pad).any()
+        or (c0 > pad).any()
+        or (r0 + nr > h).any()
+        or (c0 + nc > w).any()
+        or (h > r0 + nr + pad).any()
+        or (w > c0 + nc + pad).any()
+    ):
+        raise ValueError(f"refine_regions_compiled: a region is not its box grown by at most {pad} pixels")
     shapes = np.array([tuple(src.shape) for src in sources], dtype=np.int64).reshape(-1, 3)
+    channels = len(refinement.pixel_mean)
+    if (shapes[:, 0] != channels).any():
+        raise ValueError(
+            f"refine_regions_compiled: pixel sources need {channels} channels, got {sorted(set(shapes[:, 0].tolist()))}"
+        )
     starts = np.concatenate([[0], np.cumsum(shapes.prod(1))[:-1]])
     index = np.asarray(source_index, dtype=np.int64)
     meta[:, _SRC], meta[:, _SRC_H], meta[:, _SRC_W] = starts[index], shapes[index, 1], shapes[index, 2]
@@ -207,35 +230,42 @@ def refine_regions_compiled(
     if (
         (meta[:, _SRC_R0] < 0).any()
         or (meta[:, _SRC_C0] < 0).any()
-        or (meta[:, _SRC_R0] + meta[:, _H] > meta[:, _SRC_H]).any()
-        or (meta[:, _SRC_C0] + meta[:, _W] > meta[:, _SRC_W]).any()
+        or (meta[:, _SRC_R0] + h > meta[:, _SRC_H]).any()
+        or (meta[:, _SRC_C0] + w > meta[:, _SRC_W]).any()
     ):
         raise ValueError("refine_regions_compiled: a region reaches outside its pixel source")
     flat = torch.cat([src.reshape(-1) for src in sources])
-    if flat.dtype != torch.uint8:
-        flat = flat.float()
-    pairs = np.empty(int(pair_sizes.sum()), dtype=np.float32)
-    _pair_exponents(
-        flat.numpy(),
-        meta,
-        offsets,
-        pad,
-        np.asarray(refinement.pixel_mean, dtype=np.float32),
-        np.asarray(refinement.pixel_std, dtype=np.float32),
-        np.float32(-1.0 / (2.0 * refinement.zeta * refinement.zeta)),
-        pairs,
-    )
-    torch.from_numpy(pairs).exp_()
+    flat = (flat if flat.dtype == torch.uint8 else flat.float()).numpy()
+    mean = np.asarray(refinement.pixel_mean, dtype=np.float32)
+    std = np.asarray(refinement.pixel_std, dtype=np.float32)
+    scale = np.float32(-1.0 / (2.0 * refinement.zeta * refinement.zeta))
     q = probs.float().clamp(refinement.low, refinement.high)
-    _mean_field(
-        (torch.log(q) - torch.log1p(-q)).contiguous().numpy(),
-        pairs,
-        meta,
-        offsets,
-        pad,
-        refinement.low,
-        refinement.high,
-        refinement.num_iter,
-        out.numpy(),
-    )
+    logits = (torch.log(q) - torch.log1p(-q)).contiguous().numpy()
+    out_np = out.numpy()
+    # Regions in groups of at most GROUP_PIXELS grid pixels: the pair weights of a group (12 floats
+    # per grid pixel for 5x5 taps) stay bounded however large the boxes of a batch are.
+    grid = (nr + 2 * pad) * (nc + 2 * pad)
+    total = np.cumsum(grid)
+    first = 0
+    while first < k_regions:
+        before = int(total[first - 1]) if first else 0
+        end = max(first + 1, int(np.searchsorted(total, before + GROUP_PIXELS, side="right")))
+        group = meta[first:end].copy()
+        pair_sizes = len(offsets) * grid[first:end]
+        group[:, _PAIRS] = np.concatenate([[0], np.cumsum(pair_sizes)[:-1]])
+        pairs = np.empty(int(pair_sizes.sum()), dtype=np.float32)
+        _pair_exponents(flat, group, offsets, pad, mean, std, scale, pairs)
+        torch.from_numpy(pairs).exp_()
+        _mean_field(
+            logits[first:end],
+            pairs,
+            group,
+            offsets,
+            pad,
+            refinement.low,
+            refinement.high,
+            refinement.num_iter,
+            out_np[first:end],
+        )
+        first = end
     return out
