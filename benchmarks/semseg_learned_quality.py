@@ -36,7 +36,7 @@ FAMILIES = {
     "fcn": "configs/fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
     "pspnet": "configs/pspnet/pspnet_mit-b0_1xb8-4800i_synthetic-96x96.yaml",
     "deeplabv3": "configs/deeplabv3/deeplabv3_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
-    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
+    "deeplabv3plus": "configs/deeplabv3plus/deeplabv3plus_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
     "upernet": "configs/upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
     "segformer": "configs/segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",
     "fpn": "configs/fpn/fpn_mit-b0_1xb8-2900i_synthetic-128x128.yaml",

@@ -18,7 +18,7 @@ from tests.configs.test_zoo_sweep import ROOT, tiny_overrides
 META = DatasetMeta(classes=("a", "b", "c"))
 ZOO = {
     "deeplabv3": "deeplabv3/deeplabv3_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
-    "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-2800i_synthetic-128x128.yaml",
+    "deeplabv3plus": "deeplabv3plus/deeplabv3plus_mit-b0_1xb8-4200i_synthetic-96x96.yaml",
     "fcn": "fcn/fcn_mit-b0_1xb8-3600i_synthetic-128x128.yaml",
     "segformer": "segformer/segformer_mit-b0_1xb8-3400i_synthetic-128x128.yaml",
     "upernet": "upernet/upernet_mit-b0_1xb8-2400i_synthetic-128x128.yaml",
