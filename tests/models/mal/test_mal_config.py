@@ -384,3 +384,20 @@ def test_bad_arch_error_names_the_spec_key(arch: str, why: str) -> None:
     with pytest.raises(ConfigError) as err:
         build_mal_model(resolve(CONFIG, [f"model.arch={arch}"]))
     assert str(err.value).startswith(f"model.arch: {arch!r} {why}"), err.value
+
+
+def test_native_bf16_reads_the_cpu_probes_and_survives_their_absence(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from masklab.models.mal.model import native_bf16
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert native_bf16(cpu)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert not native_bf16(cpu)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert not native_bf16(cpu)  # a torch without the probes: fp32
+    assert not native_bf16(torch.device("meta"))

@@ -27,8 +27,9 @@ from masklab.structures.sample import SampleMeta
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CPU with AMX or AVX512-BF16, or a CUDA GPU
     with bf16 support (elsewhere bf16 is emulated and slower than fp32)."""
-    if device.type == "cpu":
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    if device.type == "cpu":  # torch's private CPU-feature probes; absent in a future torch: no
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return False
