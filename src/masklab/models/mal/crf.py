@@ -224,6 +224,10 @@ def refine_box_regions(
 ) -> torch.Tensor:
     """Labeling-time refinement at image resolution: (K, H, W) logits of K box regions.
 
+    The PyTorch statement of the update (any device); labeling on CPU runs the compiled per-region
+    loops of :func:`~masklab.models.mal.region_kernels.refine_regions_compiled`, which the tests
+    hold equal to this function region by region.
+
     The mean-field update of :func:`mean_field_target` run on the predicted probabilities pasted
     back to the image (each region is a box grown by a margin, cut from its image) with the
     image's own pixels as colours: no resize blurs the edges the update snaps to. Pixels of the
