@@ -48,6 +48,30 @@ def test_png_pixels_are_pils_in_every_8_bit_mode(tmp_path: Path, mode: str) -> N
     assert np.array_equal(got.permute(1, 2, 0).numpy(), expected)
 
 
+def test_only_8_bit_pngs_reach_opencv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JPEGs and 1- / 16-bit PNGs are decided from the header and go to PIL alone (no second read
+    or decode); their pixels are still PIL's conversion."""
+    import cv2
+
+    calls = []
+    decode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(1) or decode(*a))
+    rgb = np.random.default_rng(3).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg")
+    Image.fromarray(rgb[..., 0] > 127).save(tmp_path / "bits.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 200).save(tmp_path / "deep.png")
+    for name in ("a.jpg", "bits.png", "deep.png"):
+        read_image(tmp_path / name)
+    assert calls == []
+    bits = read_image(tmp_path / "bits.png")
+    assert np.array_equal(
+        bits.permute(1, 2, 0).numpy(), np.asarray(Image.open(tmp_path / "bits.png").convert("RGB"))
+    )
+    Image.fromarray(rgb).save(tmp_path / "eight.png")
+    read_image(tmp_path / "eight.png")
+    assert calls == [1]
+
+
 def test_truncated_png_is_a_one_line_error(tmp_path: Path) -> None:
     big = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(big).save(tmp_path / "full.png")

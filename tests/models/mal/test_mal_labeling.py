@@ -60,6 +60,11 @@ def test_batched_crops_equal_per_box_crops() -> None:
         assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-2
 
 
+def test_crop_boxes_of_an_image_without_boxes_is_empty() -> None:
+    crops, windows = crop_boxes(_image(), torch.zeros((0, 4)), labeling_margins((0.6, 0.6)), S)
+    assert crops.shape == (0, 3, S, S) and windows == []
+
+
 def test_batched_paste_equals_per_box_paste() -> None:
     gen = torch.Generator().manual_seed(1)
     probs = torch.rand(len(BOXES), 8, 8, generator=gen)
@@ -371,6 +376,24 @@ def test_refinement_reads_regions_from_whole_images_as_from_cut_regions() -> Non
     with pytest.raises(ValueError, match=r"need 3 channels, got \[1\]"):
         refine_regions_compiled(
             regions.probs[:1], sizes[:1], regions.boxes[:1].tolist(), [first[:1]], [0], [(0, 0)], refinement
+        )
+    with pytest.raises(ValueError, match=r"source indices must be in \[0, 1\)"):
+        refine_regions_compiled(
+            regions.probs[:1], sizes[:1], regions.boxes[:1].tolist(), [first], [1], [(0, 0)], refinement
+        )
+    with pytest.raises(ValueError, match="1 regions but 2 sizes"):
+        refine_regions_compiled(
+            regions.probs[:1], sizes[:2], regions.boxes[:1].tolist(), [first], [0], [(0, 0)], refinement
+        )
+    with pytest.raises(ValueError, match="larger than its"):
+        refine_regions_compiled(
+            regions.probs[:1, :3, :3],
+            sizes[:1],
+            regions.boxes[:1].tolist(),
+            [first],
+            [0],
+            [(0, 0)],
+            refinement,
         )
     # A region wider than its box grown by pad would be written past the loops' grid: refused.
     (h, w), box = sizes[0], tuple(regions.boxes[0].tolist())

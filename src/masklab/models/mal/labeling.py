@@ -367,6 +367,8 @@ def _crop_windows(
 ) -> None:
     """Write the crops of ``windows`` (one image) into ``out`` (K, S, S, C): rounded to 0..255,
     then ``(value - mean) / std`` per channel."""
+    if not windows:
+        return
     crop_size = out.shape[1]
     geometry = np.array([[w.y0, w.height, w.x0, w.width] for w in windows], dtype=np.int64).reshape(-1, 4)
     row_first, row_weights = _stack_weights(geometry[:, 1].tolist(), crop_size)
@@ -384,6 +386,14 @@ def _crop_windows(
     )
 
 
+def _image_windows(
+    image: torch.Tensor, image_boxes: torch.Tensor, margins: tuple[float, float, float, float], crop_size: int
+) -> list[CropWindow]:
+    """The labeling crop window of each box of one (C, H, W) image."""
+    height, width = (int(v) for v in image.shape[-2:])
+    return [crop_window(box, margins, (height, width), crop_size) for box in image_boxes]
+
+
 def crop_boxes(
     image: torch.Tensor, image_boxes: torch.Tensor, margins: tuple[float, float, float, float], crop_size: int
 ) -> tuple[torch.Tensor, list[CropWindow]]:
@@ -395,8 +405,7 @@ def crop_boxes(
     loop over the boxes (:func:`~masklab.models.mal.crop_kernel.resize_windows`) from each
     output pixel's few non-zero filter taps, written in channels_last layout (the forward's).
     """
-    height, width = image.shape[-2:]
-    windows = [crop_window(box, margins, (int(height), int(width)), crop_size) for box in image_boxes]
+    windows = _image_windows(image, image_boxes, margins, crop_size)
     channels = image.shape[0]
     crops = np.empty((len(windows), crop_size, crop_size, channels), dtype=np.float32)
     _crop_windows(image, windows, np.zeros(channels, np.float32), np.ones(channels, np.float32), crops)
@@ -406,10 +415,11 @@ def crop_boxes(
 def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int = 64) -> dict[int, np.ndarray]:
     """Annotation id -> (H, W) bool mask for every box of a labeling-mode ``dataset``.
 
-    Each image is decoded once and all its boxes are cropped together (:func:`crop_boxes`); whole
-    images are packed into forwards of up to ``batch_size`` crops (an image with more boxes runs
-    in ``batch_size`` chunks); the masks of a whole batch are pasted in one product over the box
-    pixels only (:func:`label_masks`, equal to :func:`paste_thresholded`). The model is
+    Each image is decoded once; whole images are packed into batches of up to ``batch_size``
+    crops (an image with more boxes runs its forward in ``batch_size`` chunks), whose crops the
+    compiled loop writes straight into one normalised batch (as :func:`crop_boxes`); the masks of
+    a whole batch are pasted in one product over the box pixels only (:func:`label_masks`, equal
+    to :func:`paste_thresholded`) and refined reading the decoded images (:class:`ImagePixels`). The model is
     put in eval mode and ``channels_last`` layout (it stays so). Every box of the dataset gets a
     mask: the dataset already refused the boxes it cannot label.
     """
@@ -462,8 +472,7 @@ def label_dataset(model: MALModel, dataset: BoxCropDataset, *, batch_size: int =
                 flush()
             image_boxes = torch.stack([b for _, b in boxes]).float()
             image = dataset.read_image(image_id)
-            height, width = image.shape[-2:]
-            windows = [crop_window(box, margins, (int(height), int(width)), size) for box in image_boxes]
+            windows = _image_windows(image, image_boxes, margins, size)
             pending.append(([i for i, _ in boxes], image, windows, image_boxes))
         if pending:
             flush()

@@ -198,6 +198,15 @@ def refine_regions_compiled(
         ],
         dtype=np.int64,
     ).reshape(-1, 2)
+    if not len(sizes) == len(boxes) == len(source_index) == len(origins) == k_regions:
+        raise ValueError(
+            f"refine_regions_compiled: {k_regions} regions but {len(sizes)} sizes, {len(boxes)} boxes, "
+            f"{len(source_index)} source indices, {len(origins)} origins"
+        )
+    if any(h > probs.shape[1] or w > probs.shape[2] for h, w in sizes):
+        raise ValueError(
+            f"refine_regions_compiled: a region is larger than its {tuple(probs.shape[1:])} slot"
+        )
     meta = np.zeros((k_regions, 12), dtype=np.int64)
     meta[:, [_H, _W]] = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     meta[:, [_BOX_R0, _BOX_C0, _BOX_NR, _BOX_NC]] = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
@@ -225,6 +234,8 @@ def refine_regions_compiled(
         )
     starts = np.concatenate([[0], np.cumsum(shapes.prod(1))[:-1]])
     index = np.asarray(source_index, dtype=np.int64)
+    if ((index < 0) | (index >= len(sources))).any():
+        raise ValueError(f"refine_regions_compiled: source indices must be in [0, {len(sources)})")
     meta[:, _SRC], meta[:, _SRC_H], meta[:, _SRC_W] = starts[index], shapes[index, 1], shapes[index, 2]
     meta[:, [_SRC_R0, _SRC_C0]] = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
     if (
